@@ -1,0 +1,68 @@
+"""Resumable training checkpoints without pickle: weights and optimizer moments as safetensors.
+
+Layout of a checkpoint directory:
+    model/             save_pretrained (safetensors)
+    optimizer.safetensors   AdamW exp_avg / exp_avg_sq / step per parameter index
+    state.json         the trainer's own counters (step, tokens seen, best eval, ...)
+Written to a temporary sibling and renamed, so a kill never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "state.json"
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict[str, Any]) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "model", safe_serialization=True)
+    tensors = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        for key, value in optimizer.state.get(p, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"{i}.{key}"] = value.detach().cpu().contiguous()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """Restore model weights and optimizer moments in place; return the trainer state (None: no checkpoint)."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        return None
+    from transformers.modeling_utils import load_sharded_checkpoint
+
+    model_dir = path / "model"
+    weights = model_dir / "model.safetensors"
+    if weights.exists():
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        # The tied LM head is not stored separately; anything else missing is a real mismatch.
+        if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
+            raise RuntimeError(f"{path}: checkpoint does not match the model ({missing=}, {unexpected=})")
+    else:
+        load_sharded_checkpoint(model, model_dir)
+    device = next(model.parameters()).device
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        entries = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
+        if entries:
+            optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in entries.items()}
+    return json.loads((path / STATE_FILE).read_text())

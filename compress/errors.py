@@ -1,0 +1,19 @@
+"""Errors caused by the user's input. The CLI prints them as one line each, without a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in a plan, a path or a model the user gave us (not a bug in the toolkit)."""
+
+
+class PlanError(UserError):
+    """Every problem found in a plan, reported together (torchtune's ConfigError style)."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f"{source}: " if source else ""
+        lines = [f"{where}{len(self.problems)} problem(s) in the plan:"]
+        lines += [f"  {p}" for p in self.problems]
+        super().__init__("\n".join(lines))

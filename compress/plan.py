@@ -1,0 +1,396 @@
+"""The plan: a YAML file validated into pydantic models, every problem reported at once.
+
+    name: quickstart
+    model: {pretrain: {n_layer: 4, n_embd: 256}}   # or an HF id, or a local checkpoint dir
+    data:
+      train: {builtin: python-docs, split: train}
+      eval:  {builtin: python-docs, split: heldout, seq_len: 128}
+    steps:
+      - prune: {mlp: 0.5}
+
+Paths are relative to the plan file. Unknown keys, wrong types, out-of-range values, unknown steps,
+missing files, empty eval text and non-GPT-2 model dirs all fail here, before any model loads, with
+one line per problem naming the key path and the YAML line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny, Tag,
+                      ValidationError, ValidationInfo, model_validator)
+
+from compress.errors import PlanError, UserError
+from compress.models import check_gpt2_dir, is_local_source
+from compress.steps import StepConfig, step_configs
+from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
+from evalsuite.errors import EvalInputError
+from evalsuite.hardware import KNOWN_TARGETS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- paths, resolved against the plan file's directory (passed in the validation context) ----------
+
+def _base_dir(info: ValidationInfo) -> Path:
+    return Path((info.context or {}).get("base_dir", "."))
+
+
+def _resolve_path(value: str, info: ValidationInfo) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (_base_dir(info) / path).resolve())
+
+
+def _existing_path(value: str, info: ValidationInfo) -> str:
+    resolved = _resolve_path(value, info)
+    if not Path(resolved).exists():
+        raise ValueError(f"no such file or directory: {resolved}")
+    return resolved
+
+
+def _model_source(value: str, info: ValidationInfo) -> str:
+    """A local GPT-2 directory (checked now) or a Hugging Face hub id (checked when loaded)."""
+    candidate = Path(_resolve_path(value, info))
+    if candidate.exists() or is_local_source(value):
+        try:
+            return str(check_gpt2_dir(candidate))
+        except UserError as e:
+            raise ValueError(str(e)) from None
+    return value
+
+
+PlanPath = Annotated[str, AfterValidator(_resolve_path)]
+ExistingPath = Annotated[str, AfterValidator(_existing_path)]
+ModelSource = Annotated[str, AfterValidator(_model_source)]
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+class TextSource(Strict):
+    """Exactly one of: a local file/dir (`path`), a HF dataset (`hf`), or `builtin: python-docs`."""
+
+    path: ExistingPath | None = None
+    hf: str | None = None
+    builtin: Literal[BUILTIN_SOURCES] | None = None  # type: ignore[valid-type]
+    name: str | None = None  # HF dataset config, e.g. wikitext-2-raw-v1
+    split: str | None = None  # HF split, or train/heldout/all for builtin
+    column: str = "text"
+    max_chars: int | None = Field(None, ge=1000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TextSource":
+        given = [k for k in ("path", "hf", "builtin") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, hf, builtin (got {', '.join(given) or 'none'})")
+        if self.builtin and self.split and self.split not in BUILTIN_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(BUILTIN_SPLITS)} for builtin text")
+        return self
+
+
+class EvalData(TextSource):
+    seq_len: int = Field(256, ge=8, le=8192)
+    stride: int | None = Field(None, ge=1, description="default: seq_len (non-overlapping windows)")
+    max_tokens: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalData":
+        if self.stride is not None and self.stride > self.seq_len:
+            raise ValueError(f"stride ({self.stride}) must not exceed seq_len ({self.seq_len})")
+        if self.path is not None:
+            try:
+                read_text(self.path)
+            except EvalInputError as e:
+                raise ValueError(str(e)) from None
+        return self
+
+
+class DataConfig(Strict):
+    train: TextSource | None = None
+    eval: EvalData
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+class LatencyConfig(Strict):
+    prompt: int = Field(128, ge=1, le=8192)
+    new_tokens: int = Field(64, ge=1, le=8192)
+    repeats: int = Field(10, ge=1, le=1000)
+    warmup: int = Field(2, ge=0, le=100)
+    batch: int = Field(1, ge=1, le=256)
+    threads: int | None = Field(None, ge=1, le=1024, description="default: torch's own setting")
+
+
+class EvalConfig(Strict):
+    perplexity: bool = True
+    latency: LatencyConfig | None = Field(default_factory=LatencyConfig, description="null: skip latency")
+    targets: list[Literal[KNOWN_TARGETS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["orin-nano", "agx-orin"])
+
+
+# -- the base model --------------------------------------------------------------------------------
+
+class TrainTokenizer(Strict):
+    """Train a byte-level BPE tokenizer on the training text (with the `tokenizers` library)."""
+
+    vocab_size: int = Field(4096, ge=260, le=65536)
+    min_frequency: int = Field(2, ge=1, le=1000)
+
+
+def _tokenizer_tag(v: Any) -> str:
+    return "train" if isinstance(v, (dict, TrainTokenizer)) else "dir"
+
+
+TokenizerSpec = Annotated[
+    Annotated[ExistingPath, Tag("dir")] | Annotated[TrainTokenizer, Tag("train")],
+    Discriminator(_tokenizer_tag)]
+
+
+class PretrainConfig(Strict):
+    """Train a GPT-2 from scratch on data.train (the embedded default teacher)."""
+
+    n_layer: int = Field(4, ge=1, le=48)
+    n_embd: int = Field(256, ge=16, le=4096)
+    n_head: int = Field(8, ge=1, le=64)
+    n_positions: int = Field(256, ge=16, le=4096)
+    tokenizer: TokenizerSpec = Field(default_factory=TrainTokenizer)
+    seq_len: int = Field(128, ge=8, le=4096)
+    batch_size: int = Field(16, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    tokens: int = Field(1_000_000, ge=1000, le=10**12, description="training budget in tokens")
+    lr: float = Field(1e-3, gt=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    eval_every: int = Field(100, ge=1, description="steps between held-out evaluations")
+    checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "PretrainConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.seq_len > self.n_positions:
+            raise ValueError(f"seq_len ({self.seq_len}) must not exceed n_positions ({self.n_positions})")
+        return self
+
+
+class PretrainModel(Strict):
+    pretrain: PretrainConfig
+
+
+def _model_tag(v: Any) -> str:
+    return "pretrain" if isinstance(v, (dict, PretrainModel)) else "source"
+
+
+ModelSpec = Annotated[
+    Annotated[ModelSource, Tag("source")] | Annotated[PretrainModel, Tag("pretrain")],
+    Discriminator(_model_tag)]
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+class Plan(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
+    model: ModelSpec
+    tokenizer: ExistingPath | None = Field(None, description="default: the model's own")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    seed: int = 0
+    data: DataConfig
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    steps: list[SerializeAsAny[StepConfig]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _pretrain_fits_data(self) -> "Plan":
+        if isinstance(self.model, PretrainModel):
+            if self.data.train is None:
+                raise ValueError("model.pretrain needs data.train")
+            if self.data.eval.seq_len > self.model.pretrain.n_positions:
+                raise ValueError(f"data.eval.seq_len ({self.data.eval.seq_len}) exceeds "
+                                 f"model.pretrain.n_positions ({self.model.pretrain.n_positions})")
+        return self
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """The resolved plan in the same shape as the YAML (steps as one-key mappings)."""
+        out = self.model_dump(mode="json", exclude={"steps"})
+        out["steps"] = [{s.kind: s.model_dump(mode="json")} for s in self.steps]
+        return out
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
+    """Read, override (`--set a.b=v`) and validate a plan file; PlanError lists every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: plan file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PlanError([f"invalid YAML{where}: {problem}"], source=str(path)) from None
+    if not isinstance(raw, dict):
+        raise PlanError(["the plan must be a YAML mapping (name:, model:, data:, steps:)"], source=str(path))
+    problems = []
+    for item in overrides:
+        try:
+            apply_override(raw, item)
+        except ValueError as e:
+            problems.append(f"--set {item}: {e}")
+    lines = _yaml_lines(text)
+    return parse_plan(raw, base_dir=path.parent.resolve(), source=str(path), lines=lines, problems=problems)
+
+
+def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | None = None,
+               lines: dict[tuple, int] | None = None, problems: list[str] | None = None) -> Plan:
+    """Validate a plan given as a dict. Steps are validated one by one so every problem is found."""
+    problems = list(problems or [])
+    lines = lines or {}
+    context = {"base_dir": base_dir}
+    raw = dict(raw)
+    raw_steps = raw.pop("steps", None) or []
+    known = step_configs()
+
+    def add(loc: tuple, msg: str) -> None:
+        line = _line_for(lines, loc)
+        problems.append(f"{format_loc(loc)}: {msg}" + (f" (line {line})" if line else ""))
+
+    steps: list[StepConfig] = []
+    if not isinstance(raw_steps, list):
+        add(("steps",), "must be a list of one-key mappings, e.g. '- prune: {mlp: 0.5}'")
+        raw_steps = []
+    for i, item in enumerate(raw_steps):
+        if not isinstance(item, dict) or len(item) != 1:
+            add(("steps", i), f"must be a mapping with exactly one key, one of: {', '.join(known) or '(none)'}")
+            continue
+        kind, body = next(iter(item.items()))
+        if kind not in known:
+            hint = difflib.get_close_matches(str(kind), known, n=1)
+            add(("steps", i, kind), "unknown step" + (f"; did you mean '{hint[0]}'?" if hint
+                                                      else f" (known: {', '.join(known) or 'none'})"))
+            continue
+        try:
+            steps.append(known[kind].model_validate(body or {}, context=context))
+        except ValidationError as e:
+            for err in e.errors():
+                add(("steps", i, kind, *err["loc"]), _message(err))
+    try:
+        plan = Plan.model_validate(raw, context=context)
+    except ValidationError as e:
+        for err in e.errors():
+            add(err["loc"], _message(err))
+        plan = None
+    if plan is not None and not problems:
+        plan = plan.model_copy(update={"steps": steps})
+        for i, step in enumerate(steps):
+            for msg in step.plan_problems(plan, i):
+                add(("steps", i, step.kind), msg)
+    if problems:
+        raise PlanError(problems, source=source)
+    assert plan is not None  # no problems means the plan validated
+    return plan
+
+
+_UNION_TAGS = {"source", "dir", "train", "pretrain"}
+
+
+def format_loc(loc: tuple) -> str:
+    """('steps', 2, 'quantize', 'bits') -> 'steps[2].quantize.bits' (union tags dropped)."""
+    out = ""
+    for part in _clean(loc):
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(plan)"
+
+
+def _message(err: dict) -> str:
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    msg = msg.removeprefix("Value error, ")
+    if err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {json.dumps(err['input'], default=str)})"
+    return msg
+
+
+def _clean(loc: tuple) -> tuple:
+    """The YAML key path of a pydantic location (union tags dropped)."""
+    out: list = []
+    for part in loc:
+        if out and part == out[-1] and part in _UNION_TAGS:
+            continue
+        if part in ("source", "dir") and out and out[-1] in ("model", "tokenizer"):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
+    """Line of the deepest existing YAML node on the path (the key itself when it exists)."""
+    loc = _clean(loc)
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _yaml_lines(text: str) -> dict[tuple, int]:
+    """Map each key path in the YAML document to its 1-based line number."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = (*path, key.value)
+                out[p] = key.start_mark.line + 1
+                walk(value, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                out[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply `a.b.0.c=value` (value parsed as YAML) to the raw plan dict, in place."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError("expected KEY.PATH=VALUE")
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"{'.'.join(parts[:depth + 1])}: no list item {part}")
+            part = int(part)
+        elif isinstance(node, dict):
+            if not last and part not in node:
+                node[part] = {}
+        else:
+            raise ValueError(f"{'.'.join(parts[:depth])} is not a mapping or list")
+        if last:
+            node[part] = yaml.safe_load(value)
+        else:
+            node = node[part]
+
+
+def dump_plan(plan: Plan) -> str:
+    return yaml.safe_dump(plan.to_yaml_dict(), sort_keys=False)

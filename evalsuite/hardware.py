@@ -1,0 +1,86 @@
+"""Target devices and the memory-bandwidth roofline for decode.
+
+Decoding one token reads every weight once and the whole KV cache once, so on any device
+    decode tokens/s <= memory bandwidth / (weight bytes + KV-cache bytes read per token).
+The result is a "projected" upper bound, reported next to (never mixed with) measured figures.
+
+Catalog numbers are the vendors' published peak figures:
+- Jetson Orin modules: NVIDIA Jetson Orin technical specifications (developer.nvidia.com/embedded/
+  jetson-orin, "Jetson Orin Nano/NX/AGX Series" data sheets): LPDDR5 bandwidth and INT8 sparse TOPS.
+- H100 SXM5 / H200 SXM: NVIDIA H100 and H200 Tensor Core GPU data sheets (HBM3 3.35 TB/s, HBM3e
+  4.8 TB/s; dense FP16 989.5 TFLOPS and INT8 1979 TOPS, half of the with-sparsity figures).
+- host: this machine, bandwidth measured by `measure_host_bandwidth` (a large array copy).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    memory_bandwidth_gb_s: float  # GB/s = 1e9 bytes/s
+    memory_gb: float
+    int8_tops: float | None  # peak, as published (sparse where the vendor only gives sparse)
+    fp16_tflops: float | None
+    source: str
+
+
+TARGETS: dict[str, Target] = {t.name: t for t in (
+    Target("orin-nano", "Jetson Orin Nano 8GB", 68.0, 8, 40.0, None,
+           "Jetson Orin Nano Series data sheet: 68 GB/s LPDDR5, 40 INT8 TOPS (sparse)"),
+    Target("orin-nx", "Jetson Orin NX 16GB", 102.4, 16, 100.0, None,
+           "Jetson Orin NX Series data sheet: 102.4 GB/s LPDDR5, 100 INT8 TOPS (sparse)"),
+    Target("agx-orin", "Jetson AGX Orin 64GB", 204.8, 64, 275.0, None,
+           "Jetson AGX Orin Series data sheet: 204.8 GB/s LPDDR5, 275 INT8 TOPS (sparse)"),
+    Target("h100", "NVIDIA H100 SXM5 80GB", 3350.0, 80, 1979.0, 989.5,
+           "H100 Tensor Core GPU data sheet: 3.35 TB/s HBM3, dense FP16 989.5 TFLOPS, INT8 1979 TOPS"),
+    Target("h200", "NVIDIA H200 SXM 141GB", 4800.0, 141, 1979.0, 989.5,
+           "H200 Tensor Core GPU data sheet: 4.8 TB/s HBM3e, same compute as H100 SXM"),
+)}
+HOST = "host"
+KNOWN_TARGETS = (*TARGETS, HOST)
+
+
+@lru_cache(maxsize=1)
+def measure_host_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """This machine's copy bandwidth in GB/s (bytes read + bytes written per second), best of N."""
+    src = np.ones(n_bytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n_bytes / best / 1e9
+
+
+def host_target() -> Target:
+    import platform
+
+    return Target(HOST, f"this machine ({platform.machine()})", measure_host_bandwidth(), 0, None, None,
+                  "measured here: numpy array copy, best of 5")
+
+
+def target(name: str) -> Target:
+    if name == HOST:
+        return host_target()
+    if name not in TARGETS:
+        raise KeyError(f"unknown target {name!r} (known: {', '.join(KNOWN_TARGETS)})")
+    return TARGETS[name]
+
+
+def kv_bytes_per_token(n_layer: int, n_embd: int, context: int, bytes_per_elem: int = 2) -> int:
+    """KV-cache bytes read to decode one token at `context` cached positions (K and V, every layer)."""
+    return 2 * n_layer * context * n_embd * bytes_per_elem
+
+
+def projected_decode_tokens_per_s(bandwidth_gb_s: float, weight_bytes: int, kv_bytes: int, batch: int = 1) -> float:
+    """Roofline bound on decode tokens/s: one pass over weights serves the batch; KV is per sequence."""
+    return batch * bandwidth_gb_s * 1e9 / (weight_bytes + batch * kv_bytes)

@@ -1,0 +1,42 @@
+"""The one protocol every backend implements: logits for these ids, with or without a KV cache."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """A model behind some backend (torch, ONNX Runtime, TensorRT).
+
+    `forward(ids, past)` returns (logits [B, T, V] as a float32 CPU-or-device tensor, new_past).
+    `past` is whatever the backend uses for its KV cache; None means "no cache yet".
+    """
+
+    backend: str  # "torch", "onnxruntime", "tensorrt"
+    device: str  # "cpu", "cuda:0", ...
+    vocab_size: int
+    max_positions: int
+
+    def forward(self, input_ids: torch.Tensor, past: Any | None = None) -> tuple[torch.Tensor, Any]:
+        ...
+
+
+class TorchRunner:
+    """Runner over any Hugging Face causal LM (GPT2LMHeadModel or a quantized variant of it)."""
+
+    backend = "torch"
+
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.device = str(device)
+        config = model.config
+        self.vocab_size = int(config.vocab_size)
+        self.max_positions = int(getattr(config, "n_positions", 1024))
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, past: Any | None = None) -> tuple[torch.Tensor, Any]:
+        out = self.model(input_ids=input_ids.to(self.device), past_key_values=past, use_cache=True)
+        return out.logits, out.past_key_values

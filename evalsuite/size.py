@@ -1,0 +1,74 @@
+"""Size: parameters, bytes on disk, peak resident memory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".engine", ".plan", ".bin")
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique parameters and buffers that hold weights (the tied embedding / LM head counted once)."""
+    tensors = {id(p): p for p in model.parameters()}
+    return sum(p.numel() for p in tensors.values())
+
+
+def bytes_on_disk(path: str | Path, weights_only: bool = False) -> int:
+    """Bytes of a file or of every file under a directory (optionally only weight files)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    files = (p for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in files if not weights_only or p.suffix in WEIGHT_SUFFIXES)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _page_size()
+    except OSError:
+        return 0
+
+
+def _page_size() -> int:
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Context manager sampling the peak resident memory (CPU) or allocated CUDA memory inside it."""
+
+    def __init__(self, device: str = "cpu", interval_s: float = 0.002):
+        self.device, self.interval_s = device, interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.peak_bytes = current_rss_bytes()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, current_rss_bytes())
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, current_rss_bytes())

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny GPT-2 models built in code (nothing downloads) and the offline data dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.models import save_model, tiny_config, tiny_model
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def tiny():
+    """A random tiny GPT-2 (2 layers, 64 wide, 4 heads, vocab 256)."""
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer(tmp_path_factory):
+    """A 256+1-token byte-level BPE tokenizer (no merges) saved in a directory."""
+    from compress.plan import TrainTokenizer
+    from compress.pretrain import train_tokenizer
+    from evalsuite.data import builtin_text
+
+    tok = train_tokenizer(builtin_text("python-docs", "train")[:200_000], TrainTokenizer(vocab_size=260))
+    path = tmp_path_factory.mktemp("tokenizer")
+    tok.save_pretrained(path)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, byte_tokenizer):
+    """A tiny GPT-2 trained for a few seconds on python-docs text, saved with its tokenizer.
+
+    Returns (model_dir, heldout_ids). Trained models have real structure (uneven importance,
+    outlier channels), which pruning, distillation and quantization tests need.
+    """
+    from compress.plan import PretrainConfig
+    from compress.pretrain import pretrain
+    from evalsuite.data import builtin_text, tokenize
+
+    tok = byte_tokenizer
+    train_ids = tokenize(builtin_text("python-docs", "train")[:300_000], tok)
+    held_ids = tokenize(builtin_text("python-docs", "heldout")[:20_000], tok)
+    cfg = PretrainConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128, seq_len=64, batch_size=16,
+                         tokens=64 * 16 * 150, lr=3e-3, warmup_steps=10)
+    config = tiny_config(vocab_size=len(tok), n_layer=2, n_embd=64, n_head=4, n_positions=128)
+    model = pretrain(cfg, config, train_ids, progress=False)
+    path = save_model(model, tmp_path_factory.mktemp("trained_tiny"), tok)
+    return path, held_ids
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data beside the checkout; tests that need it skip with the reason when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"offline data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def reference_teacher(shared_data) -> Path:
+    path = shared_data / "teachers" / "gpt2-6x384-corpus"
+    if not (path / "config.json").exists():
+        pytest.skip(f"reference teacher not found at {path}")
+    return path
+
+
+def random_ids(n: int, vocab: int = 256, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
