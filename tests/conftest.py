@@ -68,6 +68,3 @@ def reference_teacher(shared_data) -> Path:
         pytest.skip(f"reference teacher not found at {path}")
     return path
 
-
-def random_ids(n: int, vocab: int = 256, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed))
