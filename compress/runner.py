@@ -32,7 +32,8 @@ from compress.data import source_text
 from compress.errors import UserError
 from compress.models import is_local_source, load_model, load_tokenizer, save_model
 from compress.plan import Plan, PretrainModel, dump_plan
-from compress.steps import StepConfig, StepContext, StepOutput, backend_opener, handler_for
+from compress.steps import StepConfig, StepContext, StepOutput, handler_for
+from evalsuite.backends import BackendUnavailable, open_runner
 from evalsuite.data import tokenize
 from evalsuite.errors import EvalInputError
 from evalsuite.metrics import EvalSettings, evaluate, gpt2_facts
@@ -309,8 +310,11 @@ def _measure(run: _Run, name: str, step_dir: Path, info: dict[str, Any]) -> dict
     if backend == "torch":
         runner = TorchRunner(load_model(artifact), run.device)
     else:
-        opener = backend_opener(backend)
-        runner = opener(artifact, str(run.device)) if opener else None
+        try:
+            runner = open_runner(backend, artifact, str(run.device))
+        except BackendUnavailable as e:
+            log.info("%s: %s; recording it as to be built on target", name, e)
+            runner = None
     base_ppl = None
     if name != BASE:
         base_ppl = json.loads((run.run_dir / BASE / "metrics.json").read_text()).get("ppl")

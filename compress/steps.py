@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
     from compress.plan import Plan
-    from evalsuite.runner import Runner
 
 # Modules whose import registers a step handler (and so a plan key). Later steps append here.
 BUILTIN_STEP_MODULES: tuple[str, ...] = ()
@@ -97,7 +96,7 @@ class StepContext:
 @dataclass
 class StepOutput:
     """What a handler returns. `model_dir` (a torch model it saved) becomes the next step's input;
-    `artifact` (e.g. "model.onnx") is evaluated with the runner registered for `backend`."""
+    `artifact` (e.g. "model.onnx") is evaluated with the runner of `backend` (evalsuite.backends)."""
 
     summary: str  # "what changed", one line for the report
     model_dir: str | None = None  # relative to the step dir
@@ -143,22 +142,3 @@ def handler_for(config: StepConfig) -> StepHandler:
         return _HANDLERS[type(config)]
     except KeyError:
         raise TypeError(f"no handler registered for {type(config).__name__}") from None
-
-
-# Backends that can evaluate a non-torch artifact: name -> open(artifact_path, device) -> Runner.
-RunnerOpener = Callable[[Path, str], "Runner"]
-_BACKENDS: dict[str, RunnerOpener] = {}
-
-
-def register_backend(name: str) -> Callable[[RunnerOpener], RunnerOpener]:
-    def decorate(fn: RunnerOpener) -> RunnerOpener:
-        _BACKENDS[name] = fn
-        return fn
-
-    return decorate
-
-
-def backend_opener(name: str) -> RunnerOpener | None:
-    """The opener for `name`, or None when artifacts of that backend cannot run here."""
-    _load_builtin_steps()
-    return _BACKENDS.get(name)
