@@ -35,18 +35,26 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                 tensors[f"{i}.{key}"] = value.detach().cpu().contiguous()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    old = path.with_name(path.name + ".old")
+    old = _previous(path)
+    shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _previous(path: Path) -> Path:
+    """Where the last checkpoint sits while a new one is renamed into place."""
+    return path.with_name(path.name + ".old")
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Restore model weights and optimizer moments in place; return the trainer state (None: no checkpoint)."""
     path = Path(path)
     if not (path / STATE_FILE).is_file():
-        return None
+        path = _previous(path)  # killed between the two renames of save_checkpoint
+        if not (path / STATE_FILE).is_file():
+            return None
     from transformers.modeling_utils import load_sharded_checkpoint
 
     model_dir = path / "model"
