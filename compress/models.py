@@ -51,6 +51,10 @@ def load_model(source: str | Path, dtype: torch.dtype = torch.float32) -> GPT2LM
     """
     if is_local_source(source):
         path = check_gpt2_dir(source)
+        if _is_quantized(path):  # packed low-bit weights: rebuilt by compress.quantization
+            from compress.quantization.storage import load_quantized
+
+            return load_quantized(path).eval()
         model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=dtype)
     else:
         try:
@@ -58,6 +62,11 @@ def load_model(source: str | Path, dtype: torch.dtype = torch.float32) -> GPT2LM
         except OSError as e:
             raise UserError(f"model {source!r}: cannot load from the Hugging Face hub ({e})") from None
     return model.eval()
+
+
+def _is_quantized(path: Path) -> bool:
+    """config.json carries a quantization_config (written by compress.quantization)."""
+    return "quantization_config" in json.loads((path / CONFIG_FILE).read_text())
 
 
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
@@ -77,7 +86,12 @@ def save_model(model: GPT2LMHeadModel, out_dir: str | Path,
     """Save with save_pretrained (safetensors) and, when given, the tokenizer beside it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    if getattr(model.config, "quantization_config", None) is not None:
+        from compress.quantization.storage import save_quantized_model
+
+        save_quantized_model(model, out_dir)  # packed codes + scales, not fp32 weights
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -30,6 +30,8 @@ from compress.steps import StepConfig, step_configs
 from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
+from evalsuite.samples import DEFAULT_NEW_TOKENS, DEFAULT_PROMPTS
+from evalsuite.summary import DEFAULT_PPL_BUDGET
 
 
 class Strict(BaseModel):
@@ -126,11 +128,22 @@ class LatencyConfig(Strict):
     threads: int | None = Field(None, ge=1, le=1024, description="default: torch's own setting")
 
 
+class SamplesConfig(Strict):
+    """Greedy continuations of the same prompts by every step, shown side by side in the report."""
+
+    prompts: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1, max_length=20)
+    new_tokens: int = Field(DEFAULT_NEW_TOKENS, ge=1, le=512)
+
+
 class EvalConfig(Strict):
     perplexity: bool = True
     latency: LatencyConfig | None = Field(default_factory=LatencyConfig, description="null: skip latency")
     targets: list[Literal[KNOWN_TARGETS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["orin-nano", "agx-orin"])
+    samples: SamplesConfig | None = Field(default_factory=SamplesConfig, description="null: no sample generations")
+    ppl_budget: float = Field(DEFAULT_PPL_BUDGET, ge=1.0, le=100.0,
+                              description="the report's best point: the fastest step with ppl <= ppl_budget x base")
 
 
 # -- the base model --------------------------------------------------------------------------------
@@ -383,6 +396,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             part = int(part)
         elif isinstance(node, dict):
             if not last and part not in node:
+                if parts[depth + 1].isdigit():
+                    raise ValueError(f"{'.'.join(parts[:depth + 1])}: no such list in the plan")
                 node[part] = {}
         else:
             raise ValueError(f"{'.'.join(parts[:depth])} is not a mapping or list")

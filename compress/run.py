@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from compress import distributed
 from compress.errors import UserError
 from evalsuite.errors import EvalInputError
 
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # under torchrun only rank 0 reports progress; the other ranks speak up on warnings
+    logging.basicConfig(level=logging.INFO if distributed.env_rank() == 0 else logging.WARNING,
+                        format="%(message)s", stream=sys.stderr)
     for noisy in ("transformers", "torch", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -49,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished steps are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+    if distributed.env_rank() != 0:
+        return 0
     print(f"\nReport: {result.report}  (run took {result.wall_s:.1f} s; metrics in {result.run_dir / 'metrics.csv'})")
     return 0
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from compress import distributed
 from compress.data import source_text
 from compress.errors import UserError
 from compress.models import is_local_source, load_model, load_tokenizer, save_model
@@ -36,7 +37,7 @@ from compress.steps import StepConfig, StepContext, StepOutput, handler_for
 from evalsuite.backends import BackendUnavailable, open_runner
 from evalsuite.data import tokenize
 from evalsuite.errors import EvalInputError
-from evalsuite.metrics import EvalSettings, evaluate, gpt2_facts
+from evalsuite.metrics import KINDS, EvalSettings, evaluate, gpt2_facts
 from evalsuite.report import write_report
 from evalsuite.runner import TorchRunner
 from evalsuite.size import bytes_on_disk
@@ -110,7 +111,9 @@ def step_hash(prev: str, step: StepConfig, plan: Plan) -> str:
 
 
 def eval_hash(plan: Plan) -> str:
-    return _digest(plan.data.eval.model_dump(mode="json"), plan.eval.model_dump(mode="json"), plan.device)
+    # ppl_budget only changes how the report reads the metrics, so it re-measures nothing.
+    return _digest(plan.data.eval.model_dump(mode="json"), plan.eval.model_dump(mode="json", exclude={"ppl_budget"}),
+                   plan.device)
 
 
 def step_names(plan: Plan) -> list[str]:
@@ -149,10 +152,14 @@ def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True) -> RunResul
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "plan.resolved.yaml").write_text(dump_plan(plan))
-    run = _Run(plan, run_dir, resolve_device(plan), progress)
+    device = distributed.init_from_env(resolve_device(plan))  # joins torchrun's process group, if any
+    main = distributed.is_main_process()  # rank 0 writes every file; other ranks read them
+    if main:
+        (run_dir / "plan.resolved.yaml").write_text(dump_plan(plan))
+    run = _Run(plan, run_dir, device, progress and main)
     manifest = _manifest(plan)
-    _write_json(run_dir / "manifest.json", manifest)
+    if main:
+        _write_json(run_dir / "manifest.json", manifest)
 
     records: list[StepRecord] = []
     names = step_names(plan)
@@ -168,6 +175,8 @@ def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True) -> RunResul
         if info.get("model_dir"):
             current = run_dir / name / info["model_dir"]
 
+    if not main:  # rank 0 writes the report
+        return RunResult(run_dir, run_dir / "report.md", records, [], time.perf_counter() - t0)
     rows = [json.loads((run_dir / n / "metrics.json").read_text()) for n in names]
     wall = time.perf_counter() - t0
     compute = sum(json.loads((run_dir / n / "step.json").read_text()).get("wall_s", 0.0) for n in names)
@@ -175,8 +184,8 @@ def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True) -> RunResul
              f"({sum(r.status == 'ran' for r in records)} step(s) ran, "
              f"{sum(r.status == 'cached' for r in records)} cached); "
              f"{compute:.1f} s of step work in all."]
-    notes += [f"{r.name}: {r.summary}" for r in records]
-    report = write_report(run_dir, rows, title=f"gpt2-edge report: {plan.name}", notes=notes)
+    report = write_report(run_dir, rows, title=f"gpt2-edge report: {plan.name}", notes=notes,
+                          ppl_budget=plan.eval.ppl_budget)
     manifest.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_s=wall,
                     steps=[r.__dict__ for r in records])
     _write_json(run_dir / "manifest.json", manifest)
@@ -192,6 +201,41 @@ def _is_current(step_dir: Path, h: str) -> bool:
 
 def _run_step(run: _Run, name: str, h: str, step: StepConfig | None, input_dir: Path | None,
               base_dir: Path | None = None) -> StepRecord:
+    """Under torchrun, rank 0 builds the step and the others wait; a `distributed` step (distill)
+    is trained by every rank, rank 0 alone writing its directory."""
+    if distributed.world_size() == 1:
+        return _build_step(run, name, h, step, input_dir, base_dir)
+    main = distributed.is_main_process()
+    cached = distributed.broadcast_flag(main and _is_current(run.run_dir / name, h))
+    record = None
+    if main:
+        record = _build_step(run, name, h, step, input_dir, base_dir)
+    elif not cached and getattr(step, "distributed", False):
+        _join_step(run, name, h, step, input_dir, base_dir)
+    distributed.barrier()  # the step directory is in place before anyone reads it
+    if record is None:
+        info = json.loads((run.run_dir / name / "step.json").read_text())
+        record = StepRecord(name, h, "cached" if cached else "ran", info.get("wall_s", 0.0), info.get("summary", ""))
+    return record
+
+
+def _join_step(run: _Run, name: str, h: str, step: StepConfig, input_dir: Path | None,
+               base_dir: Path | None) -> None:
+    """A non-zero rank's share of a distributed step: its outputs go to a scratch dir, then away."""
+    scratch = run.run_dir / f".{name}.rank{distributed.rank()}.tmp"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    ctx = StepContext(plan=run.plan, name=name, out_dir=scratch, work_dir=run.run_dir / ".work" / f"{name}-{h[:12]}",
+                      input_dir=input_dir, base_dir=base_dir, device=run.device,
+                      log=logging.getLogger(f"compress.step.{name}"))
+    try:
+        handler_for(step)(step, ctx)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _build_step(run: _Run, name: str, h: str, step: StepConfig | None, input_dir: Path | None,
+                base_dir: Path | None = None) -> StepRecord:
     step_dir = run.run_dir / name
     if _is_current(step_dir, h):
         info = json.loads((step_dir / "step.json").read_text())
@@ -272,10 +316,16 @@ def _build_base(run: _Run, out_dir: Path, work_dir: Path) -> StepOutput:
 
 # -- measuring -------------------------------------------------------------------------------------
 
+def _tokenizer(run: _Run):
+    """The base model's tokenizer: every step is measured and sampled with the same one."""
+    if "tokenizer" not in run.cache:
+        run.cache["tokenizer"] = load_tokenizer(_base_model_dir(run))
+    return run.cache["tokenizer"]
+
+
 def _eval_ids(run: _Run) -> torch.Tensor:
     if "eval_ids" not in run.cache:
-        tokenizer = load_tokenizer(_base_model_dir(run))
-        run.cache["eval_ids"] = tokenize(source_text(run.plan.data.eval), tokenizer)
+        run.cache["eval_ids"] = tokenize(source_text(run.plan.data.eval), _tokenizer(run))
     return run.cache["eval_ids"]
 
 
@@ -287,11 +337,13 @@ def _base_model_dir(run: _Run) -> Path:
 
 
 def _settings(plan: Plan) -> EvalSettings:
-    e = plan.data.eval
+    e, samples = plan.data.eval, plan.eval.samples
     return EvalSettings(seq_len=e.seq_len, stride=e.stride, max_tokens=e.max_tokens,
                         perplexity=plan.eval.perplexity,
                         latency=plan.eval.latency.model_dump() if plan.eval.latency else None,
-                        targets=tuple(plan.eval.targets))
+                        targets=tuple(plan.eval.targets),
+                        sample_prompts=tuple(samples.prompts) if samples else (),
+                        sample_tokens=samples.new_tokens if samples else 0)
 
 
 def _data_label(plan: Plan) -> str:
@@ -318,11 +370,11 @@ def _measure(run: _Run, name: str, step_dir: Path, info: dict[str, Any]) -> dict
     base_ppl = None
     if name != BASE:
         base_ppl = json.loads((run.run_dir / BASE / "metrics.json").read_text()).get("ppl")
-    kind = {"torch": "torch", "onnxruntime": "onnx", "tensorrt": "trt"}.get(backend, backend)
+    kind = KINDS.get(backend, backend)
     try:
         m = evaluate(runner, _eval_ids(run), facts, artifact, _settings(run.plan), step=name, kind=kind,
                      backend=backend, device=str(run.device), base_ppl=base_ppl,
-                     data_label=_data_label(run.plan), progress=run.progress)
+                     data_label=_data_label(run.plan), progress=run.progress, tokenizer=_tokenizer(run))
     except EvalInputError as e:
         raise UserError(f"evaluating {name}: {e}") from None
     if name == BASE and m["ppl"] is not None:

@@ -23,7 +23,12 @@ if TYPE_CHECKING:
     from compress.plan import Plan
 
 # Modules whose import registers a step handler (and so a plan key). Later steps append here.
-BUILTIN_STEP_MODULES: tuple[str, ...] = ()
+BUILTIN_STEP_MODULES: tuple[str, ...] = (
+    "compress.distillation.step",
+    "compress.pruning.step",
+    "compress.quantization.step",
+    "export.step",
+)
 
 
 class StepConfig(BaseModel):

@@ -13,11 +13,13 @@ from evalsuite import hardware
 from evalsuite.latency import measure_latency
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import Runner
+from evalsuite.samples import generate_samples
 from evalsuite.size import bytes_on_disk
 
 SCHEMA_VERSION = 1
 STATUS_MEASURED = "measured"
 STATUS_TO_BUILD = "to be built on target"
+KINDS = {"torch": "torch", "onnxruntime": "onnx", "tensorrt": "trt"}  # backend -> artifact kind
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class EvalSettings:
     perplexity: bool = True
     latency: dict[str, int | None] | None = field(default_factory=lambda: {"prompt": 128, "new_tokens": 64})
     targets: tuple[str, ...] = ("orin-nano", "agx-orin")
+    sample_prompts: tuple[str, ...] = ()  # greedy continuations shown in the report (needs a tokenizer)
+    sample_tokens: int = 32
 
 
 @dataclass(frozen=True)
@@ -66,19 +70,28 @@ def projections(facts: ModelFacts, targets: tuple[str, ...], context: int, batch
     return out
 
 
+def host_roofline(facts: ModelFacts, context: int, batch: int, measured_tokens_per_s: float) -> dict[str, float]:
+    """The host's projected decode tokens/s next to the measured one, and their ratio."""
+    projected = projections(facts, (hardware.HOST,), context, batch)[hardware.HOST]
+    return {"bandwidth_gb_s": hardware.measure_host_bandwidth(), "projected_tokens_per_s": projected,
+            "measured_over_projected": hardware.roofline_fraction(measured_tokens_per_s, projected)}
+
+
 def empty_metrics(step: str, kind: str, backend: str, device: str) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION, "step": step, "kind": kind, "backend": backend, "device": device,
         "status": STATUS_MEASURED, "params": None, "bytes_on_disk": None, "weight_bytes": None,
         "ppl": None, "ppl_ratio_to_base": None, "eval": None,
         "prefill_ms": None, "decode_ms_per_token": None, "tokens_per_s": None, "peak_mem_bytes": None,
-        "latency": None, "projected_decode_tokens_per_s": {}, "eval_wall_s": None,
+        "latency": None, "projected_decode_tokens_per_s": {}, "host_roofline": None, "samples": None,
+        "eval_wall_s": None,
     }
 
 
 def evaluate(runner: Runner | None, eval_ids: torch.Tensor | None, facts: ModelFacts, artifact: Path,
              settings: EvalSettings, *, step: str, kind: str, backend: str, device: str,
-             base_ppl: float | None = None, data_label: str = "", progress: bool = True) -> dict[str, Any]:
+             base_ppl: float | None = None, data_label: str = "", progress: bool = True,
+             tokenizer=None) -> dict[str, Any]:
     """Measure one artifact. With runner None (e.g. a TensorRT engine that can only be built on the
     target), size and projections are filled and the status says it is to be built on target."""
     t0 = time.perf_counter()
@@ -104,5 +117,9 @@ def evaluate(runner: Runner | None, eval_ids: torch.Tensor | None, facts: ModelF
         m["peak_mem_bytes"] = lr.peak_mem_bytes
         m["latency"] = {"batch": lr.batch, "prompt": lr.prompt, "new_tokens": lr.new_tokens,
                         "repeats": lr.repeats, "threads": lr.threads}
+        if device == "cpu":  # the host is the one device where both the bound and a measurement exist
+            m["host_roofline"] = host_roofline(facts, context, lr.batch, lr.tokens_per_s)
+    if tokenizer is not None and settings.sample_prompts:
+        m["samples"] = generate_samples(runner, tokenizer, settings.sample_prompts, settings.sample_tokens)
     m["eval_wall_s"] = time.perf_counter() - t0
     return m

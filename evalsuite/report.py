@@ -1,55 +1,35 @@
-"""Turn the metrics of every step of a run into report.md and metrics.csv."""
+"""Turn the metrics of every step of a run into the report a user reads:
+
+    report.md    the table, the best point, what changed per step, sample generations, targets
+    report.html  the same with the plot inline, one self-contained file (no external CSS/JS/images)
+    pareto.png   perplexity vs decode latency (evalsuite.plot)
+    metrics.csv  every metric of every step, flattened
+    tensorboard/metrics/  one scalar per metric, the step index on the x axis
+
+What "best" and "Pareto front" mean is defined in evalsuite.summary.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+from evalsuite.html_page import render_html
+from evalsuite.summary import (DEFAULT_PPL_BUDGET, fmt, get, human_bytes, legend, markdown_table,  # noqa: F401
+                               protocol_lines, sample_prompts, sample_text, target_rows, verdict)
+
 METRICS_FILE = "metrics.json"
-
-# (column title, how to read it from a metrics dict, format)
-COLUMNS: list[tuple[str, str, str]] = [
-    ("step", "step", "{}"),
-    ("backend", "backend", "{}"),
-    ("device", "device", "{}"),
-    ("params", "params", "{:,}"),
-    ("bytes on disk", "bytes_on_disk", "bytes"),
-    ("ppl", "ppl", "{:.2f}"),
-    ("ppl / base", "ppl_ratio_to_base", "{:.3f}"),
-    ("prefill ms p50", "prefill_ms.p50", "{:.1f}"),
-    ("prefill ms p90", "prefill_ms.p90", "{:.1f}"),
-    ("decode ms/tok p50", "decode_ms_per_token.p50", "{:.2f}"),
-    ("decode ms/tok p90", "decode_ms_per_token.p90", "{:.2f}"),
-    ("tokens/s", "tokens_per_s", "{:.1f}"),
-    ("peak mem", "peak_mem_bytes", "bytes"),
-]
-
-
-def get(metrics: dict[str, Any], dotted: str) -> Any:
-    value: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
-def fmt(value: Any, spec: str) -> str:
-    if value is None:
-        return "–"
-    if spec == "bytes":
-        return human_bytes(value)
-    return spec.format(value)
+CSV_SKIP = ("samples",)  # free text, shown in the report; a CSV cell is no place for it
+# (tag, dotted key) of the scalars written to TensorBoard; projections are added per target.
+SCALARS = [("ppl", "ppl"), ("ppl_ratio_to_base", "ppl_ratio_to_base"), ("params", "params"),
+           ("bytes_on_disk", "bytes_on_disk"), ("prefill_ms/p50", "prefill_ms.p50"),
+           ("prefill_ms/p90", "prefill_ms.p90"), ("decode_ms_per_token/p50", "decode_ms_per_token.p50"),
+           ("decode_ms_per_token/p90", "decode_ms_per_token.p90"), ("tokens_per_s", "tokens_per_s"),
+           ("peak_mem_bytes", "peak_mem_bytes"),
+           ("host_roofline/measured_over_projected", "host_roofline.measured_over_projected")]
 
 
 def load_run_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -61,40 +41,55 @@ def load_run_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    targets = sorted({t for r in rows for t in (r.get("projected_decode_tokens_per_s") or {})})
-    head = [c[0] for c in COLUMNS] + [f"proj. tok/s {t}" for t in targets]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [fmt(get(r, key), spec) for _, key, spec in COLUMNS]
-        proj = r.get("projected_decode_tokens_per_s") or {}
-        cells += [fmt(proj.get(t), "{:,.0f}") for t in targets]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def write_report(run_dir: Path, rows: list[dict[str, Any]], title: str, notes: list[str] = (),
+                 ppl_budget: float = DEFAULT_PPL_BUDGET, tensorboard: bool = True) -> Path:
+    """Write every report file into run_dir; returns the path of report.md."""
+    from evalsuite.plot import write_pareto  # matplotlib takes ~1 s to import; only this needs it
 
-
-def write_report(run_dir: Path, rows: list[dict[str, Any]], title: str, notes: list[str] = ()) -> Path:
-    """report.md and metrics.csv in run_dir; returns the report's path."""
     run_dir = Path(run_dir)
-    md = [f"# {title}", "", markdown_table(rows), ""]
-    first_eval = next((r["eval"] for r in rows if r.get("eval")), None)
-    if first_eval:
-        md.append(f"Perplexity on {first_eval.get('data') or 'the eval text'}: {first_eval['tokens_scored']:,} "
-                  f"tokens scored, windows of {first_eval['seq_len']} moved by {first_eval['stride']}.")
-    lat = next((r["latency"] for r in rows if r.get("latency")), None)
-    if lat:
-        md.append(f"Latency: batch {lat['batch']}, prompt {lat['prompt']} tokens, {lat['new_tokens']} decode steps "
-                  f"with KV cache, p50/p90 over {lat['repeats']} runs, {lat['threads']} threads.")
-    md.append("Projected tok/s: memory-bandwidth roofline (weights + KV cache read per token), an upper "
-              "bound, not a measurement.")
-    md += [f"- {n}" for n in notes]
-    (run_dir / "report.md").write_text("\n".join(md) + "\n")
+    svg = write_pareto(rows, run_dir / "pareto.png", title, ppl_budget)
+    (run_dir / "report.md").write_text(markdown_report(rows, title, notes, ppl_budget))
+    (run_dir / "report.html").write_text(render_html(rows, title, svg, notes, ppl_budget))
     write_csv(run_dir / "metrics.csv", rows)
+    if tensorboard:
+        write_tensorboard(run_dir / "tensorboard" / "metrics", rows)
     return run_dir / "report.md"
 
 
+def markdown_report(rows: list[dict[str, Any]], title: str, notes: list[str] = (),
+                    ppl_budget: float = DEFAULT_PPL_BUDGET) -> str:
+    md = [f"# {title}", "", verdict(rows, ppl_budget), "", markdown_table(rows, ppl_budget), "",
+          legend(ppl_budget), "", "![perplexity vs decode latency](pareto.png)", "", "## What each step did", ""]
+    md += [f"- **{r['step']}**: {r.get('summary') or '(no summary)'}" for r in rows]
+    md += ["", "## How it was measured", ""] + [f"- {line}" for line in protocol_lines(rows)]
+    md += _markdown_samples(rows)
+    targets = target_rows(rows)
+    if targets:
+        md += ["", "## Target devices (projections use their published memory bandwidth)", "",
+               "| target | device | GB/s | INT8 TOPS | FP16 TFLOPS | source |", "|---|---|---|---|---|---|"]
+        md += ["| " + " | ".join(t) + " |" for t in targets]
+    if notes:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(md) + "\n"
+
+
+def _markdown_samples(rows: list[dict[str, Any]]) -> list[str]:
+    prompts = sample_prompts(rows)
+    if not prompts:
+        return []
+    md = ["", "## Sample generations (greedy; the prompt, then each step's continuation)"]
+    for prompt in prompts:
+        md += ["", f"**{prompt}** …", "", "| step | continuation |", "|---|---|"]
+        for r in rows:
+            text = sample_text(r, prompt)
+            if text is not None:
+                cell = text.replace("|", "\\|") or "(empty)"  # a pipe would end the table cell
+                md.append(f"| {r['step']} | {cell} |")
+    return md
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    flat = [_flatten(r) for r in rows]
+    flat = [_flatten({k: v for k, v in r.items() if k not in CSV_SKIP}) for r in rows]
     keys: list[str] = []
     for f in flat:
         keys += [k for k in f if k not in keys]
@@ -112,3 +107,19 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def write_tensorboard(log_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """One scalar per metric, x = step index (0 = base); the table as text maps indices to names."""
+    from torch.utils.tensorboard import SummaryWriter  # slow import; only the runner needs it
+
+    shutil.rmtree(log_dir, ignore_errors=True)  # a rewrite must not append a second copy of each point
+    with SummaryWriter(log_dir=str(log_dir)) as w:
+        for i, r in enumerate(rows):
+            scalars = [(tag, get(r, key)) for tag, key in SCALARS]
+            scalars += [(f"projected_tokens_per_s/{t}", v)
+                        for t, v in (r.get("projected_decode_tokens_per_s") or {}).items()]
+            for tag, value in scalars:
+                if isinstance(value, (int, float)):
+                    w.add_scalar(tag, value, global_step=i)
+        w.add_text("steps", "\n".join(f"{i}: {r['step']}" for i, r in enumerate(rows)), global_step=0)

@@ -1,0 +1,4 @@
+"""Export and run: ONNX with KV cache (onnx.py, passes.py, onnx_quant.py, validate.py, step.py),
+ONNX Runtime runner (ort_runner.py), text generation on any runner (generate.py), TensorRT
+(tensorrt.py, trt_runner.py, profiles.py). Modules are imported explicitly; nothing heavy loads here.
+"""

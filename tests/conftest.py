@@ -11,6 +11,10 @@ from compress.models import save_model, tiny_config, tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Tiny models gain nothing from a second thread, and OpenMP threads that spin-wait on a busy
+# machine make them 10-25x slower; one thread keeps the suite fast and steady.
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def tiny():

@@ -37,3 +37,21 @@ def test_tokenize_and_blocks(byte_tokenizer):
     blocks = token_blocks(ids, 64)
     assert blocks.shape == (ids.numel() // 64, 64)
     assert blocks[1, 0] == ids[64]
+
+
+def test_hf_rows_are_joined_like_the_hf_perplexity_guide(monkeypatch):
+    import sys
+    import types
+
+    from evalsuite.data import hf_text
+
+    class Rows(dict):
+        column_names = ["text"]
+
+    calls = []
+    fake = types.SimpleNamespace(load_dataset=lambda *a, **k: calls.append((a, k)) or Rows(text=["a", "", "b"]))
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    assert hf_text("wikitext", "wikitext-2-raw-v1", "test") == "a\n\n\n\nb"
+    assert calls == [(("wikitext", "wikitext-2-raw-v1"), {"split": "test"})]
+    with pytest.raises(EvalInputError, match="no column 'body'"):
+        hf_text("wikitext", None, "test", column="body")

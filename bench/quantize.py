@@ -1,0 +1,112 @@
+"""Quantization of the reference teacher: bytes on disk, perplexity and torch decode latency for each
+method, with ratios to fp32 measured in the same run.
+
+    python bench/quantize.py            # full held-out text, 64 x 256 calibration tokens, 5 repeats
+    python bench/quantize.py --quick    # first 40k held-out tokens, 32 x 256 calibration tokens, 3 repeats
+
+Reads ../shared/data relative to the repository: teachers/gpt2-6x384-corpus (evaluated on
+corpus/heldout joined with "\\n\\n", 256-token non-overlapping windows; calibrated on corpus/train).
+Every row is quantized, saved, and reloaded from disk before it is measured, so the table measures
+what a later step (or the ONNX exporter) reads. Torch weight-only rows dequantize on every forward
+(no int4 matmul kernel on CPU), so their latency shows the cost of the numerics, not a deployment
+speed. Latency on a shared CPU is noisy; compare ratios within one run.
+The ONNX Runtime MatMulNBits peer (RTN int4 applied to the fp32 ONNX export) is measured by
+bench/run.py with the ONNX exporter, not here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from compress.models import load_model, load_tokenizer, save_model
+from compress.quantization import QuantizeConfig, quantize
+from evalsuite.data import read_text, tokenize
+from evalsuite.latency import measure_latency
+from evalsuite.perplexity import perplexity
+from evalsuite.runner import TorchRunner
+from evalsuite.size import bytes_on_disk
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEACHER = DATA / "teachers" / "gpt2-6x384-corpus"
+
+ROWS: dict[str, dict | None] = {
+    "fp32": None,
+    "rtn int8": dict(method="rtn", bits=8),
+    "rtn int4 g128": dict(method="rtn", bits=4, group_size=128),
+    "gptq int4 g128": dict(method="gptq", bits=4, group_size=128),
+    "gptq int4 g128 act-order": dict(method="gptq", bits=4, group_size=128, act_order=True),
+    "smoothquant W8A8": dict(method="smoothquant"),
+    "dynamic int8 (torch.ao)": dict(method="dynamic-int8"),
+    "bnb int8 (LLM.int8)": dict(method="bnb-int8"),
+    "bnb nf4": dict(method="bnb-nf4"),
+}
+
+
+def measure(model_dir: Path, eval_ids: torch.Tensor, eval_tokens: int | None, repeats: int,
+            threads: int | None) -> dict:
+    model = load_model(model_dir)  # from disk: the saved format is what gets measured
+    runner = TorchRunner(model)
+    ppl = perplexity(runner, eval_ids, seq_len=256, max_tokens=eval_tokens, batch_size=8, progress=False).ppl
+    lat = measure_latency(runner, prompt=128, new_tokens=32, repeats=repeats, warmup=1, threads=threads,
+                          progress=False)
+    return {"bytes": bytes_on_disk(model_dir, weights_only=True), "ppl": ppl,
+            "decode_ms": lat.decode_ms_per_token_p50}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="40k eval tokens, 32 calibration windows, 3 repeats")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for latency (default: torch's)")
+    args = p.parse_args(argv)
+    if not (TEACHER / "config.json").exists():
+        print(f"reference teacher not found at {TEACHER} (needs ../shared/data beside the repo)", file=sys.stderr)
+        return 1
+    eval_tokens = 40_000 if args.quick else None
+    calib_samples = 32 if args.quick else 64
+    repeats = 3 if args.quick else 5
+    tok = load_tokenizer(TEACHER)
+    eval_ids = tokenize(read_text(DATA / "corpus" / "heldout"), tok)
+    calib_ids = tokenize(read_text(DATA / "corpus" / "train", max_chars=2_000_000), tok)
+    print(f"teacher {TEACHER.name}; eval {min(eval_ids.numel(), eval_tokens or 10**12):,} held-out tokens "
+          f"(seq_len 256, stride 256); calibration {calib_samples} x 256 tokens of corpus/train; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ["fp32"] + [r for r in args.rows if r != "fp32"]:
+            model = load_model(TEACHER)
+            t0 = time.perf_counter()
+            if ROWS[name] is not None:
+                cfg = QuantizeConfig(**ROWS[name], **({"calib_samples": calib_samples}
+                                                      if ROWS[name]["method"] in ("gptq", "smoothquant") else {}))
+                model = quantize(model, cfg, calib_ids)
+            quant_s = time.perf_counter() - t0
+            out = save_model(model, Path(tmp) / name.replace(" ", "_"))
+            results[name] = measure(out, eval_ids, eval_tokens, repeats, args.threads) | {"quant_s": quant_s}
+            r = results[name]
+            print(f"  measured {name}: ppl {r['ppl']:.2f}, {r['bytes'] / 1e6:.1f} MB, "
+                  f"{r['decode_ms']:.2f} ms/token (quantized in {quant_s:.0f} s)", flush=True)
+
+    base = results["fp32"]
+    print()
+    print(f"| {'method':<26} | {'MB on disk':>10} | {'size':>6} | {'ppl':>8} | {'ppl / fp32':>10} | "
+          f"{'decode ms/tok':>13} | {'vs fp32':>7} | {'quantize s':>10} |")
+    print("|" + "|".join("-" * (w + 2) for w in (26, 10, 6, 8, 10, 13, 7, 10)) + "|")
+    for name, r in results.items():
+        print(f"| {name:<26} | {r['bytes'] / 1e6:>10.1f} | {base['bytes'] / r['bytes']:>5.2f}x | {r['ppl']:>8.2f} | "
+              f"{r['ppl'] / base['ppl']:>10.4f} | {r['decode_ms']:>13.2f} | "
+              f"{r['decode_ms'] / base['decode_ms']:>6.2f}x | {r['quant_s']:>10.1f} |")
+    print("\nsize: fp32 bytes / method bytes (weights files only). Latency: batch 1, prompt 128, 32 new "
+          "tokens, p50 of per-token decode; noisy on a shared CPU.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

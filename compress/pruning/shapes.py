@@ -1,0 +1,124 @@
+"""Shape arithmetic of a GPT-2: what a prune config turns a model shape into, and what that costs.
+
+Used twice: at plan time (impossible targets are reported before any model loads) and at run time
+(the target shape the selection must fill). Pure arithmetic, no tensors.
+
+The parameter budget (`params: 0.75`) is turned into a shape by one fixed, data-free rule, so that
+every importance criterion prunes to the same shape (and the same latency):
+
+  1. drop `layers` blocks first (if given);
+  2. find the fraction s at which heads, n_embd and the MLP width, all shrunk *together* by s, would
+     hit the budget exactly (continuous bisection on the parameter formula);
+  3. round the head count to the nearest whole head, round(s * n_head), at least 1; n_embd follows
+     as n_head * head_dim;
+  4. the MLP width n_inner absorbs the rounding: it is solved from the budget (the parameter count is
+     linear in n_inner) and clamped to [1, n_inner]. When it is clamped, the result lands as close
+     to the budget as that head count allows; the step reports the fraction it really kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compress.pruning.config import PruneConfig
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The dimensions of a GPT2LMHeadModel that pruning changes (and those that size it)."""
+
+    n_layer: int
+    n_head: int
+    head_dim: int
+    n_inner: int
+    vocab_size: int | None  # None: unknown at plan time (a tokenizer still to be loaded)
+    n_positions: int
+    tied: bool = True  # lm_head shares the token embedding
+
+    @property
+    def n_embd(self) -> int:
+        return self.n_head * self.head_dim  # GPT2Config has no separate head_dim
+
+    @classmethod
+    def of_config(cls, config: Any) -> "Shape":
+        """From a GPT2Config or a config.json dict."""
+        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+        n_embd, n_head = int(get("n_embd")), int(get("n_head"))
+        return cls(n_layer=int(get("n_layer")), n_head=n_head, head_dim=n_embd // n_head,
+                   n_inner=int(get("n_inner") or 4 * n_embd), vocab_size=get("vocab_size"),
+                   n_positions=int(get("n_positions", 1024)), tied=bool(get("tie_word_embeddings", True)))
+
+    def __str__(self) -> str:
+        return f"{self.n_layer}x{self.n_embd}"
+
+
+def param_count(shape: Shape, scale: float = 1.0) -> float:
+    """Parameters of a GPT2LMHeadModel of this shape (tied head counted once).
+
+    `scale` shrinks n_embd and n_inner together (continuously) for the budget rule's bisection.
+    """
+    E, I = shape.n_embd * scale, shape.n_inner * scale
+    V, P, L = shape.vocab_size or 0, shape.n_positions, shape.n_layer
+    block = 4 * E * E + 2 * E * I + 9 * E + I  # ln_1, c_attn (q|k|v), c_proj, ln_2, c_fc, mlp.c_proj
+    head = 0 if shape.tied else V * E
+    return V * E + P * E + L * block + 2 * E + head  # wte, wpe, blocks, ln_f, untied lm_head
+
+
+def removed(ratio: float, n: int) -> int:
+    """How many of n structures a ratio removes (nearest whole number, halves rounded up)."""
+    return int(ratio * n + 0.5)
+
+
+def target_problems(shape: Shape, cfg: "PruneConfig") -> list[str]:
+    """Why cfg cannot be applied to a model of this shape (empty when it can)."""
+    problems = []
+    if cfg.layers >= shape.n_layer:
+        problems.append(f"layers={cfg.layers} removes all {shape.n_layer} blocks of the {shape} model "
+                        f"(at most {shape.n_layer - 1})")
+    if removed(cfg.width, shape.n_head) >= shape.n_head:
+        problems.append(f"width={cfg.width} leaves 0 of {shape.n_head} attention heads "
+                        f"(keep at least one: width < {(shape.n_head - 0.5) / shape.n_head:.3g})")
+    if removed(cfg.mlp, shape.n_inner) >= shape.n_inner:
+        problems.append(f"mlp={cfg.mlp} leaves 0 of {shape.n_inner} MLP channels")
+    if cfg.params is not None and shape.vocab_size is not None and cfg.layers < shape.n_layer:
+        smallest = param_count(_width_shape(shape, cfg.layers, 1, 1)) / param_count(shape)
+        if cfg.params < smallest:
+            problems.append(f"params={cfg.params} is below the smallest model pruning can make from "
+                            f"the {shape} model (one head, one MLP channel: {smallest:.3f} of the parameters)")
+    if cfg.seq_len is not None and cfg.seq_len > shape.n_positions:
+        problems.append(f"seq_len={cfg.seq_len} exceeds the model's {shape.n_positions} positions")
+    return problems
+
+
+def target_shape(shape: Shape, cfg: "PruneConfig") -> Shape:
+    """The shape cfg prunes `shape` to (call target_problems first: this assumes it is possible)."""
+    if cfg.params is not None:
+        return budget_shape(shape, cfg.params, cfg.layers)
+    return _width_shape(shape, cfg.layers, shape.n_head - removed(cfg.width, shape.n_head),
+                        shape.n_inner - removed(cfg.mlp, shape.n_inner))
+
+
+def budget_shape(shape: Shape, keep: float, layers: int = 0) -> Shape:
+    """The shape that keeps about `keep` of the parameters, by the rule in this module's docstring."""
+    if shape.vocab_size is None:
+        raise ValueError("the parameter budget needs the vocabulary size")
+    target = keep * param_count(shape)
+    deep = replace(shape, n_layer=shape.n_layer - layers)
+    if param_count(deep) <= target:
+        return deep  # dropping the blocks alone meets the budget
+    lo, hi = 0.0, 1.0  # param_count(deep, s) grows with s: bisect for the uniform width fraction
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if param_count(deep, mid) < target else (lo, mid)
+    n_head = min(shape.n_head, max(1, round(lo * shape.n_head)))
+    # The count is linear in n_inner at a fixed head count: solve it from two points.
+    at0 = param_count(_width_shape(shape, layers, n_head, 0))
+    per_channel = param_count(_width_shape(shape, layers, n_head, 1)) - at0
+    n_inner = min(shape.n_inner, max(1, round((target - at0) / per_channel)))
+    return _width_shape(shape, layers, n_head, n_inner)
+
+
+def _width_shape(shape: Shape, layers: int, n_head: int, n_inner: int) -> Shape:
+    return replace(shape, n_layer=shape.n_layer - layers, n_head=n_head, n_inner=n_inner)

@@ -1,0 +1,13 @@
+"""int8 / 4-bit quantization of GPT-2: rtn, gptq, smoothquant (W8A8), bitsandbytes, torch dynamic int8.
+
+    from compress import quantize, QuantizeConfig
+    q = quantize(model, QuantizeConfig(method="gptq", bits=4, group_size=128), calib_ids)
+
+The on-disk format and the hand-off to the ONNX exporter are described in storage.py and handoff.py.
+"""
+
+from compress.quantization.api import quantize
+from compress.quantization.config import QuantizeConfig
+from compress.quantization.handoff import QuantizedLinear, is_quantized_dir, quantized_linears
+
+__all__ = ["quantize", "QuantizeConfig", "QuantizedLinear", "is_quantized_dir", "quantized_linears"]

@@ -1,0 +1,121 @@
+"""GPTQ (Frantar et al., 2022): quantize one column at a time and spread each column's rounding error
+over the columns not yet quantized, weighted by the inverse Hessian H = X^T X of the layer's inputs.
+
+The model is processed block by block: the Hessians of block i come from its inputs as computed by the
+already-quantized blocks 0..i-1, then block i is quantized and its (quantized) outputs become block
+i+1's inputs, so only one block's activations are held at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from compress.errors import UserError
+from compress.quantization.calibration import capture_block_inputs, input_hooks, run_block
+from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
+from compress.quantization.rtn import fit_groups, fit_grid, to_codes
+
+BLOCK_SIZE = 128  # columns updated together (lazy batch updates); a multiple of every group size
+
+
+@torch.no_grad()
+def gptq(name: str, w: torch.Tensor, bias: torch.Tensor | None, H: torch.Tensor, bits: int,
+         group_size: int | None, sym: bool, damp: float, act_order: bool) -> QuantizedLinear:
+    """Quantize w [out, in] given the Hessian H [in, in] of its inputs."""
+    W = w.clone().float()
+    out_f, in_f = W.shape
+    g = group_size or in_f
+    H = H.clone().float()
+    dead = torch.diag(H) == 0  # inputs that are always zero: their weights do not matter
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    # Grids fitted up front from the original weights when columns are visited out of order (act-order
+    # keeps groups contiguous: "static groups") or per channel; otherwise at each group's first column.
+    static = act_order or g == in_f
+    if static:
+        scales, zeros = fit_groups(W, bits, g, sym)  # (out, n_groups)
+    else:
+        scales, zeros = torch.zeros(out_f, in_f // g), torch.zeros(out_f, in_f // g)
+
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f)
+    W, H = W[:, perm], H[perm][:, perm]
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f)
+    try:
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise UserError(f"gptq: the Hessian of {name} is not positive definite; raise damp "
+                        f"(now {damp}) or calib_samples") from None
+
+    codes = torch.empty(out_f, in_f)
+    for i1 in range(0, in_f, BLOCK_SIZE):
+        i2 = min(i1 + BLOCK_SIZE, in_f)
+        W1 = W[:, i1:i2].clone()  # (out, cols) updated in place as errors arrive
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])  # the column's index in the original order
+            grp = col // g
+            if not static and col % g == 0:
+                s, z = fit_grid(W1[:, i:i + g], bits, sym)
+                scales[:, grp], zeros[:, grp] = s, z
+            s, z = scales[:, grp], zeros[:, grp]
+            q = to_codes(W1[:, i:i + 1], s, z, bits)[:, 0]  # (out,)
+            codes[:, col] = q
+            err = (W1[:, i] - (q - z) * s) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # the block's errors, onto the later columns
+
+    return QuantizedLinear(name=name, bits=bits, group_size=g, q=codes.to(torch.uint8),
+                           scales=scales.float().contiguous(), zeros=zeros.to(torch.uint8), bias=bias)
+
+
+class HessianSum:
+    """Running H = mean of x x^T over every token seen (x: a linear layer's input rows)."""
+
+    def __init__(self):
+        self.H: dict[str, torch.Tensor] = {}
+        self.n: dict[str, int] = {}
+
+    def add(self, name: str, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+        if name not in self.H:  # float64 running sum, so many batches add up exactly
+            self.H[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+            self.n[name] = 0
+        self.H[name] += (x.T @ x).double()
+        self.n[name] += x.shape[0]
+
+    def get(self, name: str) -> torch.Tensor:
+        return (self.H[name] / self.n[name]).float().cpu()
+
+
+@torch.no_grad()
+def quantize_gptq(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, group_size: int | None,
+                  sym: bool, damp: float, act_order: bool, head_bits: int | None = None,
+                  head_group: int | None = None, log=None) -> GPT2LMHeadModel:
+    """GPTQ every block projection (and the LM head when head_bits is set), block by block, in place."""
+    calls = capture_block_inputs(model, windows)
+    for i, block in enumerate(model.transformer.h):
+        hs = HessianSum()
+        with input_hooks({n: block.get_submodule(n) for n in BLOCK_LINEARS}, hs.add):
+            run_block(block, calls)
+        records = {}
+        for local in BLOCK_LINEARS:
+            name = f"transformer.h.{i}.{local}"
+            w, bias = linear_weight(block.get_submodule(local))
+            records[name] = gptq(name, w, bias, hs.get(local), bits, group_size, sym, damp, act_order)
+        install(model, records)
+        calls = run_block(block, calls)  # the quantized block's outputs feed block i+1
+        if log:
+            log.info("gptq: block %d/%d quantized", i + 1, model.config.n_layer)
+    if head_bits:
+        hs = HessianSum()
+        for c in calls:
+            hs.add("lm_head", model.transformer.ln_f(c.hidden))
+        w, _ = linear_weight(model.lm_head)
+        install(model, {"lm_head": gptq("lm_head", w, None, hs.get("lm_head"), head_bits, head_group,
+                                         sym, damp, act_order)})
+    return model

@@ -1,0 +1,91 @@
+"""The quantized linear module used for torch evaluation, and finding GPT-2's linear layers.
+
+QuantLinear keeps the integer codes (uint8, one per weight: 4x smaller than fp32 in memory) and
+dequantizes on every forward, then does an fp32 matmul: exactly the numerics of the hand-off
+(handoff.py) that the ONNX exporter writes, so torch and ONNX Runtime perplexities agree.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
+
+from compress.quantization.handoff import QuantizedLinear, dequantize, fake_quant_input
+
+# The projections of one GPT-2 block, in the order data flows through them.
+BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+class QuantLinear(nn.Module):
+    """y = x @ dequant(q).T + bias, x fake-quantized to int8 first when input_scale is set (W8A8)."""
+
+    def __init__(self, ql: QuantizedLinear):
+        super().__init__()
+        self.name, self.bits, self.group_size = ql.name, ql.bits, ql.group_size
+        self.in_features, self.out_features = ql.in_features, ql.out_features
+        self.input_scale = ql.input_scale
+        self.register_buffer("q", ql.q.to(torch.uint8).contiguous())
+        self.register_buffer("scales", ql.scales.float().contiguous())
+        self.register_buffer("zeros", ql.zeros.to(torch.uint8).contiguous())
+        self.register_buffer("bias", None if ql.bias is None else ql.bias.float().contiguous())
+
+    def record(self) -> QuantizedLinear:
+        """This layer as a hand-off record (tensors on CPU)."""
+        return QuantizedLinear(self.name, self.bits, self.group_size, self.q.cpu(), self.scales.cpu(),
+                               self.zeros.cpu(), None if self.bias is None else self.bias.cpu(),
+                               self.input_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = dequantize(self.q, self.scales, self.zeros, self.group_size)  # (out, in) fp32
+        if self.input_scale is not None:
+            x = fake_quant_input(x, self.input_scale)
+        return nn.functional.linear(x, w.to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        kind = "W8A8" if self.input_scale is not None else f"int{self.bits} weight-only"
+        return f"{self.in_features}->{self.out_features}, {kind}, group_size={self.group_size}"
+
+
+def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight [out, in], bias) of a Conv1D (stored [in, out]) or nn.Linear, as fp32 copies."""
+    if isinstance(module, Conv1D):
+        w = module.weight.detach().t()
+    elif isinstance(module, nn.Linear):
+        w = module.weight.detach()
+    else:
+        raise TypeError(f"{type(module).__name__} is not a linear layer")
+    bias = None if module.bias is None else module.bias.detach().float().clone()
+    return w.float().clone(), bias
+
+
+def block_linear_names(model: GPT2LMHeadModel) -> list[str]:
+    """Module paths of every attention and MLP projection, block by block."""
+    return [f"transformer.h.{i}.{n}" for i in range(model.config.n_layer) for n in BLOCK_LINEARS]
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def untie_lm_head(model: GPT2LMHeadModel) -> None:
+    """Give the LM head its own weight so quantizing it leaves the input embedding untouched."""
+    if model.lm_head.weight is model.transformer.wte.weight:
+        model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+
+
+def install(model: GPT2LMHeadModel, records: dict[str, QuantizedLinear]) -> GPT2LMHeadModel:
+    """Replace each named linear by a QuantLinear built from its record (in place)."""
+    if "lm_head" in records:
+        untie_lm_head(model)
+    device = model.transformer.wte.weight.device
+    for name, ql in records.items():
+        set_module(model, name, QuantLinear(ql).to(device))
+    return model
+
+
+def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}

@@ -1,0 +1,93 @@
+"""SmoothQuant (Xiao et al., 2022): W8A8 with per-channel int8 weights and per-tensor int8 activations.
+
+Activation outlier channels make per-tensor int8 activations coarse. Dividing input channel j by
+s_j = max|X_j|**alpha / max|W_j|**(1 - alpha) and multiplying the weight's column j by s_j leaves the
+product unchanged but moves the difficulty from activations to weights. The division is folded into
+what produces X, so the saved model is a stock GPT-2 with different numbers:
+    attn.c_attn <- ln_1 (weight and bias / s);  mlp.c_fc <- ln_2;
+    attn.c_proj <- the value rows of c_attn (attention mixes tokens, never channels, so it commutes).
+mlp.c_proj follows a GELU, where nothing can absorb a divisor; it is quantized unsmoothed.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
+
+from compress.quantization.calibration import input_hooks, run_model
+from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
+from compress.quantization.rtn import rtn
+
+SMOOTHED = ("attn.c_attn", "attn.c_proj", "mlp.c_fc")
+
+
+def channel_absmax(model: GPT2LMHeadModel, windows: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """max |x| over calibration tokens, per input channel, of each named linear layer."""
+    amax: dict[str, torch.Tensor] = {}
+
+    def observe(name: str, x: torch.Tensor) -> None:
+        m = x.reshape(-1, x.shape[-1]).abs().amax(dim=0).float().cpu()  # (in,)
+        amax[name] = torch.maximum(amax[name], m) if name in amax else m
+
+    with input_hooks({n: model.get_submodule(n) for n in names}, observe):
+        run_model(model, windows)
+    return amax
+
+
+def smoothing_factors(x_amax: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s_j = max|X_j|**alpha / max|W[:, j]|**(1-alpha) for w [out, in] (clamped away from 0)."""
+    w_amax = w.abs().amax(dim=0).clamp(min=1e-5)
+    s = x_amax.clamp(min=1e-5).pow(alpha) / w_amax.pow(1 - alpha)
+    return s.clamp(min=1e-5)
+
+
+@torch.no_grad()
+def _scale_input_columns(conv: Conv1D, s: torch.Tensor) -> None:
+    conv.weight.mul_(s.to(conv.weight).unsqueeze(1))  # Conv1D weight is (in, out): scale row j
+
+
+@torch.no_grad()
+def smooth(model: GPT2LMHeadModel, windows: torch.Tensor, alpha: float) -> None:
+    """Fold the smoothing factors into the model, in place (its fp32 outputs do not change)."""
+    names = [f"transformer.h.{i}.{n}" for i in range(model.config.n_layer) for n in SMOOTHED]
+    amax = channel_absmax(model, windows, names)
+    E = model.config.n_embd
+    for i, block in enumerate(model.transformer.h):
+        for ln, local in ((block.ln_1, "attn.c_attn"), (block.ln_2, "mlp.c_fc")):
+            layer = block.get_submodule(local)
+            s = smoothing_factors(amax[f"transformer.h.{i}.{local}"], linear_weight(layer)[0], alpha)
+            ln.weight.div_(s.to(ln.weight))
+            ln.bias.div_(s.to(ln.bias))
+            _scale_input_columns(layer, s)
+        # attn.c_proj's input channel j is value channel j: divide c_attn's value outputs by s.
+        c_attn, c_proj = block.attn.c_attn, block.attn.c_proj
+        s = smoothing_factors(amax[f"transformer.h.{i}.attn.c_proj"], linear_weight(c_proj)[0], alpha)
+        c_attn.weight[:, 2 * E:].div_(s.to(c_attn.weight))
+        c_attn.bias[2 * E:].div_(s.to(c_attn.bias))
+        _scale_input_columns(c_proj, s)
+
+
+def tensor_absmax(model: GPT2LMHeadModel, windows: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """max |x| over every calibration activation of each named layer (per-tensor ranges)."""
+    return {n: float(v.max()) for n, v in channel_absmax(model, windows, names).items()}
+
+
+@torch.no_grad()
+def quantize_smoothquant(model: GPT2LMHeadModel, windows: torch.Tensor, alpha: float,
+                         head_bits: int | None = None, head_group: int | None = None) -> GPT2LMHeadModel:
+    """Smooth, calibrate static activation scales, then int8 per-channel weights (in place)."""
+    smooth(model, windows, alpha)
+    names = [f"transformer.h.{i}.{n}" for i in range(model.config.n_layer) for n in BLOCK_LINEARS]
+    ranges = tensor_absmax(model, windows, names)
+    records: dict[str, QuantizedLinear] = {}
+    for name in names:
+        w, bias = linear_weight(model.get_submodule(name))
+        r = rtn(name, w, bias, bits=8, group_size=None, sym=True)
+        records[name] = QuantizedLinear(r.name, r.bits, r.group_size, r.q, r.scales, r.zeros, r.bias,
+                                        input_scale=max(ranges[name], 1e-8) / 127)
+    if head_bits:  # the LM head stays weight-only: its logits feed a softmax over the vocabulary
+        w, _ = linear_weight(model.lm_head)
+        records["lm_head"] = rtn("lm_head", w, None, head_bits, head_group, sym=True)
+    return install(model, records)

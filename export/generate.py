@@ -1,0 +1,200 @@
+"""Text generation on any Runner (ONNX Runtime, torch, TensorRT) with a KV cache, streamed as it goes.
+
+    python -m export.generate runs/quickstart/05-export-onnx "Once upon a time" --max-new-tokens 50
+    python -m export.generate runs/quickstart/00-base/model "Once upon a time" --sample --top-p 0.9
+
+The same `generate()` drives every backend, so a torch checkpoint and its ONNX export can be compared
+token by token (greedy decoding must agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compress.errors import UserError
+from evalsuite.runner import Runner
+
+
+class GenerationConfig(BaseModel):
+    """Decoding controls (Hugging Face's names and meanings). Greedy unless do_sample."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = Field(50, ge=1, le=100_000)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0, le=100)
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = off")
+    top_p: float = Field(1.0, gt=0, le=1, description="keep the smallest set with this much probability")
+    repetition_penalty: float = Field(1.0, gt=0, le=100, description="> 1 discourages tokens already seen")
+    stop_at_eos: bool = True
+    eos_token_id: int | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sampling_knobs_need_sampling(self) -> "GenerationConfig":
+        set_ = [k for k in ("temperature", "top_k", "top_p") if k in self.model_fields_set]
+        if set_ and not self.do_sample:
+            raise ValueError(f"{', '.join(set_)}: only used when sampling; add do_sample (--sample)")
+        return self
+
+
+def next_token_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
+    """Apply repetition penalty, temperature, top-k and top-p to one row of logits (V,)."""
+    logits = logits.float().clone()
+    if cfg.repetition_penalty != 1.0 and seen.numel():
+        # CTRL's penalty, as in transformers: shrink positive logits, push negative ones further down.
+        prev = logits[seen]
+        logits[seen] = torch.where(prev > 0, prev / cfg.repetition_penalty, prev * cfg.repetition_penalty)
+    if not cfg.do_sample:
+        return logits
+    logits = logits / cfg.temperature
+    if cfg.top_k:
+        kth = torch.topk(logits, min(cfg.top_k, logits.numel())).values[-1]
+        logits[logits < kth] = -float("inf")
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_logits, -1) >= cfg.top_p  # mass before this token already enough
+        logits[order[drop]] = -float("inf")
+    return logits
+
+
+@torch.inference_mode()
+def generate(runner: Runner, prompt_ids: list[int], cfg: GenerationConfig,
+             on_token: Callable[[int], None] | None = None) -> list[int]:
+    """New token ids after `prompt_ids` (batch 1), calling on_token for each as soon as it is chosen."""
+    if not prompt_ids:
+        raise UserError("the prompt is empty (it tokenized to no ids)")
+    if len(prompt_ids) >= runner.max_positions:
+        raise UserError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {runner.max_positions}")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    seen = torch.tensor(prompt_ids, dtype=torch.long)
+    logits, past = runner.forward(seen.unsqueeze(0))  # prefill (1, T)
+    out: list[int] = []
+    while True:
+        scores = next_token_logits(logits[0, -1].cpu(), seen, cfg)
+        if cfg.do_sample:
+            token = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
+        else:
+            token = int(scores.argmax())
+        out.append(token)
+        seen = torch.cat([seen, torch.tensor([token])])
+        if on_token is not None:
+            on_token(token)
+        full = seen.numel() >= runner.max_positions  # no position left for another token
+        if len(out) >= cfg.max_new_tokens or full or (cfg.stop_at_eos and token == cfg.eos_token_id):
+            return out
+        logits, past = runner.forward(torch.tensor([[token]]), past)  # decode step (1, 1)
+
+
+class TextStream:
+    """Print decoded text as tokens arrive; holds back an incomplete UTF-8 character (shown as U+FFFD)."""
+
+    def __init__(self, tokenizer, out=sys.stdout):
+        self.tokenizer, self.out = tokenizer, out
+        self.ids: list[int] = []
+        self.printed = 0
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            self.out.write(text[self.printed:])
+            self.out.flush()
+            self.printed = len(text)
+
+
+# -- opening whatever the user points at --------------------------------------------------------------
+
+def open_any(path: str | Path, device: str = "cpu", threads: int | None = None) -> tuple[Runner, Path]:
+    """A runner and the directory holding its tokenizer, for: a run's step dir (step.json), a dir with
+    model.onnx, a .onnx file, or a torch model dir (config.json + safetensors)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    step = path / "step.json"
+    if step.is_file():
+        info = json.loads(step.read_text())
+        rel = info.get("artifact") or info.get("model_dir")
+        if info.get("backend", "torch") not in ("torch", "onnxruntime"):
+            from evalsuite.backends import open_runner
+
+            return open_runner(info["backend"], path / rel, device), path
+        return open_any(path / rel, device, threads)
+    if path.is_dir() and (path / "model.onnx").is_file():
+        path = path / "model.onnx"
+    if path.suffix == ".onnx":
+        from export.ort_runner import OrtRunner
+
+        return OrtRunner(path, device, threads), path.parent
+    from compress.models import load_model
+    from evalsuite.runner import TorchRunner
+
+    if threads:
+        torch.set_num_threads(threads)
+    return TorchRunner(load_model(path), device), path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export.generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="step dir of a run, dir with model.onnx, a .onnx file, or a torch model dir")
+    p.add_argument("prompt")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--no-stop-at-eos", action="store_true", help="keep going past the end-of-text token")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's setting)")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace, eos_token_id: int | None) -> GenerationConfig:
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    try:
+        return GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                                repetition_penalty=args.repetition_penalty, stop_at_eos=not args.no_stop_at_eos,
+                                eos_token_id=eos_token_id, seed=args.seed,
+                                **{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = f"--{str(err['loc'][0]).replace('_', '-')}: " if err["loc"] else ""
+        raise UserError(f"{where}{err['msg'].removeprefix('Value error, ')}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from compress.models import load_tokenizer
+
+        runner, tok_dir = open_any(args.model, args.device, args.threads)
+        tokenizer = load_tokenizer(tok_dir)
+        cfg = config_from_args(args, tokenizer.eos_token_id)
+        ids = tokenizer.encode(args.prompt)
+        threads = getattr(runner, "threads", torch.get_num_threads())
+        print(f"[{runner.backend} on {runner.device}, {threads} threads: {args.model}]", file=sys.stderr)
+        sys.stdout.write(args.prompt)
+        t0 = time.perf_counter()
+        out = generate(runner, ids, cfg, TextStream(tokenizer))
+        wall = time.perf_counter() - t0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(f"[{len(out)} tokens in {wall:.2f} s, {len(out) / wall:.1f} tokens/s incl. prefill]", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The `export` step: the previous torch model -> model.onnx (KV cache) + io.json + validation.json.
+
+    - export: {format: onnx}                                # fp32, ORT fusions, validated to 1e-3
+    - export: {format: onnx, quantize: int4, block_size: 32} # ORT's MatMulNBits quantizer on fp32
+    - export: {format: tensorrt, precision: fp16}           # ONNX here, engine via export.tensorrt
+
+After a `quantize` step the integers of that step are written as they are (MatMulNBits / QDQ), and the
+export must match the torch quantized model's perplexity within validation.ppl_rel.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from compress.errors import UserError
+from compress.steps import StepConfig, StepContext, StepOutput, register_step
+from export.profiles import TensorRTProfile
+
+if TYPE_CHECKING:
+    import logging
+
+    import onnx
+    from torch import nn
+
+    from compress.plan import Plan
+
+ONNX_FILE = "model.onnx"
+ORT_ONLY = ("optimize", "fp16", "quantize", "block_size", "accuracy_level")
+TRT_ONLY = ("precision", "profile")
+
+
+class ValidationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_abs_logit: float = Field(1e-3, gt=0, le=100, description="fp32 export vs torch: max |logit diff|")
+    ppl_rel: float = Field(0.01, gt=0, le=1, description="export from quantize-step integers vs the torch "
+                                                        "quantized model: max relative perplexity gap")
+    approx_ppl_rel: float = Field(0.10, gt=0, le=10, description="fp16 or ORT's own quantizer vs torch fp32")
+    tokens: int = Field(4096, ge=64, le=10_000_000, description="eval tokens used for validation "
+                                                                "(at most data.eval.max_tokens)")
+    windows: int = Field(4, ge=1, le=256, description="eval windows compared logit by logit")
+
+
+class ExportConfig(StepConfig):
+    """Export the current model as one ONNX decoder with KV cache (and, for tensorrt, build an engine)."""
+
+    kind: ClassVar[str] = "export"
+    produces: ClassVar[str] = "onnxruntime"  # an artifact; the next step gets the same torch model
+
+    format: Literal["onnx", "tensorrt"] = "onnx"
+    kv_cache: bool = Field(True, description="one graph for prefill and decode; false is not supported")
+    opset: int = Field(18, ge=14, le=21, description="ONNX opset (optimum recommends >= 18 for GPT-2)")
+    # ONNX Runtime only
+    optimize: bool | None = Field(
+        None, description="ONNX Runtime's GPT-2 fusions (SkipLayerNorm, FastGelu); default: on for float "
+                           "graphs, off for quantized ones (3-8% faster decode without them, bench/onnx.py)")
+    fp16: bool = Field(False, description="fp16 weights and compute, for GPU execution providers")
+    quantize: Literal["none", "dynamic-int8", "int4", "int8"] = Field(
+        "none", description="ONNX Runtime's own quantizer on an fp32 model: dynamic int8 (MatMulInteger) "
+                            "or int4/int8 weight-only (MatMulNBits)")
+    block_size: Literal[16, 32, 64, 128, 256] = Field(128, description="MatMulNBits block for quantize: int4/int8")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        4, description="MatMulNBits compute on CPU: 4 = activations quantized to int8 per block (fast "
+                       "decode), 0 = fp32 (bit-matches torch; 8-bit weights then run a slow fallback)")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    # TensorRT only
+    precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(None, description="tensorrt: engine precision")
+    profile: TensorRTProfile | None = Field(None, description="tensorrt: min/opt/max shapes (default: from the plan)")
+
+    def slug(self) -> str:
+        return f"export-{self.format}"
+
+    @model_validator(mode="after")
+    def _fields_fit_format(self) -> "ExportConfig":
+        if not self.kv_cache:
+            raise ValueError("kv_cache: false is not supported: the runners, generation and TensorRT profiles "
+                             "all use the one KV-cache graph (a prefill is a call with past length 0)")
+        wrong = TRT_ONLY if self.format == "onnx" else ORT_ONLY
+        given = [k for k in wrong if k in self.model_fields_set]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for format {'tensorrt' if self.format == 'onnx' else 'onnx'}")
+        if self.fp16 and self.quantize != "none":
+            raise ValueError(f"fp16 and quantize: {self.quantize} exclude each other")
+        return self
+
+    def plan_problems(self, plan: "Plan", index: int) -> list[str]:
+        for j, earlier in enumerate(plan.steps[:index]):
+            if earlier.kind != "quantize":
+                continue
+            from compress.quantization.config import EXPORTABLE
+
+            method = getattr(earlier, "method", None)
+            if method not in EXPORTABLE:
+                return [f"steps[{j}].quantize method {method} has no ONNX form (exportable: "
+                        f"{', '.join(EXPORTABLE)}); export before it or choose another method"]
+            if self.quantize != "none":
+                return [f"quantize: {self.quantize}: the model is already quantized by steps[{j}]; "
+                        "its own integers are exported (leave quantize unset)"]
+        return []
+
+
+def _quantized_records(model_dir: Path) -> dict:
+    """The quantize step's integer layers of model_dir, or {} for an fp32 model."""
+    from compress.quantization.handoff import is_quantized_dir, quantized_linears
+
+    return quantized_linears(model_dir) if is_quantized_dir(model_dir) else {}
+
+
+def fuses(cfg: ExportConfig, records: dict) -> bool:
+    """Whether ORT's Python fusions run. Left to ORT's own session-time fusions, quantized graphs
+    decoded faster on the bench CPU (SkipLayerNorm/BiasGelu absorb the bias Adds the quantized
+    MatMul kernels would otherwise fuse), so the default fuses float graphs only."""
+    if cfg.optimize is not None:
+        return cfg.optimize
+    return not records and cfg.quantize == "none"
+
+
+def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
+                log: "logging.Logger") -> tuple["onnx.ModelProto", dict]:
+    """Trace, then apply the passes the config asks for. Returns the graph and what each pass did."""
+    from export import onnx_quant, passes
+    from export.onnx import dequantized_copy, export_decoder
+
+    t0 = time.perf_counter()
+    graph = export_decoder(dequantized_copy(model, records) if records else model.cpu(), cfg.opset)
+    done: dict = {"trace_s": round(time.perf_counter() - t0, 2)}
+    done["gemm_to_matmul"] = passes.gemm_to_matmul(graph)
+    done["fold_transposes"] = passes.fold_transposes(graph)
+    if cfg.format == "tensorrt":
+        return graph, done  # standard ops only: TensorRT cannot parse ORT's contrib ops
+    if records:
+        done["from_quantize_step"] = onnx_quant.write_quantized_linears(graph, records, cfg.accuracy_level)
+    if fuses(cfg, records):
+        graph, done["fused"] = passes.ort_fusions(graph, model.config.n_head, model.config.n_embd)
+    if cfg.quantize == "dynamic-int8":
+        graph = onnx_quant.ort_dynamic_int8(graph)
+    elif cfg.quantize in ("int4", "int8"):
+        graph = onnx_quant.ort_matmul_nbits(graph, int(cfg.quantize[3:]), cfg.block_size, cfg.accuracy_level)
+    if cfg.fp16:
+        graph = passes.to_fp16(graph)
+    done["quantized_ops"] = onnx_quant.quantized_counts(graph)
+    log.info("export passes: %s", done)
+    return graph, done
+
+
+def _limits(cfg: ExportConfig, records: dict):
+    """Which check decides: exact logits (fp32), perplexity vs the quantized torch model, or approximate."""
+    from export.validate import Limits
+
+    v = cfg.validation
+    if records:
+        bits = sorted({ql.bits for ql in records.values()})
+        return Limits(max_ppl_rel=v.ppl_rel), f"torch quantized model (int{'/'.join(map(str, bits))} QuantLinear)"
+    if cfg.format == "onnx" and (cfg.fp16 or cfg.quantize != "none"):
+        what = "fp16" if cfg.fp16 else cfg.quantize
+        return Limits(max_ppl_rel=v.approx_ppl_rel), f"torch fp32 (export is {what})"
+    return Limits(max_abs_logit=v.max_abs_logit), "torch fp32"
+
+
+def _validation_runner(cfg: ExportConfig, onnx_path: Path, ctx: StepContext):
+    """ONNX Runtime where the plan runs; on CPU for a tensorrt export (the ONNX is only its input) or
+    when this onnxruntime has no CUDA provider."""
+    from evalsuite.backends import BackendUnavailable
+    from export.ort_runner import OrtRunner
+
+    if cfg.format == "onnx" and ctx.device.type != "cpu":
+        try:
+            return OrtRunner(onnx_path, str(ctx.device))
+        except BackendUnavailable as e:
+            ctx.log.warning("validating on CPU: %s", e)
+    return OrtRunner(onnx_path, "cpu")
+
+
+@register_step(ExportConfig)
+def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
+    from compress.data import source_text
+    from evalsuite.data import tokenize
+    from evalsuite.runner import TorchRunner
+    from export.onnx import save_onnx, write_io_json
+    from export.validate import validate
+
+    records = _quantized_records(ctx.input_dir)
+    if records and cfg.quantize != "none":
+        raise UserError(f"{ctx.name}: quantize: {cfg.quantize} on a model already quantized ({ctx.input_dir})")
+    model = ctx.load_input()
+    graph, done = build_graph(cfg, model, records, ctx.log)
+    onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)
+    io = write_io_json(graph, ctx.out_dir / "io.json")
+    shutil.copy(ctx.input_dir / "config.json", ctx.out_dir / "config.json")  # the plan runner reads it
+    ctx.tokenizer().save_pretrained(ctx.out_dir)
+    del graph
+
+    limits, reference = _limits(cfg, records)
+    budget = min(cfg.validation.tokens, ctx.plan.data.eval.max_tokens or cfg.validation.tokens)
+    eval_ids = tokenize(source_text(ctx.plan.data.eval), ctx.tokenizer())[:budget]
+    result = validate(TorchRunner(model, ctx.device), _validation_runner(cfg, onnx_path, ctx), eval_ids,
+                      ctx.plan.data.eval.seq_len, cfg.validation.windows, limits, reference)
+    (ctx.out_dir / "validation.json").write_text(json.dumps(result.as_dict(), indent=1) + "\n")
+    ctx.log.info("validation: %s", result.as_dict())
+    if not result.passed:
+        raise UserError(f"{ctx.name}: export validation failed: {'; '.join(result.problems)}")
+
+    info = {"passes": done, "validation": result.as_dict(), "inputs": len(io["inputs"]), "opset": cfg.opset}
+    if cfg.format == "tensorrt":
+        from export.tensorrt import finish_step
+
+        out = finish_step(cfg, onnx_path, ctx)
+        out.info = {"onnx": info, **out.info}
+        return out
+    what = (f"int{'/'.join(sorted({str(q.bits) for q in records.values()}))} from the quantize step"
+            if records else ("fp16" if cfg.fp16 else cfg.quantize if cfg.quantize != "none" else "fp32"))
+    summary = (f"ONNX opset {cfg.opset} with KV cache, {what}"
+               f"{', ORT fusions' if fuses(cfg, records) else ''}; vs {reference}: max |dlogit| "
+               f"{max(result.max_abs_logit_diff, result.decode_max_abs_logit_diff):.2g}, top-1 "
+               f"{100 * result.top1_agreement:.1f}%, ppl {result.ppl_onnx:.4g} vs {result.ppl_torch:.4g}")
+    return StepOutput(summary=summary, artifact=ONNX_FILE, backend="onnxruntime", info=info)

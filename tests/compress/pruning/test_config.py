@@ -1,0 +1,61 @@
+"""Plan-time errors of the prune step, reported with their key paths before any model loads."""
+
+import pytest
+
+from compress import PruneConfig
+from compress.errors import PlanError
+from compress.models import save_model, tiny_model
+from compress.plan import parse_plan
+
+
+def plan_dict(*steps, model=None):
+    return {"name": "t", "model": model or {"pretrain": {"n_layer": 4, "n_embd": 64, "n_head": 4}},
+            "data": {"train": {"builtin": "python-docs"}, "eval": {"builtin": "python-docs", "split": "heldout"}},
+            "steps": [{"prune": s} for s in steps]}
+
+
+def problems(*steps, model=None):
+    with pytest.raises(PlanError) as e:
+        parse_plan(plan_dict(*steps, model=model))
+    return e.value.problems
+
+
+def test_a_valid_plan_parses():
+    plan = parse_plan(plan_dict({"importance": "taylor", "layers": 1, "mlp": 0.5, "width": 0.25}, {"params": 0.5}))
+    assert plan.steps[0] == PruneConfig(importance="taylor", layers=1, mlp=0.5, width=0.25)
+    assert plan.steps[1].params == 0.5 and plan.steps[1].importance == "activation"
+
+
+@pytest.mark.parametrize("step, expected", [
+    ({"width": 0.9}, "steps[0].prune: width=0.9 leaves 0 of 4 attention heads"),
+    ({"layers": 4}, "steps[0].prune: layers=4 removes all 4 blocks of the 4x64 model (at most 3)"),
+    ({"mlp": 1.0}, "steps[0].prune.mlp: Input should be less than 1"),
+    ({"width": -0.1}, "steps[0].prune.width: Input should be greater than or equal to 0"),
+    ({"params": 0.5, "mlp": 0.2}, "steps[0].prune: params is exclusive with mlp and width"),
+    ({"params": 0}, "steps[0].prune.params: Input should be greater than 0"),
+    ({"importance": "l1"}, "steps[0].prune.importance: Input should be 'magnitude', 'taylor', 'activation' or"),
+    ({"heads": 2}, "steps[0].prune.heads: unknown key"),
+    ({"seq_len": 512}, "steps[0].prune: seq_len=512 exceeds the model's 256 positions"),
+])
+def test_bad_targets_name_their_key_path(step, expected):
+    found = problems(step)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+def test_earlier_prune_steps_are_accounted_for():
+    found = problems({"layers": 2, "width": 0.5}, {"layers": 1}, {"width": 0.75})
+    assert found == ["steps[2].prune: width=0.75 leaves 0 of 2 attention heads (keep at least one: width < 0.75)"]
+    assert problems({"layers": 2}, {"layers": 2})[0].startswith("steps[1].prune: layers=2 removes all 2 blocks")
+
+
+def test_a_local_model_dir_is_read_for_its_shape(tmp_path):
+    save_model(tiny_model(n_layer=2, n_head=4), tmp_path / "m")
+    found = problems({"layers": 2}, model=str(tmp_path / "m"))
+    assert found[0].startswith("steps[0].prune: layers=2 removes all 2 blocks of the 2x64 model")
+    assert problems({"params": 0.01}, model=str(tmp_path / "m"))[0].startswith(
+        "steps[0].prune: params=0.01 is below the smallest model")
+
+
+def test_a_hub_id_is_checked_when_loaded():
+    plan = parse_plan(plan_dict({"layers": 40}, model="gpt2"))  # no download at plan time
+    assert plan.steps[0].layers == 40

@@ -1,0 +1,97 @@
+"""Plan-time errors of the quantize step, reported with their key paths before any model loads."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from compress.errors import PlanError
+from compress.plan import parse_plan
+from compress.quantization import QuantizeConfig
+from compress.quantization import config as qconfig
+
+
+def _plan(*steps, n_embd=96, train=True):
+    data = {"eval": {"builtin": "python-docs", "split": "heldout", "seq_len": 32}}
+    if train:
+        data["train"] = {"builtin": "python-docs", "max_chars": 50000}
+    return {"name": "t", "model": {"pretrain": {"n_layer": 1, "n_embd": n_embd, "n_head": 2, "tokens": 5000}},
+            "data": data, "steps": [{"quantize": s} for s in steps]}
+
+
+def _problems(raw):
+    with pytest.raises(PlanError) as e:
+        parse_plan(raw)
+    return e.value.problems
+
+
+def test_good_quantize_steps_parse():
+    plan = parse_plan(_plan({"method": "gptq", "bits": 4, "group_size": 32, "lm_head": "int8"}))
+    step = plan.steps[0]
+    assert isinstance(step, QuantizeConfig) and step.weight_bits == 4 and step.group_for(4) == 32
+    assert step.slug() == "quantize-gptq-w4g32"
+
+
+def test_method_defaults():
+    assert QuantizeConfig(method="smoothquant").weight_bits == 8
+    assert QuantizeConfig(method="rtn").group_for(4) == 128 and QuantizeConfig(method="rtn").group_for(8) is None
+    assert QuantizeConfig(method="bnb-nf4").group_for(4) is None
+
+
+@pytest.mark.parametrize("step,where,text", [
+    ({"method": "smoothquant", "bits": 4}, "steps[0].quantize.bits", "method smoothquant supports bits 8, not 4"),
+    ({"method": "bnb-nf4", "bits": 8}, "steps[0].quantize.bits", "supports bits 4"),
+    ({"bits": 3}, "steps[0].quantize.bits", "Input should be 4 or 8"),
+    ({"method": "smoothquant", "alpha": 1.5}, "steps[0].quantize.alpha", "less than or equal to 1"),
+    ({"method": "smoothquant", "alpha": -0.1}, "steps[0].quantize.alpha", "greater than or equal to 0"),
+    ({"method": "rtn", "alpha": 0.5}, "steps[0].quantize.alpha", "applies to method smoothquant only"),
+    ({"method": "rtn", "act_order": True}, "steps[0].quantize.act_order", "applies to method gptq only"),
+    ({"method": "bnb-int8", "group_size": 64}, "steps[0].quantize.group_size", "bitsandbytes' own blocks"),
+    ({"method": "smoothquant", "sym": False}, "steps[0].quantize.sym", "asymmetric weights are for rtn/gptq"),
+    ({"method": "dynamic-int8", "lm_head": "int8"}, "steps[0].quantize.lm_head", "rtn, gptq and smoothquant only"),
+    ({"method": "awq"}, "steps[0].quantize.method", "Input should be"),
+    ({"bitz": 4}, "steps[0].quantize.bitz", "unknown key"),
+])
+def test_bad_values_name_their_key(step, where, text):
+    (problem,) = _problems(_plan(step))
+    assert problem.startswith(where + ":") and text in problem
+
+
+def test_group_size_must_divide_the_input_width():
+    (problem,) = _problems(_plan({"bits": 4, "group_size": 64}, n_embd=96))
+    assert problem.startswith("steps[0].quantize:")
+    assert "group_size 64 does not divide the input width 96 of attn.c_attn, attn.c_proj, mlp.c_fc" in problem
+
+
+def test_group_size_check_covers_a_quantized_lm_head():
+    # 8-bit blocks are per channel by default; the int4 head uses groups of 128, which 96 cannot hold
+    problems = QuantizeConfig(bits=8, lm_head="int4").width_problems(qconfig.layer_widths(96, None))
+    assert problems == ["group_size 128 does not divide the input width 96 of lm_head"]
+
+
+def test_bnb_without_bitsandbytes_names_the_extra(monkeypatch):
+    monkeypatch.setattr(qconfig, "bnb_installed", lambda: False)
+    (problem,) = _problems(_plan({"method": "bnb-nf4"}))
+    assert problem.startswith("steps[0].quantize.method:") and "pip install -e '.[bnb]'" in problem
+
+
+def test_calibrated_methods_need_training_text():
+    plan = SimpleNamespace(steps=[QuantizeConfig(method="gptq")], data=SimpleNamespace(train=None),
+                           model="gpt2")  # a hub id: widths unknown before loading
+    assert qconfig.QuantizeConfig(method="gptq").plan_problems(plan, 0) == [
+        "method gptq calibrates on data.train; set data.train in the plan"]
+
+
+@pytest.mark.parametrize("method", ["bnb-int8", "bnb-nf4", "dynamic-int8"])
+def test_non_exportable_method_before_export_is_refused(method):
+    q = QuantizeConfig(method=method)
+    plan = SimpleNamespace(steps=[q, SimpleNamespace(kind="export")], data=SimpleNamespace(train=object()),
+                           model="gpt2")
+    assert q.plan_problems(plan, 0) == [f"method {method} cannot be exported to ONNX; use rtn/gptq/smoothquant"]
+    assert QuantizeConfig(method="gptq").plan_problems(plan, 0) == []
+
+
+def test_width_check_waits_for_a_run_after_pruning():
+    q = QuantizeConfig(bits=4, group_size=64)
+    plan = SimpleNamespace(steps=[SimpleNamespace(kind="prune"), q], data=SimpleNamespace(train=object()),
+                           model=SimpleNamespace())
+    assert q.plan_problems(plan, 1) == []

@@ -1,0 +1,135 @@
+"""The export step: its config checks (before any model loads) and a tiny plan run end to end."""
+
+import json
+
+import pytest
+
+from compress.errors import PlanError, UserError
+from compress.plan import parse_plan
+from compress.runner import run_plan
+from compress.steps import step_configs
+from export.step import ExportConfig, export_step, fuses
+
+
+def plan_dict(model_dir, steps, max_tokens=300):
+    return {"name": "t", "model": str(model_dir),
+            "data": {"eval": {"builtin": "python-docs", "split": "heldout", "seq_len": 64, "max_tokens": max_tokens}},
+            "eval": {"latency": {"prompt": 8, "new_tokens": 4, "repeats": 1, "warmup": 0}, "targets": ["host"]},
+            "steps": steps}
+
+
+def test_defaults_and_slug():
+    assert step_configs()["export"] is ExportConfig
+    cfg = ExportConfig()
+    assert (cfg.format, cfg.kv_cache, cfg.opset, cfg.quantize, cfg.block_size) == ("onnx", True, 18, "none", 128)
+    assert fuses(cfg, {}) and not fuses(ExportConfig(quantize="int4"), {}) and not fuses(cfg, {"lm_head": None})
+    assert fuses(ExportConfig(quantize="int4", optimize=True), {}) and not fuses(ExportConfig(optimize=False), {})
+    assert cfg.slug() == "export-onnx" and ExportConfig(format="tensorrt").slug() == "export-tensorrt"
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"precision": "int8"}, "precision: only for format tensorrt"),
+    ({"profile": {"batch": [1, 1, 2]}}, "profile: only for format tensorrt"),
+    ({"format": "tensorrt", "quantize": "int4"}, "quantize: only for format onnx"),
+    ({"format": "tensorrt", "optimize": False}, "optimize: only for format onnx"),
+    ({"kv_cache": False}, "kv_cache: false is not supported"),
+    ({"fp16": True, "quantize": "dynamic-int8"}, "exclude each other"),
+    ({"opset": 9}, "greater than or equal to 14"),
+    ({"quantize": "int3"}, "Input should be"),
+    ({"block_size": 48}, "Input should be"),
+    ({"validation": {"max_abs_logit": 0}}, "greater than 0"),
+    ({"unknown": 1}, "unknown key"),
+])
+def test_bad_config_is_reported_at_its_key_path(tmp_path, trained_tiny, body, message):
+    with pytest.raises(PlanError) as e:
+        parse_plan(plan_dict(trained_tiny[0], [{"export": body}]))
+    assert "steps[0].export" in str(e.value) and message in str(e.value)
+
+
+def test_tensorrt_fields_accepted_with_format_tensorrt(trained_tiny):
+    plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"format": "tensorrt", "precision": "fp16",
+                                                              "profile": {"batch": [1, 1, 2]}}}]))
+    assert plan.steps[0].precision == "fp16" and plan.steps[0].profile.batch == (1, 1, 2)
+
+
+def test_ort_quantizer_after_a_quantize_step_is_a_plan_problem(trained_tiny):
+    if "quantize" not in step_configs():
+        pytest.skip("the quantize step is not registered in this checkout")
+    with pytest.raises(PlanError, match=r"steps\[1\]\.export: quantize: int4: the model is already quantized"):
+        parse_plan(plan_dict(trained_tiny[0], [{"quantize": {"method": "rtn", "bits": 4}},
+                                               {"export": {"quantize": "int4"}}]))
+
+
+def test_export_step_in_a_plan(tmp_path, trained_tiny):
+    """fp32 export in a run: artifacts, validation.json, metrics measured on ONNX Runtime."""
+    plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"format": "onnx"}}]))
+    result = run_plan(plan, tmp_path / "run", progress=False)
+    assert [r.status for r in result.records] == ["ran", "ran"]
+    step = tmp_path / "run" / "01-export-onnx"
+    for name in ("model.onnx", "io.json", "config.json", "tokenizer_config.json", "validation.json", "DONE"):
+        assert (step / name).is_file(), name
+    v = json.loads((step / "validation.json").read_text())
+    assert v["passed"] and v["max_abs_logit_diff"] < 1e-3 and v["decode_max_abs_logit_diff"] < 1e-3
+    assert v["top1_agreement"] == 1.0 and v["ppl_rel_diff"] < 1e-4
+    m = json.loads((step / "metrics.json").read_text())
+    base = json.loads((tmp_path / "run" / "00-base" / "metrics.json").read_text())
+    assert (m["backend"], m["kind"]) == ("onnxruntime", "onnx")
+    assert m["ppl"] == pytest.approx(base["ppl"], rel=1e-4) and m["tokens_per_s"] > 0
+    info = json.loads((step / "step.json").read_text())
+    assert info["artifact"] == "model.onnx" and info["info"]["passes"]["gemm_to_matmul"] == 8
+    assert info["info"]["passes"]["fused"]["SkipLayerNormalization"] == 4
+
+
+def test_failed_validation_stops_the_step_with_the_numbers(tmp_path, trained_tiny):
+    plan = parse_plan(plan_dict(trained_tiny[0], [
+        {"export": {"quantize": "int4", "block_size": 256, "validation": {"approx_ppl_rel": 1e-6, "tokens": 256}}}]))
+    with pytest.raises(UserError, match=r"01-export-onnx: export validation failed: perplexity .* apart, limit 0\.0001%"):
+        run_plan(plan, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "01-export-onnx").exists()  # a failed step never looks done
+    v = json.loads((tmp_path / "run" / ".01-export-onnx.tmp" / "validation.json").read_text())
+    assert v["reference"] == "torch fp32 (export is int4)" and v["ppl_rel_diff"] > 1e-6 and not v["passed"]
+
+
+def test_quantize_then_export_writes_the_steps_integers(tmp_path, trained_tiny):
+    if "quantize" not in step_configs():
+        pytest.skip("the quantize step is not registered in this checkout")
+    plan = parse_plan(plan_dict(trained_tiny[0], [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32}},
+                                                  {"export": {"format": "onnx", "accuracy_level": 0}}]))
+    run_plan(plan, tmp_path / "run", progress=False)
+    step = tmp_path / "run" / "02-export-onnx"
+    v = json.loads((step / "validation.json").read_text())
+    assert v["passed"] and v["reference"].startswith("torch quantized model (int4")
+    assert v["ppl_rel_diff"] < 1e-4 and v["max_abs_logit_diff"] < 1e-3  # the same integers, fp32 compute
+    ops = json.loads((step / "step.json").read_text())["info"]["passes"]["from_quantize_step"]
+    assert ops["MatMulNBits"] == 8
+
+
+def test_handler_is_registered_for_the_config():
+    from compress.steps import handler_for
+
+    assert handler_for(ExportConfig()) is export_step
+
+
+def test_validation_limits_name_the_numbers():
+    """validate() against a runner that is off by a constant: the logit limit trips, with numbers."""
+    import torch
+
+    from compress.models import tiny_model
+    from evalsuite.runner import TorchRunner
+    from export.validate import Limits, validate
+
+    class Shifted(TorchRunner):
+        def forward(self, ids, past=None):
+            logits, past = super().forward(ids, past)
+            return logits + 0.01 * torch.arange(logits.shape[-1]), past  # changes the ranking a little
+
+    ref, test = TorchRunner(tiny_model()), Shifted(tiny_model())
+    ids = torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(0))
+    bad = validate(ref, test, ids, 64, 2, Limits(max_abs_logit=1e-3), "torch fp32")
+    assert not bad.passed and bad.max_abs_logit_diff == pytest.approx(2.55, abs=1e-3)
+    assert bad.problems[0].startswith("max |logit diff| 2.55") and "exceeds 0.001 vs torch fp32" in bad.problems[0]
+    assert bad.ppl_rel_diff > 0 and bad.top1_agreement < 1
+    ppl = validate(ref, test, ids, 64, 2, Limits(max_ppl_rel=1e-9), "torch fp32")
+    assert not ppl.passed and "apart, limit 1e-07%" in ppl.problems[0]
+    same = validate(ref, TorchRunner(tiny_model()), ids, 64, 2, Limits(max_abs_logit=1e-3, max_ppl_rel=0.01), "x")
+    assert same.passed and same.as_dict()["passed"] and same.max_abs_logit_diff == 0

@@ -1,0 +1,44 @@
+"""A plan with a TensorRT export, end to end through the plan runner, on a machine without TensorRT:
+the step passes, writes the checked ONNX + engine.json + build_engine.sh, and its metrics say
+"to be built on target" (not measured, not failed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compress.plan import parse_plan
+from compress.runner import run_plan
+from evalsuite.metrics import STATUS_MEASURED, STATUS_TO_BUILD
+
+
+@pytest.mark.slow
+def test_quantize_then_tensorrt_int4_is_to_be_built_on_target(tmp_path, trained_tiny):
+    from export.trt_runner import unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are here: the engine would be built and measured")
+    model_dir, _ = trained_tiny
+    plan = parse_plan({
+        "name": "trt", "model": str(model_dir),
+        "data": {"train": {"builtin": "python-docs", "split": "train", "max_chars": 20_000},
+                 "eval": {"builtin": "python-docs", "split": "heldout", "seq_len": 64, "max_tokens": 1500}},
+        "eval": {"latency": {"prompt": 16, "new_tokens": 8, "repeats": 1, "warmup": 0}, "targets": ["orin-nano"]},
+        "steps": [{"quantize": {"method": "rtn", "bits": 4, "group_size": 64}},
+                  {"export": {"format": "tensorrt", "precision": "int4", "opset": 21,
+                              "validation": {"tokens": 512, "windows": 1}}}],
+    })
+    run_plan(plan, tmp_path / "run", progress=False)
+    step = tmp_path / "run" / "02-export-tensorrt"
+    for name in ("model.onnx", "config.json", "engine.json", "build_engine.sh", "DONE"):
+        assert (step / name).is_file(), name
+    spec = json.loads((step / "engine.json").read_text())
+    assert spec["precision"] == "int4" and spec["builder_flags"] == ["FP16"]
+    metrics = json.loads((step / "metrics.json").read_text())
+    assert metrics["status"] == STATUS_TO_BUILD and metrics["backend"] == "tensorrt"
+    assert metrics["ppl"] is None and metrics["projected_decode_tokens_per_s"]["orin-nano"] > 0
+    base = json.loads((tmp_path / "run" / "00-base" / "metrics.json").read_text())
+    assert base["status"] == STATUS_MEASURED
+    step_info = json.loads((step / "step.json").read_text())
+    assert step_info["info"]["qdq_layers"] == {"int4": 8}  # 2 layers x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
