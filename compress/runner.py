@@ -225,7 +225,7 @@ def _join_step(run: _Run, name: str, h: str, step: StepConfig, input_dir: Path |
     scratch = run.run_dir / f".{name}.rank{distributed.rank()}.tmp"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    ctx = StepContext(plan=run.plan, name=name, out_dir=scratch, work_dir=run.run_dir / ".work" / f"{name}-{h[:12]}",
+    ctx = StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=scratch, work_dir=run.run_dir / ".work" / f"{name}-{h[:12]}",
                       input_dir=input_dir, base_dir=base_dir, device=run.device,
                       log=logging.getLogger(f"compress.step.{name}"))
     try:
@@ -262,7 +262,7 @@ def _build_step(run: _Run, name: str, h: str, step: StepConfig | None, input_dir
         if step is None:
             out = _build_base(run, tmp, work)
         else:
-            ctx = StepContext(plan=run.plan, name=name, out_dir=tmp, work_dir=work, input_dir=input_dir,
+            ctx = StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=tmp, work_dir=work, input_dir=input_dir,
                               base_dir=base_dir, device=run.device, log=logging.getLogger(f"compress.step.{name}"))
             out = handler_for(step)(step, ctx)
         wall = time.perf_counter() - t0

@@ -65,6 +65,7 @@ class StepContext:
     base_dir: Path  # the plan's base model directory (the usual teacher)
     device: torch.device
     log: logging.Logger
+    progress: bool = True  # show progress bars (off with `compress.run -q` and on torchrun ranks > 0)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     def load_input(self) -> "GPT2LMHeadModel":

@@ -90,16 +90,17 @@ class ExportConfig(StepConfig):
         return self
 
     def plan_problems(self, plan: "Plan", index: int) -> list[str]:
-        for j, earlier in enumerate(plan.steps[:index]):
-            if earlier.kind != "quantize":
-                continue
-            from compress.quantization.config import EXPORTABLE
+        problems = self._quantized_input_problems(plan, index)
+        if self.format == "tensorrt":
+            from export import tensorrt
 
-            method = getattr(earlier, "method", None)
-            if method not in EXPORTABLE:
-                return [f"steps[{j}].quantize method {method} has no ONNX form (exportable: "
-                        f"{', '.join(EXPORTABLE)}); export before it or choose another method"]
-            if self.quantize != "none":
+            problems += tensorrt.plan_problems(self, plan, index)
+        return problems
+
+    def _quantized_input_problems(self, plan: "Plan", index: int) -> list[str]:
+        # A quantize method with no ONNX form is reported by the quantize step itself.
+        for j, earlier in enumerate(plan.steps[:index]):
+            if earlier.kind == "quantize" and self.quantize != "none":
                 return [f"quantize: {self.quantize}: the model is already quantized by steps[{j}]; "
                         "its own integers are exported (leave quantize unset)"]
         return []

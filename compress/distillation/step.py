@@ -30,7 +30,7 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepOutput:
     student, result = run_distillation(
         student, teacher, ctx.train_ids(), cfg, checkpoint_dir=ctx.work_dir / "checkpoint",
         tensorboard_dir=ctx.out_dir.parent / "tensorboard" / ctx.name, layer_map=layer_map,
-        progress=dist.is_main_process())
+        progress=ctx.progress and dist.is_main_process())
     if dist.is_main_process():
         ctx.save_model(student.cpu())
     summary = f"distilled {origin} for {result.tokens:,} tokens"

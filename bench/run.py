@@ -1,0 +1,238 @@
+"""The side-by-side benchmark suite around the reference teacher: ours and the peers in one run.
+
+    python bench/run.py            # full held-out text, longer distillation
+    python bench/run.py --quick    # 16k held-out tokens, short distillation: under 10 min on 2 cores
+
+Rows (every speed ratio is to torch fp32 eager of the same model, measured in this run, with
+latency rounds that visit every row in turn so load from other processes hits all rows alike):
+  reference teacher (6 x 384, ../shared/data/teachers/gpt2-6x384-corpus), ppl on corpus/heldout:
+    torch fp32 eager                       the baseline
+    ours: pipeline -> ORT int4             the plan bench/pipeline.yaml (prune -> distill -> gptq int4
+                                           -> export onnx), run by compress.runner; its final artifact
+    ours: ORT int8 / ORT int4              export step with ONNX Runtime's MatMulNBits on the fp32 model
+    ours: quantize rtn int4 -> ORT         the quantize step's integers written as MatMulNBits
+    peer: optimum + ORT dynamic int8       optimum-cli export onnx, quantize_dynamic with defaults
+    peer: optimum + ORT MatMulNBits int4   ORT's MatMulNBitsQuantizer on optimum's export, as a user would
+    peer: bnb int8 / bnb nf4 (torch)       bitsandbytes Linear8bitLt / Linear4bit
+    peer: torch dynamic int8               torch.ao dynamic quantization of nn.Linear
+  GPT-2 small shapes (12 x 768, vocab 50257, random weights; speed only):
+    torch fp32 eager, ours: ORT int8, ours: ORT int4
+and the host's memory-bandwidth roofline for decode next to every row. Writes the table to
+bench/results/<date>.md as well as printing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# A sibling script is named onnx.py: keep this folder off sys.path so `import onnx` finds the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import torch  # noqa: E402
+
+from compress.models import load_model, load_tokenizer, save_model  # noqa: E402
+from compress.plan import load_plan  # noqa: E402
+from compress.runner import run_plan  # noqa: E402
+from evalsuite import hardware  # noqa: E402
+from evalsuite.data import read_text, tokenize  # noqa: E402
+from evalsuite.latency import measure_latency  # noqa: E402
+from evalsuite.metrics import gpt2_facts, projections  # noqa: E402
+from evalsuite.perplexity import perplexity  # noqa: E402
+from evalsuite.runner import TorchRunner  # noqa: E402
+from evalsuite.size import bytes_on_disk  # noqa: E402
+
+DATA = HERE.parents[1] / "shared" / "data"
+TEACHER = DATA / "teachers" / "gpt2-6x384-corpus"
+
+
+def sibling(name: str):
+    """Import bench/<name>.py under another module name (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_onnx = sibling("onnx")
+
+
+# -- building the rows: each returns (runner, artifact path) ----------------------------------------
+
+def torch_quantized(model, method: str, out: Path):
+    from compress.quantization import QuantizeConfig, quantize
+
+    path = save_model(quantize(copy.deepcopy(model), QuantizeConfig(method=method)), out)
+    return TorchRunner(load_model(path)), path
+
+
+def peer_matmulnbits(model_dir: Path, out: Path):
+    """optimum-cli export, then ORT's MatMulNBitsQuantizer (int4, block 128) on it, as a user would."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    runner_dir = out / "optimum"
+    bench_onnx.peer(model_dir, runner_dir)  # exports into runner_dir (and writes a dynamic int8 copy)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(runner_dir / "model.onnx")), block_size=128, is_symmetric=True)
+    quantizer.process()
+    path = runner_dir / "model_int4.onnx"
+    quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
+    return bench_onnx.OrtRunner(path), path
+
+
+def pipeline(quick: bool, out: Path):
+    """Run bench/pipeline.yaml with the plan runner; its last ONNX step is the row."""
+    overrides = [f"data.eval.max_tokens={16_384 if quick else 'null'}", "eval.samples=null",
+                 "eval.latency.repeats=3"]
+    if quick:
+        overrides += ["steps.1.distill.tokens=16384"]
+    result = run_plan(load_plan(HERE / "pipeline.yaml", overrides), out / "pipeline", progress=False)
+    last = [m for m in result.metrics if m["backend"] == "onnxruntime"][-1]
+    path = out / "pipeline" / last["step"] / "model.onnx"
+    summary = {m["step"]: m["summary"] for m in result.metrics}
+    return bench_onnx.OrtRunner(path), path, summary
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+def latency_rounds(runners: dict, rounds: int, new_tokens: int) -> dict[str, dict]:
+    runs: dict[str, list] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            runs[name].append(measure_latency(runner, prompt=128, new_tokens=new_tokens, repeats=1, warmup=1,
+                                              progress=False))
+    return {k: {"prefill_ms": statistics.median(r.prefill_ms_p50 for r in v),
+                "decode_ms": statistics.median(r.decode_ms_per_token_p50 for r in v)} for k, v in runs.items()}
+
+
+def measure_suite(label: str, model, builders: dict, eval_ids, args) -> list[dict]:
+    rows, runners = {}, {}
+    for name, build in builders.items():
+        runner, path = build()
+        runners[name] = runner
+        row = rows[name] = {"suite": label, "row": name, "bytes": bytes_on_disk(path, weights_only=True)}
+        if eval_ids is not None:
+            row["ppl"] = perplexity(runner, eval_ids, seq_len=256, batch_size=8, progress=False).ppl
+        config = model.config.to_dict() if name != "ours: pipeline -> ORT int4" else json.loads(
+            (path.parent / "config.json").read_text())
+        facts = gpt2_facts(config, row["bytes"])
+        row["roofline_tok_s"] = projections(facts, (hardware.HOST,), context=128 + args.new_tokens)[hardware.HOST]
+        print(f"  {label}: built {name} ({row['bytes'] / 1e6:.1f} MB"
+              + (f", ppl {row['ppl']:.2f})" if "ppl" in row else ")"), file=sys.stderr, flush=True)
+    for name, lat in latency_rounds(runners, args.rounds, args.new_tokens).items():
+        rows[name].update(lat)
+    return list(rows.values())
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | row | weights MB | ppl | ppl / teacher | prefill x torch | decode x torch | decode tok/s | "
+             "host roofline tok/s | measured / roofline |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label in dict.fromkeys(r["suite"] for r in rows):
+        suite = [r for r in rows if r["suite"] == label]
+        base = suite[0]  # torch fp32 eager
+        for r in suite:
+            tok_s = 1e3 / r["decode_ms"]
+            ppl = f"{r['ppl']:.2f}" if "ppl" in r else "–"
+            ratio = f"{r['ppl'] / base['ppl']:.3f}" if "ppl" in r else "–"
+            lines.append(f"| {label} | {r['row']} | {r['bytes'] / 1e6:.1f} | {ppl} | {ratio} | "
+                         f"{base['prefill_ms'] / r['prefill_ms']:.2f} | {base['decode_ms'] / r['decode_ms']:.2f} | "
+                         f"{tok_s:.1f} | {r['roofline_tok_s']:.0f} | {tok_s / r['roofline_tok_s']:.0%} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="16k eval tokens, short distillation, 3 latency rounds")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="where <date>.md is written")
+    args = p.parse_args(argv)
+    if not (TEACHER / "config.json").exists():
+        print(f"reference teacher not found at {TEACHER} (needs ../shared/data beside the repo)", file=sys.stderr)
+        return 1
+    args.new_tokens, args.rounds = (16, 3) if args.quick else (64, 7)
+    started = datetime.datetime.now()
+    teacher = load_model(TEACHER)
+    eval_ids = tokenize(read_text(DATA / "corpus" / "heldout"), load_tokenizer(TEACHER))
+    eval_ids = eval_ids[:16_384] if args.quick else eval_ids
+    ExportConfig = bench_onnx.ExportConfig
+    notes: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
+        tmp = Path(tmp)
+
+        def ours(model, cfg, name):
+            (tmp / name).mkdir()
+            runner = bench_onnx.ours(model, cfg, {}, tmp / name)
+            return runner, runner.path
+
+        def quant_step_int4():
+            runner, _ = bench_onnx.pipeline_int4(teacher, tmp / "q4")
+            return runner, runner.path
+
+        def run_pipeline():
+            runner, path, notes["pipeline"] = pipeline(args.quick, tmp)
+            return runner, path
+
+        teacher_rows = {
+            "torch fp32 eager": lambda: (TorchRunner(teacher), TEACHER),
+            "ours: pipeline -> ORT int4": run_pipeline,
+            "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int8"), "t8"),
+            "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4"),
+            "ours: quantize rtn int4 -> ORT": quant_step_int4,
+            "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(tmp / "peer8"),
+            "peer: optimum + ORT MatMulNBits int4": lambda: peer_matmulnbits(TEACHER, tmp / "peer4"),
+            "peer: bnb int8 (torch)": lambda: torch_quantized(teacher, "bnb-int8", tmp / "bnb8"),
+            "peer: bnb nf4 (torch)": lambda: torch_quantized(teacher, "bnb-nf4", tmp / "nf4"),
+            "peer: torch dynamic int8": lambda: torch_quantized(teacher, "dynamic-int8", tmp / "dyn8"),
+        }
+        rows = measure_suite("teacher 6x384", teacher, teacher_rows, eval_ids, args)
+
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        small = GPT2LMHeadModel(GPT2Config()).eval()  # 12 x 768, vocab 50257, random weights
+        small_dir = save_model(small, tmp / "gpt2-small")
+        small_rows = {
+            "torch fp32 eager": lambda: (TorchRunner(small), small_dir),
+            "ours: ORT int8 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int8"), "s8"),
+            "ours: ORT int4 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int4"), "s4"),
+        }
+        rows += measure_suite("gpt2-small shapes", small, small_rows, None, args)
+
+    bandwidth = hardware.measure_host_bandwidth()
+    text = "\n".join([
+        f"# bench/run.py{' --quick' if args.quick else ''}, {started:%Y-%m-%d %H:%M}",
+        "",
+        f"Host: {platform.machine()}, {torch.get_num_threads()} torch threads, copy bandwidth {bandwidth:.1f} GB/s "
+        f"(measured); torch {torch.__version__}. Perplexity on {eval_ids.numel():,} tokens of corpus/heldout "
+        f"(256-token windows). Latency: batch 1, prompt 128, {args.new_tokens} decode steps, median of "
+        f"{args.rounds} round-robin rounds. Ratios are to torch fp32 eager of the same model in this run.",
+        "",
+        table(rows),
+        "",
+        "Pipeline steps (bench/pipeline.yaml): " + "; ".join(f"{k}: {v}" for k, v in notes.get("pipeline", {}).items()),
+        "",
+        f"Wall time: {(datetime.datetime.now() - started).total_seconds() / 60:.1f} min.",
+    ])
+    print("\n" + text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.md"
+    path.write_text(text + "\n")
+    print(f"\nwritten to {path}")
+    return 0
+
+
+def _peer_dynamic(out: Path):
+    runner = bench_onnx.peer(TEACHER, out)
+    return runner, runner.path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
