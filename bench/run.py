@@ -89,13 +89,13 @@ def peer_matmulnbits(model_dir: Path, out: Path):
     return bench_onnx.OrtRunner(path), path
 
 
-def pipeline(quick: bool, out: Path):
-    """Run bench/pipeline.yaml with the plan runner; its last ONNX step is the row."""
+def pipeline(plan_path: Path, quick: bool, out: Path):
+    """Run the pipeline plan (bench/pipeline.yaml) with the plan runner; its last ONNX step is the row."""
     overrides = [f"data.eval.max_tokens={16_384 if quick else 'null'}", "eval.samples=null",
                  "eval.latency.repeats=3"]
     if quick:
         overrides += ["steps.1.distill.tokens=16384"]
-    result = run_plan(load_plan(HERE / "pipeline.yaml", overrides), out / "pipeline", progress=False)
+    result = run_plan(load_plan(plan_path, overrides), out / "pipeline", progress=False)
     last = [m for m in result.metrics if m["backend"] == "onnxruntime"][-1]
     path = out / "pipeline" / last["step"] / "model.onnx"
     summary = {m["step"]: m["summary"] for m in result.metrics}
@@ -133,6 +133,22 @@ def measure_suite(label: str, model, builders: dict, eval_ids, args) -> list[dic
     return list(rows.values())
 
 
+def gpt2_small_rows(ours, tmp: Path, args) -> list[dict]:
+    """Speed only: GPT-2 small's shapes (12 x 768, vocab 50257) with random weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ExportConfig = bench_onnx.ExportConfig
+    torch.manual_seed(0)
+    small = GPT2LMHeadModel(GPT2Config()).eval()
+    small_dir = save_model(small, tmp / "gpt2-small")
+    small_rows = {
+        "torch fp32 eager": lambda: (TorchRunner(small), small_dir),
+        "ours: ORT int8 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int8"), "s8"),
+        "ours: ORT int4 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int4"), "s4"),
+    }
+    return measure_suite("gpt2-small shapes", small, small_rows, None, args)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | row | weights MB | ppl | ppl / teacher | prefill x torch | decode x torch | decode tok/s | "
              "host roofline tok/s | measured / roofline |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -153,14 +169,19 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16k eval tokens, short distillation, 3 latency rounds")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where <date>.md is written")
+    p.add_argument("--teacher", type=Path, default=TEACHER, help="the model (default: the reference teacher)")
+    p.add_argument("--heldout", type=Path, default=DATA / "corpus" / "heldout", help="evaluation text")
+    p.add_argument("--pipeline", type=Path, default=HERE / "pipeline.yaml", help="the plan of the pipeline row")
+    p.add_argument("--skip-gpt2-small", action="store_true", help="leave out the GPT-2 small latency rows")
     args = p.parse_args(argv)
-    if not (TEACHER / "config.json").exists():
-        print(f"reference teacher not found at {TEACHER} (needs ../shared/data beside the repo)", file=sys.stderr)
+    if not (args.teacher / "config.json").exists():
+        print(f"teacher not found at {args.teacher} (the reference needs ../shared/data beside the repo)",
+              file=sys.stderr)
         return 1
     args.new_tokens, args.rounds = (16, 3) if args.quick else (64, 7)
     started = datetime.datetime.now()
-    teacher = load_model(TEACHER)
-    eval_ids = tokenize(read_text(DATA / "corpus" / "heldout"), load_tokenizer(TEACHER))
+    teacher = load_model(args.teacher)
+    eval_ids = tokenize(read_text(args.heldout), load_tokenizer(args.teacher))
     eval_ids = eval_ids[:16_384] if args.quick else eval_ids
     ExportConfig = bench_onnx.ExportConfig
     notes: dict = {}
@@ -177,41 +198,33 @@ def main(argv=None) -> int:
             return runner, runner.path
 
         def run_pipeline():
-            runner, path, notes["pipeline"] = pipeline(args.quick, tmp)
+            runner, path, notes["pipeline"] = pipeline(args.pipeline, args.quick, tmp)
             return runner, path
 
         teacher_rows = {
-            "torch fp32 eager": lambda: (TorchRunner(teacher), TEACHER),
+            "torch fp32 eager": lambda: (TorchRunner(teacher), args.teacher),
             "ours: pipeline -> ORT int4": run_pipeline,
             "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int8"), "t8"),
             "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4"),
             "ours: quantize rtn int4 -> ORT": quant_step_int4,
-            "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(tmp / "peer8"),
-            "peer: optimum + ORT MatMulNBits int4": lambda: peer_matmulnbits(TEACHER, tmp / "peer4"),
+            "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(args.teacher, tmp / "peer8"),
+            "peer: optimum + ORT MatMulNBits int4": lambda: peer_matmulnbits(args.teacher, tmp / "peer4"),
             "peer: bnb int8 (torch)": lambda: torch_quantized(teacher, "bnb-int8", tmp / "bnb8"),
             "peer: bnb nf4 (torch)": lambda: torch_quantized(teacher, "bnb-nf4", tmp / "nf4"),
             "peer: torch dynamic int8": lambda: torch_quantized(teacher, "dynamic-int8", tmp / "dyn8"),
         }
-        rows = measure_suite("teacher 6x384", teacher, teacher_rows, eval_ids, args)
+        c = teacher.config
+        rows = measure_suite(f"teacher {c.n_layer}x{c.n_embd}", teacher, teacher_rows, eval_ids, args)
+        if not args.skip_gpt2_small:
+            rows += gpt2_small_rows(ours, tmp, args)
 
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        torch.manual_seed(0)
-        small = GPT2LMHeadModel(GPT2Config()).eval()  # 12 x 768, vocab 50257, random weights
-        small_dir = save_model(small, tmp / "gpt2-small")
-        small_rows = {
-            "torch fp32 eager": lambda: (TorchRunner(small), small_dir),
-            "ours: ORT int8 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int8"), "s8"),
-            "ours: ORT int4 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int4"), "s4"),
-        }
-        rows += measure_suite("gpt2-small shapes", small, small_rows, None, args)
 
     bandwidth = hardware.measure_host_bandwidth()
     text = "\n".join([
         f"# bench/run.py{' --quick' if args.quick else ''}, {started:%Y-%m-%d %H:%M}",
         "",
         f"Host: {platform.machine()}, {torch.get_num_threads()} torch threads, copy bandwidth {bandwidth:.1f} GB/s "
-        f"(measured); torch {torch.__version__}. Perplexity on {eval_ids.numel():,} tokens of corpus/heldout "
+        f"(measured); torch {torch.__version__}. Perplexity on {eval_ids.numel():,} tokens of {args.heldout.name} "
         f"(256-token windows). Latency: batch 1, prompt 128, {args.new_tokens} decode steps, median of "
         f"{args.rounds} round-robin rounds. Ratios are to torch fp32 eager of the same model in this run.",
         "",
@@ -229,8 +242,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _peer_dynamic(out: Path):
-    runner = bench_onnx.peer(TEACHER, out)
+def _peer_dynamic(model_dir: Path, out: Path):
+    runner = bench_onnx.peer(model_dir, out)
     return runner, runner.path
 
 
