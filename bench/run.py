@@ -17,7 +17,8 @@ latency rounds that visit every row in turn so load from other processes hits al
     peer: torch dynamic int8               torch.ao dynamic quantization of nn.Linear
   GPT-2 small shapes (12 x 768, vocab 50257, random weights; speed only):
     torch fp32 eager, ours: ORT int8, ours: ORT int4
-and the host's memory-bandwidth roofline for decode next to every row. Writes the table to
+and the host's memory-bandwidth roofline for decode next to every row (weight bytes read per token:
+every weight except the embedding tables that are only looked up). Writes the table to
 bench/results/<date>.md as well as printing it.
 """
 
@@ -30,6 +31,7 @@ import importlib.util
 import json
 import platform
 import statistics
+from dataclasses import replace
 import sys
 import tempfile
 from pathlib import Path
@@ -124,7 +126,7 @@ def measure_suite(label: str, model, builders: dict, eval_ids, args) -> list[dic
             row["ppl"] = perplexity(runner, eval_ids, seq_len=256, batch_size=8, progress=False).ppl
         config = model.config.to_dict() if name != "ours: pipeline -> ORT int4" else json.loads(
             (path.parent / "config.json").read_text())
-        facts = gpt2_facts(config, row["bytes"])
+        facts = replace(gpt2_facts(config, row["bytes"]), gathered_bytes=getattr(runner, "gathered_weight_bytes", 0))
         row["roofline_tok_s"] = projections(facts, (hardware.HOST,), context=128 + args.new_tokens)[hardware.HOST]
         print(f"  {label}: built {name} ({row['bytes'] / 1e6:.1f} MB"
               + (f", ppl {row['ppl']:.2f})" if "ppl" in row else ")"), file=sys.stderr, flush=True)

@@ -1,7 +1,8 @@
 """Target devices and the memory-bandwidth roofline for decode.
 
-Decoding one token reads every weight once and the whole KV cache once, so on any device
-    decode tokens/s <= memory bandwidth / (weight bytes + KV-cache bytes read per token).
+Decoding one token reads every weight once (except embedding tables, of which it looks up one row)
+and the whole KV cache once, so on any device
+    decode tokens/s <= memory bandwidth / (weight bytes read + KV-cache bytes read per token).
 The result is a "projected" upper bound, reported next to (never mixed with) measured figures. On
 the host, where both exist, measured / projected says how far a real runtime sits from the limit.
 

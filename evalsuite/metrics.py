@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,15 @@ class ModelFacts:
     params: int
     n_layer: int
     n_embd: int
-    weight_bytes: int  # bytes of the weights as deployed (what one decode step reads)
+    weight_bytes: int  # bytes of the weights as deployed
+    # Tables that are only looked up (position embeddings; the token embedding when the LM head is a
+    # separate copy): a decode step reads one row of them, not the whole table.
+    gathered_bytes: int = 0
+
+    @property
+    def read_bytes(self) -> int:
+        """Weight bytes one decode step reads: every weight except the looked-up tables."""
+        return max(self.weight_bytes - self.gathered_bytes, 0)
 
 
 def gpt2_facts(config: dict[str, Any], weight_bytes: int) -> ModelFacts:
@@ -66,7 +74,7 @@ def projections(facts: ModelFacts, targets: tuple[str, ...], context: int, batch
     for name in targets:
         t = hardware.target(name)
         kv = hardware.kv_bytes_per_token(facts.n_layer, facts.n_embd, context, 4 if name == hardware.HOST else 2)
-        out[name] = hardware.projected_decode_tokens_per_s(t.memory_bandwidth_gb_s, facts.weight_bytes, kv, batch)
+        out[name] = hardware.projected_decode_tokens_per_s(t.memory_bandwidth_gb_s, facts.read_bytes, kv, batch)
     return out
 
 
@@ -95,8 +103,11 @@ def evaluate(runner: Runner | None, eval_ids: torch.Tensor | None, facts: ModelF
     """Measure one artifact. With runner None (e.g. a TensorRT engine that can only be built on the
     target), size and projections are filled and the status says it is to be built on target."""
     t0 = time.perf_counter()
+    if runner is not None:  # the runner knows which of its tables are only looked up
+        facts = replace(facts, gathered_bytes=int(getattr(runner, "gathered_weight_bytes", 0)))
     m = empty_metrics(step, kind, backend, device)
-    m.update(params=facts.params, bytes_on_disk=bytes_on_disk(artifact), weight_bytes=facts.weight_bytes)
+    m.update(params=facts.params, bytes_on_disk=bytes_on_disk(artifact), weight_bytes=facts.weight_bytes,
+             read_bytes_per_token=facts.read_bytes)
     lat = settings.latency or {}
     context = int(lat.get("prompt") or 128) + int(lat.get("new_tokens") or 64)
     m["projected_decode_tokens_per_s"] = projections(facts, settings.targets, context, int(lat.get("batch") or 1))

@@ -19,6 +19,8 @@ class Runner(Protocol):
     device: str  # "cpu", "cuda:0", ...
     vocab_size: int
     max_positions: int
+    # Optional: bytes of weight tables that are only looked up (embeddings), for the roofline.
+    # gathered_weight_bytes: int
 
     def forward(self, input_ids: torch.Tensor, past: Any | None = None) -> tuple[torch.Tensor, Any]:
         ...
@@ -35,8 +37,23 @@ class TorchRunner:
         config = model.config
         self.vocab_size = int(config.vocab_size)
         self.max_positions = int(getattr(config, "n_positions", 1024))
+        self.gathered_weight_bytes = gathered_bytes(model)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, past: Any | None = None) -> tuple[torch.Tensor, Any]:
         out = self.model(input_ids=input_ids.to(self.device), past_key_values=past, use_cache=True)
         return out.logits, out.past_key_values
+
+
+def gathered_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the embedding tables a decode step only looks up: the position embeddings, and the
+    token embeddings unless the LM head reads the same tensor (tied weights)."""
+    tables = []
+    wpe = getattr(getattr(model, "transformer", None), "wpe", None)
+    if wpe is not None:
+        tables.append(wpe.weight)
+    wte = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    if getattr(head, "weight", None) is not wte:
+        tables.append(wte)
+    return sum(t.numel() * t.element_size() for t in tables)

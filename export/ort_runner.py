@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
@@ -92,6 +93,7 @@ class OrtRunner:
         first = inputs[PAST_KEY.format(layer=0, kind="key")]
         self.n_head, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.kv_dtype = _NP_DTYPES.get(first.type, np.float32)
+        self.gathered_weight_bytes = gathered_bytes(self.path)
         config = _config_beside(self.path)
         self.vocab_size = int(vocab_size or config.get("vocab_size") or self.session.get_outputs()[0].shape[-1])
         self.max_positions = int(max_positions or config.get("n_positions") or 1024)
@@ -116,6 +118,20 @@ class OrtRunner:
         outputs = self.session.run(["logits", *self.present_names], feed)
         logits = torch.from_numpy(outputs[0]).float()  # (B, T, V)
         return logits, OrtPast(outputs[1:], mask)
+
+
+def gathered_bytes(path: Path) -> int:
+    """Bytes of initializers used only as the table of a Gather (embeddings): a decode step reads one
+    row of them, so the roofline leaves them out. Reads the graph without its external weights."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    sizes = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+             for t in graph.initializer}
+    users: dict[str, set[str]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in sizes:
+                users.setdefault(name, set()).add("table" if node.op_type == "Gather" and i == 0 else "other")
+    return sum(sizes[name] for name, kinds in users.items() if kinds == {"table"})
 
 
 def _config_beside(path: Path) -> dict:

@@ -1,3 +1,5 @@
+import pytest
+import torch
 from transformers import GPT2LMHeadModel
 
 from compress.models import tiny_config
@@ -24,3 +26,22 @@ def test_bytes_on_disk(tmp_path):
     assert bytes_on_disk(tmp_path) == 107
     assert bytes_on_disk(tmp_path, weights_only=True) == 100
     assert bytes_on_disk(tmp_path / "a.safetensors") == 100
+
+
+def test_runner_reports_looked_up_tables(tiny):
+    from evalsuite.runner import TorchRunner
+
+    E, P, V = tiny.config.n_embd, tiny.config.n_positions, tiny.config.vocab_size
+    assert TorchRunner(tiny).gathered_weight_bytes == P * E * 4  # tied: wte is read whole by the head
+    tiny.lm_head.weight = torch.nn.Parameter(tiny.lm_head.weight.detach().clone())
+    assert TorchRunner(tiny).gathered_weight_bytes == (P + V) * E * 4
+
+
+def test_projection_counts_bytes_read_per_token():
+    from evalsuite import hardware
+    from evalsuite.metrics import ModelFacts, projections
+
+    facts = ModelFacts(params=0, n_layer=2, n_embd=64, weight_bytes=3_000_000, gathered_bytes=1_000_000)
+    kv = 2 * 2 * 100 * 64 * 2  # K and V, 2 layers, 100 positions, fp16
+    expected = hardware.TARGETS["orin-nano"].memory_bandwidth_gb_s * 1e9 / (2_000_000 + kv)
+    assert projections(facts, ("orin-nano",), context=100)["orin-nano"] == pytest.approx(expected)

@@ -67,3 +67,12 @@ def test_batches_of_windows_without_past(artifact):
     logits, past = OrtRunner(out / "model.onnx").forward(batch)
     assert logits.shape == (2, 64, model.config.vocab_size) and logits.dtype == torch.float32
     assert past.length == 64 and past.arrays[0].shape == (2, 4, 64, 16)
+
+
+def test_gathered_tables_are_the_embeddings(artifact):
+    """The roofline leaves out tables a decode step only looks up. The exported graph keeps the LM
+    head as its own initializer, so both wpe and the Gather copy of wte are looked up only."""
+    model, out, _ = artifact
+    c = model.config
+    runner = OrtRunner(out / "model.onnx")
+    assert runner.gathered_weight_bytes == (c.vocab_size + c.n_positions) * c.n_embd * 4
