@@ -225,9 +225,9 @@ def _join_step(run: _Run, name: str, h: str, step: StepConfig, input_dir: Path |
     scratch = run.run_dir / f".{name}.rank{distributed.rank()}.tmp"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    ctx = StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=scratch, work_dir=run.run_dir / ".work" / f"{name}-{h[:12]}",
-                      input_dir=input_dir, base_dir=base_dir, device=run.device,
-                      log=logging.getLogger(f"compress.step.{name}"))
+    ctx = StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=scratch,
+                      work_dir=run.run_dir / ".work" / f"{name}-{h[:12]}", input_dir=input_dir,
+                      base_dir=base_dir, device=run.device, log=logging.getLogger(f"compress.step.{name}"))
     try:
         handler_for(step)(step, ctx)
     finally:
@@ -262,8 +262,9 @@ def _build_step(run: _Run, name: str, h: str, step: StepConfig | None, input_dir
         if step is None:
             out = _build_base(run, tmp, work)
         else:
-            ctx = StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=tmp, work_dir=work, input_dir=input_dir,
-                              base_dir=base_dir, device=run.device, log=logging.getLogger(f"compress.step.{name}"))
+            ctx = StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=tmp, work_dir=work,
+                              input_dir=input_dir, base_dir=base_dir, device=run.device,
+                              log=logging.getLogger(f"compress.step.{name}"))
             out = handler_for(step)(step, ctx)
         wall = time.perf_counter() - t0
         info = {"name": name, "hash": h, "kind": step.kind if step else "base",

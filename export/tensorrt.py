@@ -84,7 +84,8 @@ def builder_flags(precision: Precision, typed: bool) -> list[str]:
 def engine_spec(graph: onnx.ModelProto, onnx_path: Path, precision: Precision, profile: TensorRTProfile,
                 options: BuildOptions, findings: list) -> dict[str, Any]:
     """engine.json before the build: everything both build routes (Python API, trtexec) read."""
-    typed = strongly_typed(graph)
+    # Strong typing arrived in TensorRT 9: 8.x has no STRONGLY_TYPED network flag and no trtexec --stronglyTyped
+    typed = strongly_typed(graph) and TARGETS[options.target].version >= (9, 0)
     return {
         "onnx": onnx_path.name, "onnx_sha256": sha256(onnx_path), "engine": ENGINE_FILE,
         "precision": precision, "strongly_typed": typed, "builder_flags": builder_flags(precision, typed),

@@ -140,6 +140,9 @@ def build_engine(step_dir: Path, workspace_mib: int | None = None, optimization_
     spec["optimization_level"] = spec["optimization_level"] if optimization_level is None else optimization_level
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
+    if spec["strongly_typed"] and trt_version(trt) < (9, 0):  # no STRONGLY_TYPED flag in TensorRT 8.x
+        raise UserError(f"{ENGINE_JSON} asks for a strongly typed build (target TensorRT {spec['target']['tensorrt']}), "
+                        f"this is TensorRT {trt.__version__}: export again with the target set to this version")
     # Strongly typed: types as in the ONNX (an fp16 graph); weakly typed: precision flags decide.
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if spec["strongly_typed"] else 0
     if trt_version(trt) < (10, 0):  # TensorRT 8.x: flags 0 would mean implicit batch, which ONNX cannot use
