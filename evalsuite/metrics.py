@@ -14,7 +14,7 @@ from evalsuite.latency import measure_latency
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import Runner
 from evalsuite.samples import generate_samples
-from evalsuite.size import bytes_on_disk
+from evalsuite.size import bytes_on_disk, gpt2_param_count
 
 SCHEMA_VERSION = 1
 STATUS_MEASURED = "measured"
@@ -56,16 +56,10 @@ class ModelFacts:
 
 def gpt2_facts(config: dict[str, Any], weight_bytes: int) -> ModelFacts:
     """Logical parameter count of a GPT-2 from its config (unchanged by quantization)."""
-    V, P, E, L = config["vocab_size"], config["n_positions"], config["n_embd"], config["n_layer"]
-    inner = config.get("n_inner") or 4 * E
-    per_layer = (2 * E  # ln_1
-                 + E * 3 * E + 3 * E  # c_attn
-                 + E * E + E  # c_proj
-                 + 2 * E  # ln_2
-                 + E * inner + inner  # mlp.c_fc
-                 + inner * E + E)  # mlp.c_proj
-    params = V * E + P * E + L * per_layer + 2 * E  # wte (tied head) + wpe + blocks + ln_f
-    return ModelFacts(params=params, n_layer=L, n_embd=E, weight_bytes=weight_bytes)
+    E = config["n_embd"]
+    params = gpt2_param_count(config["vocab_size"], config["n_positions"], config["n_layer"], E,
+                              config.get("n_inner") or 4 * E, config.get("tie_word_embeddings", True))
+    return ModelFacts(params=int(params), n_layer=config["n_layer"], n_embd=E, weight_bytes=weight_bytes)
 
 
 def projections(facts: ModelFacts, targets: tuple[str, ...], context: int, batch: int = 1) -> dict[str, float]:

@@ -17,6 +17,15 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in tensors.values())
 
 
+def gpt2_param_count(vocab_size: int, n_positions: int, n_layer: int, n_embd: float, n_inner: float,
+                     tied: bool = True) -> float:
+    """Parameters of a GPT2LMHeadModel of this shape, the tied head counted once. Widths may be
+    fractional, for searches over a continuous width scale."""
+    E, I, V, P = n_embd, n_inner, vocab_size, n_positions
+    block = 4 * E * E + 2 * E * I + 9 * E + I  # ln_1, c_attn (q|k|v), c_proj, ln_2, c_fc, mlp.c_proj
+    return V * E + P * E + n_layer * block + 2 * E + (0 if tied else V * E)  # wte, wpe, blocks, ln_f, head
+
+
 def bytes_on_disk(path: str | Path, weights_only: bool = False) -> int:
     """Bytes of a file or of every file under a directory (optionally only weight files)."""
     path = Path(path)

@@ -80,9 +80,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> int:
                 graph.initializer.append(numpy_helper.from_array(b, b_name))
             new_nodes.append(helper.make_node("Add", [mm_out, b_name], [node.output[0]], name=f"{prefix}Add"))
         count += 1
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    remove_unused_initializers(model)
+    _set_nodes(model, new_nodes)
     return count
 
 
@@ -100,10 +98,15 @@ def fold_transposes(model: onnx.ModelProto) -> int:
             count += 1
         else:
             keep.append(node)
-    del graph.node[:]
-    graph.node.extend(keep)
-    remove_unused_initializers(model)
+    _set_nodes(model, keep)
     return count
+
+
+def _set_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    """Replace the graph's nodes, then drop the initializers nothing reads any more."""
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    remove_unused_initializers(model)
 
 
 def remove_unused_initializers(model: onnx.ModelProto) -> int:

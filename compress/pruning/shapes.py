@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from evalsuite.size import gpt2_param_count
+
 if TYPE_CHECKING:
     from compress.pruning.config import PruneConfig
 
@@ -59,11 +61,8 @@ def param_count(shape: Shape, scale: float = 1.0) -> float:
 
     `scale` shrinks n_embd and n_inner together (continuously) for the budget rule's bisection.
     """
-    E, I = shape.n_embd * scale, shape.n_inner * scale
-    V, P, L = shape.vocab_size or 0, shape.n_positions, shape.n_layer
-    block = 4 * E * E + 2 * E * I + 9 * E + I  # ln_1, c_attn (q|k|v), c_proj, ln_2, c_fc, mlp.c_proj
-    head = 0 if shape.tied else V * E
-    return V * E + P * E + L * block + 2 * E + head  # wte, wpe, blocks, ln_f, untied lm_head
+    return gpt2_param_count(shape.vocab_size or 0, shape.n_positions, shape.n_layer, shape.n_embd * scale,
+                            shape.n_inner * scale, shape.tied)
 
 
 def removed(ratio: float, n: int) -> int:
