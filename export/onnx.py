@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TASK = "text-generation-with-past"
+LOGITS = "logits"
 PAST_KEY = "past_key_values.{layer}.{kind}"
 PRESENT_KEY = "present.{layer}.{kind}"
 PROTOBUF_LIMIT = 1_800_000_000  # bytes; above this weights go to an external data file (2 GB protobuf cap)

@@ -23,7 +23,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, I
 
 from compress.errors import UserError
 from evalsuite.backends import BackendUnavailable
-from export.onnx import PAST_KEY, PRESENT_KEY
+from export.onnx import LOGITS, PAST_KEY, PRESENT_KEY
 
 MODEL_FILE = "model.onnx"
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -115,7 +115,7 @@ class OrtRunner:
             positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
             feed["position_ids"] = np.ascontiguousarray(positions[:, -T:])
         feed.update(zip(self.past_names, past.arrays))
-        outputs = self.session.run(["logits", *self.present_names], feed)
+        outputs = self.session.run([LOGITS, *self.present_names], feed)
         logits = torch.from_numpy(outputs[0]).float()  # (B, T, V)
         return logits, OrtPast(outputs[1:], mask)
 

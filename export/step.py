@@ -135,6 +135,7 @@ def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
     done["fold_transposes"] = passes.fold_transposes(graph)
     if cfg.format == "tensorrt":
         return graph, done  # standard ops only: TensorRT cannot parse ORT's contrib ops
+    tied = passes.tied_token_gather(graph)  # checked on the fp32 graph, before any quantizer
     if records:
         done["from_quantize_step"] = onnx_quant.write_quantized_linears(graph, records, cfg.accuracy_level)
     if fuses(cfg, records):
@@ -143,6 +144,8 @@ def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
         graph = onnx_quant.ort_dynamic_int8(graph)
     elif cfg.quantize in ("int4", "int8"):
         graph = onnx_quant.ort_matmul_nbits(graph, int(cfg.quantize[3:]), cfg.block_size, cfg.accuracy_level)
+    if tied:
+        done["tied_embedding"] = passes.share_tied_embedding(graph, tied) or "two copies (head not shareable)"
     if cfg.fp16:
         graph = passes.to_fp16(graph)
     done["quantized_ops"] = onnx_quant.quantized_counts(graph)

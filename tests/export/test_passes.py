@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export import passes
+from export import onnx_quant, passes
 from export.onnx import export_decoder
 
 
@@ -92,6 +92,78 @@ def test_fold_transposes_makes_the_tied_head_a_constant(graphs):
     assert head.input[1] in inits and list(inits[head.input[1]].dims) == [64, 256]  # wte^T, (E, V)
     assert "transformer.wte.weight" in inits  # still read by the embedding Gather
     assert_same(before, run(graph), atol=0)
+
+
+def _folded(graphs) -> onnx.ModelProto:
+    graph = onnx.ModelProto()
+    graph.CopyFrom(graphs[0])
+    passes.gemm_to_matmul(graph)
+    passes.fold_transposes(graph)
+    return graph
+
+
+def _weight_bytes(graph: onnx.ModelProto) -> int:
+    return sum(numpy_helper.to_array(t).nbytes for t in graph.graph.initializer)
+
+
+def test_share_tied_embedding_stores_the_table_once_and_keeps_outputs(graphs):
+    graph = _folded(graphs)
+    prefill, decode, size = run(graph), run(graph, n_tokens=1, past=5), _weight_bytes(graph)
+    name = passes.tied_token_gather(graph)
+    assert name == "/transformer/wte/Gather"
+    assert passes.share_tied_embedding(graph, name) == "token lookup reads the head's weight (one fp table)"
+    assert "transformer.wte.weight" not in passes.initializers(graph)
+    assert size - _weight_bytes(graph) == 256 * 64 * 4 - 2 * 8  # the table, less two int64 shape constants
+    # The same values, read from the head's copy: prefill and a one-token decode step match exactly.
+    assert_same(prefill, run(graph), atol=0)
+    assert_same(decode, run(graph, n_tokens=1, past=5), atol=0)
+
+
+def test_untied_head_keeps_its_own_table(graphs):
+    graph = _folded(graphs)
+    head = next(n for n in graph.graph.node if n.output[0] == "logits")
+    weight = passes.initializers(graph)[head.input[1]]
+    w = numpy_helper.to_array(weight).copy()
+    w[0, 0] += 1.0  # one changed value: no longer the embedding's transpose
+    weight.CopyFrom(numpy_helper.from_array(w, weight.name))
+    assert passes.tied_token_gather(graph) is None
+
+
+def _dequantized_head_table(graph: onnx.ModelProto) -> np.ndarray:
+    """(V, E) table of a symmetric int4 MatMulNBits head, unpacked by hand (low nibble first, zero 8)."""
+    head = next(n for n in graph.graph.node if n.output[0] == "logits")
+    inits = passes.initializers(graph)
+    blocks = numpy_helper.to_array(inits[head.input[1]])  # (V, nb, block / 2)
+    scales = numpy_helper.to_array(inits[head.input[2]]).reshape(blocks.shape[0], -1)  # (V, nb)
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:2], -1)  # (V, nb, block)
+    return ((codes.astype(np.float32) - 8) * scales[..., None]).reshape(blocks.shape[0], -1)
+
+
+def test_share_tied_embedding_reads_the_heads_int4_blocks(graphs):
+    graph = _folded(graphs)
+    name = passes.tied_token_gather(graph)
+    quantized = onnx_quant.ort_matmul_nbits(graph, bits=4, block_size=32)
+    # Reference: the quantized graph whose lookup table holds the head's dequantized int4 values.
+    reference = onnx.ModelProto()
+    reference.CopyFrom(quantized)
+    table = passes.initializers(reference)["transformer.wte.weight"]
+    table.CopyFrom(numpy_helper.from_array(_dequantized_head_table(quantized), table.name))
+    size = _weight_bytes(quantized)
+    assert passes.share_tied_embedding(quantized, name) == "token lookup reads the head's int4 blocks (GatherBlockQuantized)"
+    assert passes.op_counts(quantized)["GatherBlockQuantized"] == 1
+    assert "transformer.wte.weight" not in passes.initializers(quantized)
+    assert size - _weight_bytes(quantized) == 256 * 64 * 4 - 2 * 8
+    assert_same(run(reference, past=3), run(quantized, past=3), atol=1e-5)
+
+
+def test_share_tied_embedding_leaves_a_padded_block_head_alone(graphs):
+    graph = _folded(graphs)
+    name = passes.tied_token_gather(graph)
+    quantized = onnx_quant.ort_matmul_nbits(graph, bits=4, block_size=128)  # K = 64: one padded block
+    before = run(quantized)
+    assert passes.share_tied_embedding(quantized, name) == ""
+    assert "transformer.wte.weight" in passes.initializers(quantized)
+    assert_same(before, run(quantized), atol=0)
 
 
 def test_ort_fusions_fuse_layernorm_and_gelu_and_keep_outputs(graphs):

@@ -78,6 +78,7 @@ def test_export_step_in_a_plan(tmp_path, trained_tiny):
     info = json.loads((step / "step.json").read_text())
     assert info["artifact"] == "model.onnx" and info["info"]["passes"]["gemm_to_matmul"] == 8
     assert info["info"]["passes"]["fused"]["SkipLayerNormalization"] == 4
+    assert info["info"]["passes"]["tied_embedding"] == "token lookup reads the head's weight (one fp table)"
 
 
 def test_failed_validation_stops_the_step_with_the_numbers(tmp_path, trained_tiny):
@@ -102,6 +103,8 @@ def test_quantize_then_export_writes_the_steps_integers(tmp_path, trained_tiny):
     assert v["ppl_rel_diff"] < 1e-4 and v["max_abs_logit_diff"] < 1e-3  # the same integers, fp32 compute
     ops = json.loads((step / "step.json").read_text())["info"]["passes"]["from_quantize_step"]
     assert ops["MatMulNBits"] == 8
+    # lm_head kept in fp32 (the default): still tied, so the lookup shares the head's table
+    assert json.loads((step / "step.json").read_text())["info"]["passes"]["tied_embedding"].startswith("token lookup")
 
 
 def test_handler_is_registered_for_the_config():
