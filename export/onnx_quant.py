@@ -176,8 +176,8 @@ def ort_dynamic_int8(model: onnx.ModelProto, per_channel: bool = False,
                      op_types: tuple[str, ...] | None = ("MatMul",)) -> onnx.ModelProto:
     """onnxruntime.quantization.quantize_dynamic: int8 weights, activations quantized per call.
 
-    We quantize weight MatMuls only (the embedding Gather stays fp32: a decode step reads one row of
-    it), per tensor: per-channel scales measured no better in perplexity and slower in decode on the
+    We quantize weight MatMuls only (a tied token lookup is then pointed at the head's int8 weight by
+    export.tied_embedding; the position table stays fp32), per tensor: per-channel scales measured no better in perplexity and slower in decode on the
     reference teacher (bench/onnx.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

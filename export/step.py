@@ -125,7 +125,7 @@ def fuses(cfg: ExportConfig, records: dict) -> bool:
 def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
                 log: "logging.Logger") -> tuple["onnx.ModelProto", dict]:
     """Trace, then apply the passes the config asks for. Returns the graph and what each pass did."""
-    from export import onnx_quant, passes
+    from export import onnx_quant, passes, tied_embedding
     from export.onnx import dequantized_copy, export_decoder
 
     t0 = time.perf_counter()
@@ -135,7 +135,7 @@ def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
     done["fold_transposes"] = passes.fold_transposes(graph)
     if cfg.format == "tensorrt":
         return graph, done  # standard ops only: TensorRT cannot parse ORT's contrib ops
-    tied = passes.tied_token_gather(graph)  # checked on the fp32 graph, before any quantizer
+    tied = tied_embedding.tied_token_gather(graph)  # checked on the fp32 graph, before any quantizer
     if records:
         done["from_quantize_step"] = onnx_quant.write_quantized_linears(graph, records, cfg.accuracy_level)
     if fuses(cfg, records):
@@ -145,7 +145,7 @@ def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
     elif cfg.quantize in ("int4", "int8"):
         graph = onnx_quant.ort_matmul_nbits(graph, int(cfg.quantize[3:]), cfg.block_size, cfg.accuracy_level)
     if tied:
-        done["tied_embedding"] = passes.share_tied_embedding(graph, tied) or "two copies (head not shareable)"
+        done["tied_embedding"] = tied_embedding.share_tied_embedding(graph, tied) or "two copies (head not shareable)"
     if cfg.fp16:
         graph = passes.to_fp16(graph)
     done["quantized_ops"] = onnx_quant.quantized_counts(graph)
