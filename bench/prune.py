@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default: all; 30k with --quick)")
     p.add_argument("--calib-tokens", type=int, default=None, help="calibration tokens (default 32k; 8k with --quick)")
     p.add_argument("--no-latency", action="store_true", help="perplexity only")
+    p.add_argument("--round-to", type=int, default=64, help="n_inner multiple, as the prune step's round_to "
+                   "(default 64; 1 = the exact budget)")
     args = p.parse_args(argv)
     if not (TEACHER / "config.json").exists():
         print(f"reference teacher not found at {TEACHER} (needs ../shared/data beside the repo)", file=sys.stderr)
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     print(f"teacher {shape} ({n0 / 1e6:.1f}M params): ppl {base_ppl:.2f} on {held.numel():,} held-out tokens; "
           f"calibration {sum(b.numel() for b in batches):,} tokens", flush=True)
 
-    targets = {keep: budget_shape(shape, keep) for keep in args.keeps}
+    targets = {keep: budget_shape(shape, keep, round_to=args.round_to) for keep in args.keeps}
     rows = {}
     for crit in args.criteria:
         t0 = time.perf_counter()

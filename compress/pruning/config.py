@@ -34,6 +34,8 @@ class PruneConfig(StepConfig):
                                                       "shrinks with them (head_dim is kept)")
     params: float | None = Field(None, gt=0, le=1, description="keep this fraction of the parameters; "
                                  "the step chooses width and mlp (see compress/pruning/shapes.py)")
+    round_to: int = Field(64, ge=1, le=4096, description="a pruned n_inner is a multiple of this "
+                          "(tensor cores, quantization groups); 1 keeps the exact count")
     calib_tokens: int = Field(16384, ge=64, le=100_000_000, description="calibration tokens (taylor, activation)")
     seq_len: int | None = Field(None, ge=8, le=8192, description="calibration window; default min(256, n_positions)")
     batch_size: int = Field(8, ge=1, le=1024, description="calibration windows per forward pass")

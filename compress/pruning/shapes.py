@@ -12,8 +12,13 @@ every importance criterion prunes to the same shape (and the same latency):
   3. round the head count to the nearest whole head, round(s * n_head), at least 1; n_embd follows
      as n_head * head_dim;
   4. the MLP width n_inner absorbs the rounding: it is solved from the budget (the parameter count is
-     linear in n_inner) and clamped to [1, n_inner]. When it is clamped, the result lands as close
-     to the budget as that head count allows; the step reports the fraction it really kept.
+     linear in n_inner), rounded to a multiple of `round_to` (below) and clamped to n_inner. When
+     it is clamped, the result lands as close to the budget as that head count allows; the step
+     reports the fraction it really kept.
+
+A pruned n_inner (from `mlp:` or the budget) is a multiple of `round_to` (default 64), so that the
+layers stay tensor-core shaped and quantization groups of 32/64 divide them; `round_to: 1` keeps the
+exact count.
 """
 
 from __future__ import annotations
@@ -94,12 +99,21 @@ def target_problems(shape: Shape, cfg: "PruneConfig") -> list[str]:
 def target_shape(shape: Shape, cfg: "PruneConfig") -> Shape:
     """The shape cfg prunes `shape` to (call target_problems first: this assumes it is possible)."""
     if cfg.params is not None:
-        return budget_shape(shape, cfg.params, cfg.layers)
+        return budget_shape(shape, cfg.params, cfg.layers, cfg.round_to)
+    n_inner = shape.n_inner - removed(cfg.mlp, shape.n_inner)
     return _width_shape(shape, cfg.layers, shape.n_head - removed(cfg.width, shape.n_head),
-                        shape.n_inner - removed(cfg.mlp, shape.n_inner))
+                        round_channels(n_inner, shape.n_inner, cfg.round_to))
 
 
-def budget_shape(shape: Shape, keep: float, layers: int = 0) -> Shape:
+def round_channels(n: int, full: int, multiple: int) -> int:
+    """n of `full` MLP channels, rounded to the nearest multiple of `multiple` (at least one multiple,
+    at most full). Unchanged when nothing is pruned or the layer is no wider than one multiple."""
+    if n >= full or multiple <= 1 or full <= multiple:
+        return min(n, full)
+    return min(full, max(multiple, multiple * round(n / multiple)))
+
+
+def budget_shape(shape: Shape, keep: float, layers: int = 0, round_to: int = 1) -> Shape:
     """The shape that keeps about `keep` of the parameters, by the rule in this module's docstring."""
     if shape.vocab_size is None:
         raise ValueError("the parameter budget needs the vocabulary size")
@@ -116,7 +130,7 @@ def budget_shape(shape: Shape, keep: float, layers: int = 0) -> Shape:
     at0 = param_count(_width_shape(shape, layers, n_head, 0))
     per_channel = param_count(_width_shape(shape, layers, n_head, 1)) - at0
     n_inner = min(shape.n_inner, max(1, round((target - at0) / per_channel)))
-    return _width_shape(shape, layers, n_head, n_inner)
+    return _width_shape(shape, layers, n_head, round_channels(n_inner, shape.n_inner, round_to))
 
 
 def _width_shape(shape: Shape, layers: int, n_head: int, n_inner: int) -> Shape:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -25,8 +23,6 @@ METHOD_BITS: dict[str, tuple[int, ...]] = {
 EXPORTABLE = ("rtn", "gptq", "smoothquant")
 CALIBRATED = ("gptq", "smoothquant")
 BNB_HINT = "bitsandbytes is not installed: pip install -e '.[bnb]'"
-# Steps that may change layer widths, so the group-size check waits until the step runs.
-WIDTH_CHANGING = ("prune", "distill")
 
 
 class QuantizeConfig(StepConfig):
@@ -144,10 +140,11 @@ class QuantizeConfig(StepConfig):
             problems.append(f"method {self.method} cannot be exported to ONNX; use rtn/gptq/smoothquant")
         if self.method in CALIBRATED and plan.data.train is None:
             problems.append(f"method {self.method} calibrates on data.train; set data.train in the plan")
-        if not any(k in WIDTH_CHANGING for k in earlier):
-            widths = plan_widths(plan)
-            if widths is not None:
-                problems += self.width_problems(widths)
+        from compress.pruning.config import input_shape
+
+        shape = input_shape(plan, index)  # through earlier prune steps; None after a distil or for a hub id
+        if shape is not None:
+            problems += self.width_problems(layer_widths(shape.n_embd, shape.n_inner))
         return problems
 
     def width_problems(self, widths: dict[str, int]) -> list[str]:
@@ -173,21 +170,6 @@ def _only_for(value, info: ValidationInfo, methods: tuple[str, ...]):
     if method and method not in methods:
         raise ValueError(f"{info.field_name} applies to method {' / '.join(methods)} only, not {method}")
     return value
-
-
-def plan_widths(plan: "Plan") -> dict[str, int] | None:
-    """Input widths of the plan's base model, or None when unknown before loading (a hub id)."""
-    from compress.plan import PretrainModel
-
-    if isinstance(plan.model, PretrainModel):
-        n_embd, n_inner = plan.model.pretrain.n_embd, None
-    else:
-        config_file = Path(plan.model) / "config.json"
-        if not config_file.is_file():
-            return None
-        config = json.loads(config_file.read_text())
-        n_embd, n_inner = config["n_embd"], config.get("n_inner")
-    return layer_widths(n_embd, n_inner)
 
 
 def layer_widths(n_embd: int, n_inner: int | None) -> dict[str, int]:

@@ -21,7 +21,7 @@ def test_criterion_finds_planted_heads_channels_and_residual_dims(criterion, tra
     model_dir, held = trained_tiny
     model = load_model(model_dir)
     plant(model, WEAK, heads=HEADS, mlp=MLP, embd=EMBD)
-    keep = choose(model, PruneConfig(importance=criterion, width=0.25, mlp=4 / 256, **CALIB), held)
+    keep = choose(model, PruneConfig(importance=criterion, width=0.25, mlp=4 / 256, round_to=1, **CALIB), held)
     for l in (0, 1):
         assert set(keep.heads[l].tolist()) == set(range(4)) - set(HEADS[l])
         assert set(keep.mlp[l].tolist()) == set(range(256)) - set(MLP[l])

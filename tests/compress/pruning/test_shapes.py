@@ -1,11 +1,13 @@
 """Shape arithmetic: parameter counts and the parameter-budget rule."""
 
+from dataclasses import replace
+
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress import PruneConfig
 from compress.pruning import Shape, budget_shape, param_count, target_shape
-from compress.pruning.shapes import target_problems
+from compress.pruning.shapes import round_channels, target_problems
 
 QUICKSTART = Shape(n_layer=4, n_head=8, head_dim=32, n_inner=1024, vocab_size=4096, n_positions=256)
 TEACHER = Shape(n_layer=6, n_head=6, head_dim=64, n_inner=1536, vocab_size=50257, n_positions=1024)
@@ -42,8 +44,36 @@ def test_budget_shape_keeps_about_the_budget(shape, keep):
 
 def test_budget_shape_of_the_reference_teacher():
     """The shapes bench/prune.py prunes the 6x384 teacher to (documented in docs/pruning.md)."""
-    shapes = [budget_shape(TEACHER, k) for k in (0.9, 0.75, 0.5)]
-    assert [(s.n_head, s.n_inner) for s in shapes] == [(6, 878), (5, 1006), (4, 148)]
+    shapes = [target_shape(TEACHER, PruneConfig(params=k)) for k in (0.9, 0.75, 0.5)]
+    assert [(s.n_head, s.n_inner) for s in shapes] == [(6, 896), (5, 1024), (4, 128)]  # round_to 64
+    exact = [budget_shape(TEACHER, k) for k in (0.9, 0.75, 0.5)]
+    assert [(s.n_head, s.n_inner) for s in exact] == [(6, 878), (5, 1006), (4, 148)]  # round_to 1
+
+
+@pytest.mark.parametrize("shape", [QUICKSTART, TEACHER])
+@pytest.mark.parametrize("keep", [0.9, 0.75, 0.5])
+def test_rounded_budget_is_a_multiple_within_half_a_step(shape, keep):
+    small = budget_shape(shape, keep, round_to=64)
+    assert small.n_inner % 64 == 0
+    step = param_count(replace(small, n_inner=64)) - param_count(replace(small, n_inner=0))  # 64 channels
+    assert abs(param_count(small) - keep * param_count(shape)) <= step / 2 + 1
+
+
+@pytest.mark.parametrize("n, full, multiple, expected", [
+    (717, 1024, 64, 704),    # nearest multiple
+    (10, 1536, 64, 64),      # at least one multiple
+    (1530, 1536, 64, 1536),  # at most the full width
+    (1024, 1024, 64, 1024),  # nothing pruned: unchanged
+    (30, 32, 64, 30),        # a layer narrower than one multiple: exact
+    (717, 1024, 1, 717),     # round_to 1: exact
+])
+def test_round_channels(n, full, multiple, expected):
+    assert round_channels(n, full, multiple) == expected
+
+
+def test_mlp_ratio_rounds_to_the_multiple():
+    assert target_shape(QUICKSTART, PruneConfig(mlp=0.3)).n_inner == 704  # 1024 - 307 = 717 -> 704
+    assert target_shape(QUICKSTART, PruneConfig(mlp=0.3, round_to=1)).n_inner == 717
 
 
 def test_budget_with_layers_drops_blocks_first():

@@ -55,7 +55,7 @@ def test_removing_zero_heads_and_residual_channels_is_exact_up_to_layernorm(plan
     planted_heads = {0: [1], 1: [3], 2: [0]}
     planted_mlp = {l: list(range(2 * l, 256, 8)) for l in range(3)}  # 32 of 256
     plant(model, 0.0, blocks=[2], heads=planted_heads, mlp=planted_mlp, embd=planted_embd)
-    cfg = PruneConfig(importance="magnitude", layers=1, width=0.25, mlp=0.125)
+    cfg = PruneConfig(importance="magnitude", layers=1, width=0.25, mlp=0.125, round_to=1)  # exactly the 32 planted
 
     keep = choose(model, cfg)
     small = prune(model, cfg)

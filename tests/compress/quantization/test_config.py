@@ -90,8 +90,26 @@ def test_non_exportable_method_before_export_is_refused(method):
     assert QuantizeConfig(method="gptq").plan_problems(plan, 0) == []
 
 
-def test_width_check_waits_for_a_run_after_pruning():
-    q = QuantizeConfig(bits=4, group_size=64)
-    plan = SimpleNamespace(steps=[SimpleNamespace(kind="prune"), q], data=SimpleNamespace(train=object()),
-                           model=SimpleNamespace())
-    assert q.plan_problems(plan, 1) == []
+def _after(step: dict, quantize: dict, n_embd: int = 256) -> dict:
+    raw = _plan(quantize, n_embd=n_embd)
+    raw["model"]["pretrain"].update(n_head=4)
+    raw["steps"].insert(0, step)
+    return raw
+
+
+def test_width_check_follows_earlier_prune_steps():
+    # 256 wide, n_inner 1024; mlp 0.3 keeps 717 channels, rounded to 704 (round_to 64), exact with round_to 1
+    assert parse_plan(_after({"prune": {"mlp": 0.3}}, {"bits": 4, "group_size": 64})).steps[1].group_size == 64
+    (problem,) = _problems(_after({"prune": {"mlp": 0.3, "round_to": 1}}, {"bits": 4, "group_size": 64}))
+    assert problem == "steps[1].quantize: group_size 64 does not divide the input width 717 of mlp.c_proj"
+    (problem,) = _problems(_after({"prune": {"mlp": 0.3}}, {"bits": 4, "group_size": 128}))
+    assert problem == "steps[1].quantize: group_size 128 does not divide the input width 704 of mlp.c_proj"
+
+
+def test_width_check_waits_for_a_run_after_a_distill():
+    # 96 wide: group 64 would be reported at plan time, but a distilled student's widths are known only
+    # when the step runs (the quantize step checks them then)
+    plan = parse_plan(_after({"distill": {"tokens": 4096}}, {"bits": 4, "group_size": 64}, n_embd=96))
+    assert plan.steps[1].group_size == 64
+    (problem,) = _problems(_after({"prune": {"mlp": 0.5}}, {"bits": 4, "group_size": 64}, n_embd=96))
+    assert problem.startswith("steps[1].quantize: group_size 64 does not divide the input width 96")
