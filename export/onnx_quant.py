@@ -27,8 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compress.errors import UserError
-from export.passes import (MS_DOMAIN, ensure_ms_domain, initializers, keep_root_logging, quiet,
-                           remove_unused_initializers)
+from export.passes import MS_DOMAIN, ensure_ms_domain, initializers, keep_root_logging, quiet, set_nodes
 
 if TYPE_CHECKING:
     from compress.quantization.handoff import QuantizedLinear
@@ -155,15 +154,11 @@ def write_quantized_linears(model: onnx.ModelProto, records: dict[str, "Quantize
         _check_weight(ql, node, numpy_helper.to_array(inits[node.input[1]]))
         replace[node.name] = qdq_nodes(ql, node) if ql.input_scale is not None else \
             matmul_nbits_nodes(ql, node, accuracy_level)
-    new_nodes = []
-    for node in model.graph.node:
-        new_nodes.extend(replace[node.name][0] if node.name in replace else [node])
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
     for _, new_inits in replace.values():
         model.graph.initializer.extend(new_inits)
+    nodes = [n for node in model.graph.node for n in (replace[node.name][0] if node.name in replace else [node])]
+    set_nodes(model, nodes)  # the replaced weights go
     ensure_ms_domain(model)
-    remove_unused_initializers(model)
     kinds = {"MatMulNBits": 0, "QDQ": 0}
     for ql in records.values():
         kinds["QDQ" if ql.input_scale is not None else "MatMulNBits"] += 1
@@ -176,9 +171,9 @@ def ort_dynamic_int8(model: onnx.ModelProto, per_channel: bool = False,
                      op_types: tuple[str, ...] | None = ("MatMul",)) -> onnx.ModelProto:
     """onnxruntime.quantization.quantize_dynamic: int8 weights, activations quantized per call.
 
-    We quantize weight MatMuls only (a tied token lookup is then pointed at the head's int8 weight by
-    export.tied_embedding; the position table stays fp32), per tensor: per-channel scales measured no better in perplexity and slower in decode on the
-    reference teacher (bench/onnx.py)."""
+    We quantize weight MatMuls only (export.tied_embedding then points a tied token lookup at the
+    head's int8 weight; the position table stays fp32), per tensor: per-channel scales measured no
+    better in perplexity and slower in decode on the reference teacher (bench/onnx.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="gpt2-edge-qdyn-") as tmp:
@@ -206,7 +201,8 @@ def ort_matmul_nbits(model: onnx.ModelProto, bits: int, block_size: int, accurac
 
 def quantized_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Nodes that carry integer weights, by op type (for logs, validation.json and tests)."""
-    kinds = ("MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "DequantizeLinear")
+    kinds = ("MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "DequantizeLinear",
+             "GatherBlockQuantized")
     out: dict[str, int] = {}
     for n in model.graph.node:
         if n.op_type in kinds:

@@ -144,8 +144,8 @@ def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
         graph = onnx_quant.ort_dynamic_int8(graph)
     elif cfg.quantize in ("int4", "int8"):
         graph = onnx_quant.ort_matmul_nbits(graph, int(cfg.quantize[3:]), cfg.block_size, cfg.accuracy_level)
-    if tied:
-        done["tied_embedding"] = tied_embedding.share_tied_embedding(graph, tied) or "two copies (head not shareable)"
+    shared = tied_embedding.share_tied_embedding(graph, tied) if tied else ""
+    done["tied_embedding"] = shared or ("stored twice: the head's form cannot be gathered" if tied else "not tied")
     if cfg.fp16:
         graph = passes.to_fp16(graph)
     done["quantized_ops"] = onnx_quant.quantized_counts(graph)

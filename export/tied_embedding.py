@@ -29,14 +29,15 @@ def tied_token_gather(model: onnx.ModelProto) -> str | None:
     """Name of the token Gather whose table is exactly the transpose of the LM head's MatMul weight,
     or None when the head is untied (call on the fp32 graph, after passes.fold_transposes)."""
     inits = initializers(model)
-    head = _producer(model, LOGITS)
+    head = next((n for n in model.graph.node if LOGITS in n.output), None)
     if head is None or head.op_type != "MatMul" or head.input[1] not in inits:
         return None
     w = numpy_helper.to_array(inits[head.input[1]])  # (E, V)
     for node in model.graph.node:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        if table is not None and node_attr(node, "axis", 0) == 0 and list(table.dims) == [w.shape[1], w.shape[0]] \
-                and np.array_equal(numpy_helper.to_array(table), w.T):
+        if table is None or node_attr(node, "axis", 0) != 0 or list(table.dims) != [w.shape[1], w.shape[0]]:
+            continue
+        if np.array_equal(numpy_helper.to_array(table), w.T):
             return node.name
     return None
 
@@ -47,19 +48,20 @@ def share_tied_embedding(model: onnx.ModelProto, gather_name: str) -> str:
     Returns what it did, or '' when the head has none of the forms in the module docstring (then
     both copies stay)."""
     inits = initializers(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
     gather = next((n for n in model.graph.node if n.name == gather_name and n.op_type == "Gather"), None)
-    head = _producer(model, LOGITS)
+    head = producers.get(LOGITS)
     if gather is None or head is None:
         return ""
-    int8 = _dynamic_int8_weight(model, head, inits)
     if head.op_type == "MatMul" and head.input[1] in inits:
         new, consts = _column_lookup(gather, head.input[1], inits)
         what = "token lookup reads the head's weight (one fp table)"
     elif head.op_type == "MatMulNBits" and _gatherable_nbits(head, inits):
         new, consts = _block_lookup(gather, head)
-        what = f"token lookup reads the head's int{node_attr(head, 'bits', 4)} blocks (GatherBlockQuantized)"
-    elif int8 is not None:
-        new, consts = _column_lookup(gather, int8[0], inits, dequantize=int8[1:])
+        what = f"token lookup reads the head's int{_attrs(head).get('bits', 4)} blocks (GatherBlockQuantized)"
+    elif (int8 := _dynamic_int8_weight(head, producers, inits)) is not None:
+        weight, scale, zero = int8
+        new, consts = _column_lookup(gather, weight, inits, dequantize=(scale, zero))
         what = "token lookup reads the head's int8 weight (DequantizeLinear)"
     else:
         return ""
@@ -85,57 +87,62 @@ def _column_lookup(gather: onnx.NodeProto, weight: str, inits: dict[str, onnx.Te
         helper.make_node("Gather", [weight, f"{p}/ids_flat"], [cols], name=f"{p}/FromHead", axis=1),  # (E, M)
     ]
     if dequantize is not None:  # int8 columns with the head's per-tensor scale and zero point
-        nodes.append(helper.make_node("DequantizeLinear", [cols, *dequantize], [f"{p}/cols_fp"], name=f"{p}/Dequantize"))
+        nodes.append(helper.make_node("DequantizeLinear", [cols, *dequantize], [f"{p}/cols_fp"],
+                                      name=f"{p}/Dequantize"))
         cols = f"{p}/cols_fp"
     nodes += [
         helper.make_node("Transpose", [cols], [f"{p}/rows"], name=f"{p}/Transpose", perm=[1, 0]),  # (M, E)
-        helper.make_node("Concat", [f"{p}/ids_shape", f"{p}/width"], [f"{p}/out_shape"], name=f"{p}/Concat", axis=0),
+        helper.make_node("Concat", [f"{p}/ids_shape", f"{p}/width"], [f"{p}/out_shape"], name=f"{p}/Concat",
+                         axis=0),
         helper.make_node("Reshape", [f"{p}/rows", f"{p}/out_shape"], [out], name=f"{p}/Unflatten"),
     ]
     return nodes, {"flat": [-1], "width": [int(inits[weight].dims[0])]}
 
 
 def _block_lookup(gather: onnx.NodeProto, head: onnx.NodeProto) -> tuple[list[onnx.NodeProto], dict]:
-    """GatherBlockQuantized over the head's MatMulNBits blocks (V, nb, blob) seen as rows (V, E*bits/8)."""
+    """GatherBlockQuantized over the head's MatMulNBits blocks (V, nb, blob) seen as rows (V, E*bits/8);
+    scales and zero points (packed the same way in both ops) reshaped to (V, -1), as it wants them."""
     ids, out, p = gather.input[1], gather.output[0], gather.name
-    blocks, scales = f"{p}/blocks", f"{p}/scales"
-    zeros = [head.input[3]] if len(head.input) > 3 and head.input[3] else []  # same packing in both ops
-    nodes = [
-        helper.make_node("Reshape", [head.input[1], f"{p}/rows_shape"], [blocks], name=f"{p}/ReshapeBlocks"),
-        helper.make_node("Reshape", [head.input[2], f"{p}/rows_shape"], [scales], name=f"{p}/ReshapeScales"),
-        helper.make_node("GatherBlockQuantized", [blocks, ids, scales, *zeros], [out], name=f"{p}/FromHeadBlocks",
-                         domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, bits=node_attr(head, "bits", 4),
-                         block_size=node_attr(head, "block_size", 0)),
-    ]
-    return nodes, {"rows_shape": [node_attr(head, "N", 0), -1]}
+    attrs = _attrs(head)
+    has_zeros = len(head.input) > 3 and head.input[3] != ""
+    sources = [head.input[1], head.input[2], *([head.input[3]] if has_zeros else [])]  # blocks, scales, zeros
+    rows = [f"{p}/{name}" for name in ("blocks", "scales", "zeros")][:len(sources)]
+    nodes = [helper.make_node("Reshape", [src, f"{p}/rows_shape"], [dst], name=f"{dst}/Reshape")
+             for src, dst in zip(sources, rows)]
+    nodes.append(helper.make_node("GatherBlockQuantized", [rows[0], ids, *rows[1:]], [out],
+                                  name=f"{p}/FromHeadBlocks", domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
+                                  bits=attrs.get("bits", 4), block_size=attrs["block_size"]))
+    return nodes, {"rows_shape": [attrs["N"], -1]}
 
 
 def _gatherable_nbits(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    """What GatherBlockQuantized can read: constant blocks and scales, no g_idx or bias, and no padded
-    last block (K a multiple of block_size; MatMulNBits pads, GatherBlockQuantized would return the pad)."""
-    extra = [i for i in node.input[4:] if i]
-    whole_blocks = node_attr(node, "K", 0) % max(node_attr(node, "block_size", 1), 1) == 0
-    return not extra and whole_blocks and all(i in inits for i in node.input[1:3])
+    """What GatherBlockQuantized can read: constant uint8 blocks, scales and zero points, no g_idx or
+    bias, and no padded last block (MatMulNBits pads K to whole blocks; the lookup would return the pad)."""
+    attrs = _attrs(node)
+    consts = [i for i in node.input[1:4] if i]
+    return (not any(node.input[4:]) and attrs["K"] % attrs["block_size"] == 0 and all(i in inits for i in consts)
+            and all(inits[i].data_type == onnx.TensorProto.UINT8 for i in consts[:1] + consts[2:]))
 
 
-def _dynamic_int8_weight(model: onnx.ModelProto, head: onnx.NodeProto,
+def _dynamic_int8_weight(head: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
                          inits: dict[str, onnx.TensorProto]) -> tuple[str, str, str] | None:
-    """(int8 weight, scale, zero point) of a head quantize_dynamic wrote, per tensor:
+    """(int8 weight, scale, zero point) of a head quantize_dynamic wrote with one scale:
     logits = Mul(Cast(MatMulInteger(x_q, W_q, x_zero, W_zero)), Mul(x_scale, W_scale))."""
     if head.op_type != "Mul":
         return None
-    producers = {o: n for n in model.graph.node for o in n.output}
-    parents = [producers.get(i) for i in head.input]
-    cast = next((n for n in parents if n is not None and n.op_type == "Cast"), None)
-    scale_mul = next((n for n in parents if n is not None and n.op_type == "Mul"), None)
-    matmul = producers.get(cast.input[0]) if cast is not None else None
-    if matmul is None or matmul.op_type != "MatMulInteger" or scale_mul is None or len(matmul.input) < 4:
+    a, b = (producers.get(i) for i in head.input)
+    cast, scales = (a, b) if a is not None and a.op_type == "Cast" else (b, a)
+    if cast is None or cast.op_type != "Cast" or scales is None or scales.op_type != "Mul":
+        return None
+    matmul = producers.get(cast.input[0])
+    if matmul is None or matmul.op_type != "MatMulInteger" or len(matmul.input) < 4:
         return None
     weight, zero = matmul.input[1], matmul.input[3]
-    scale = next((i for i in scale_mul.input if i in inits), None)
-    per_tensor = scale is not None and zero in inits and int(np.prod(inits[scale].dims)) == 1
-    return (weight, scale, zero) if weight in inits and per_tensor else None
+    scale = next((i for i in scales.input if i in inits), None)
+    if weight in inits and zero in inits and scale is not None and int(np.prod(inits[scale].dims)) == 1:
+        return weight, scale, zero
+    return None
 
 
-def _producer(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto | None:
-    return next((n for n in model.graph.node if tensor in n.output), None)
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}

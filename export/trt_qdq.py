@@ -73,7 +73,7 @@ def qdq_for_tensorrt(ql: "QuantizedLinear", node: onnx.NodeProto) -> tuple[list[
 def write_qdq(graph: onnx.ModelProto, records: dict[str, "QuantizedLinear"]) -> dict[str, int]:
     """Replace the MatMul of every quantized layer by Q/DQ + MatMul, in place. Returns counts by bits."""
     from export.onnx_quant import weight_matmuls
-    from export.passes import remove_unused_initializers
+    from export.passes import set_nodes
 
     matmuls = weight_matmuls(graph)
     missing = sorted(set(records) - set(matmuls))
@@ -86,12 +86,10 @@ def write_qdq(graph: onnx.ModelProto, records: dict[str, "QuantizedLinear"]) -> 
                             f"the export used opset {opset}: set opset: 21 in the export step")
         graph.ir_version = max(graph.ir_version, 10)
     replace = {matmuls[name].name: qdq_for_tensorrt(ql, matmuls[name]) for name, ql in records.items()}
-    nodes = [n for node in graph.graph.node for n in (replace[node.name][0] if node.name in replace else [node])]
-    del graph.graph.node[:]
-    graph.graph.node.extend(nodes)
     for _, inits in replace.values():
         graph.graph.initializer.extend(inits)
-    remove_unused_initializers(graph)
+    nodes = [n for node in graph.graph.node for n in (replace[node.name][0] if node.name in replace else [node])]
+    set_nodes(graph, nodes)  # the replaced weights go
     counts: dict[str, int] = {}
     for ql in records.values():
         counts[f"int{ql.bits}"] = counts.get(f"int{ql.bits}", 0) + 1

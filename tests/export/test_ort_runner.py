@@ -2,6 +2,7 @@
 
 import json
 
+import onnx
 import pytest
 import torch
 
@@ -69,10 +70,17 @@ def test_batches_of_windows_without_past(artifact):
     assert past.length == 64 and past.arrays[0].shape == (2, 4, 64, 16)
 
 
-def test_gathered_tables_are_the_embeddings(artifact):
-    """The roofline leaves out tables a decode step only looks up. The exported graph keeps the LM
-    head as its own initializer, so both wpe and the Gather copy of wte are looked up only."""
+def test_gathered_tables_are_the_embeddings(artifact, tmp_path):
+    """The roofline leaves out tables a decode step only looks up. As traced (head folded into its
+    own initializer), both wpe and the Gather copy of wte are looked up only; once the exporter
+    shares the tied table, only wpe is, as in torch."""
+    from export.tied_embedding import share_tied_embedding, tied_token_gather
+
     model, out, _ = artifact
     c = model.config
-    runner = OrtRunner(out / "model.onnx")
-    assert runner.gathered_weight_bytes == (c.vocab_size + c.n_positions) * c.n_embd * 4
+    assert OrtRunner(out / "model.onnx").gathered_weight_bytes == (c.vocab_size + c.n_positions) * c.n_embd * 4
+    graph = onnx.load(out / "model.onnx")
+    passes.fold_transposes(graph)
+    assert share_tied_embedding(graph, tied_token_gather(graph))
+    shared = OrtRunner(save_onnx(graph, tmp_path / "model.onnx"))
+    assert shared.gathered_weight_bytes == c.n_positions * c.n_embd * 4 == TorchRunner(model).gathered_weight_bytes

@@ -1,6 +1,7 @@
 """The export step: its config checks (before any model loads) and a tiny plan run end to end."""
 
 import json
+import logging
 
 import pytest
 
@@ -8,7 +9,7 @@ from compress.errors import PlanError, UserError
 from compress.plan import parse_plan
 from compress.runner import run_plan
 from compress.steps import step_configs
-from export.step import ExportConfig, export_step, fuses
+from export.step import ExportConfig, build_graph, export_step, fuses
 
 
 def plan_dict(model_dir, steps, max_tokens=300):
@@ -136,3 +137,37 @@ def test_validation_limits_name_the_numbers():
     assert not ppl.passed and "apart, limit 1e-07%" in ppl.problems[0]
     same = validate(ref, TorchRunner(tiny_model()), ids, 64, 2, Limits(max_abs_logit=1e-3, max_ppl_rel=0.01), "x")
     assert same.passed and same.as_dict()["passed"] and same.max_abs_logit_diff == 0
+
+
+@pytest.mark.parametrize("options, shared", [
+    ({}, "token lookup reads the head's weight (one fp table)"),
+    ({"fp16": True}, "token lookup reads the head's weight (one fp table)"),
+    ({"quantize": "int4", "block_size": 32}, "token lookup reads the head's int4 blocks (GatherBlockQuantized)"),
+    ({"quantize": "int8", "block_size": 32}, "token lookup reads the head's int8 blocks (GatherBlockQuantized)"),
+    ({"quantize": "dynamic-int8"}, "token lookup reads the head's int8 weight (DequantizeLinear)"),
+    ({"quantize": "int4", "block_size": 128}, "stored twice: the head's form cannot be gathered"),  # K = 64
+])
+def test_build_graph_shares_the_tied_table_after_every_quantizer(options, shared, run_decoder):
+    """The tie is found on the fp32 graph and the lookup rewritten after ORT's quantizers ran."""
+    import numpy as np
+
+    from compress.models import tiny_model
+
+    graph, done = build_graph(ExportConfig(**options), tiny_model(seed=2), {}, logging.getLogger("test"))
+    assert done["tied_embedding"] == shared
+    tables = [t for t in graph.graph.initializer if t.name == "transformer.wte.weight"]
+    assert len(tables) == (1 if shared.startswith("stored twice") else 0)
+    assert all(np.isfinite(out).all() for out in run_decoder(graph, past=2))  # loads and runs in ORT
+
+
+def test_a_quantize_step_head_is_untied_and_keeps_its_table(tmp_path):
+    from compress.models import load_model, save_model, tiny_model
+    from compress.quantization import QuantizeConfig, quantize, quantized_linears
+
+    cfg = QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head="int4")
+    path = save_model(quantize(tiny_model(seed=2), cfg), tmp_path / "q")
+    graph, done = build_graph(ExportConfig(accuracy_level=0), load_model(path), quantized_linears(path),
+                              logging.getLogger("test"))
+    assert done["tied_embedding"] == "not tied"  # lm_head: int4 unties it in torch too
+    assert done["from_quantize_step"]["MatMulNBits"] == 9
+    assert any(t.name == "transformer.wte.weight" for t in graph.graph.initializer)
