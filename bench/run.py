@@ -12,6 +12,7 @@ latency rounds that visit every row in turn so load from other processes hits al
     ours: ORT int8 / ORT int4              export step with ONNX Runtime's MatMulNBits on the fp32 model
     ours: quantize rtn int4 -> ORT         the quantize step's integers written as MatMulNBits
     peer: optimum + ORT dynamic int8       optimum-cli export onnx, quantize_dynamic with defaults
+    peer: optimum ORTQuantizer avx512_vnni optimum's own quantizer, AutoQuantizationConfig.avx512_vnni (dynamic)
     peer: optimum + ORT MatMulNBits int4   ORT's MatMulNBitsQuantizer on optimum's export, as a user would
     peer: bnb int8 / bnb nf4 (torch)       bitsandbytes Linear8bitLt / Linear4bit
     peer: torch dynamic int8               torch.ao dynamic quantization of nn.Linear
@@ -82,12 +83,27 @@ def peer_matmulnbits(model_dir: Path, out: Path):
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    runner_dir = out / "optimum"
-    bench_onnx.peer(model_dir, runner_dir)  # exports into runner_dir (and writes a dynamic int8 copy)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(runner_dir / "model.onnx")), block_size=128, is_symmetric=True)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(bench_onnx.optimum_export(model_dir, out))), block_size=128,
+                                     is_symmetric=True)
     quantizer.process()
-    path = runner_dir / "model_int4.onnx"
+    path = out / "model_int4.onnx"
     quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
+    return bench_onnx.OrtRunner(path), path
+
+
+def peer_ortquantizer(model_dir: Path, out: Path):
+    """optimum-cli export, then optimum's ORTQuantizer with AutoQuantizationConfig.avx512_vnni (dynamic,
+    per tensor), as optimum's quantization guide shows."""
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    from export.passes import quiet
+
+    quantizer = ORTQuantizer.from_pretrained(bench_onnx.optimum_export(model_dir, out).parent, file_name="model.onnx")
+    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+    with quiet("optimum.onnxruntime.quantization"):
+        quantizer.quantize(save_dir=out, quantization_config=config)
+    path = out / "model_quantized.onnx"
     return bench_onnx.OrtRunner(path), path
 
 
@@ -209,8 +225,9 @@ def main(argv=None) -> int:
             "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int8"), "t8"),
             "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4"),
             "ours: quantize rtn int4 -> ORT": quant_step_int4,
-            "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(args.teacher, tmp / "peer8"),
-            "peer: optimum + ORT MatMulNBits int4": lambda: peer_matmulnbits(args.teacher, tmp / "peer4"),
+            "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(args.teacher, tmp / "optimum"),
+            "peer: optimum ORTQuantizer avx512_vnni": lambda: peer_ortquantizer(args.teacher, tmp / "optimum"),
+            "peer: optimum + ORT MatMulNBits int4": lambda: peer_matmulnbits(args.teacher, tmp / "optimum"),
             "peer: bnb int8 (torch)": lambda: torch_quantized(teacher, "bnb-int8", tmp / "bnb8"),
             "peer: bnb nf4 (torch)": lambda: torch_quantized(teacher, "bnb-nf4", tmp / "nf4"),
             "peer: torch dynamic int8": lambda: torch_quantized(teacher, "dynamic-int8", tmp / "dyn8"),
