@@ -11,8 +11,9 @@ to read whatever the head now holds:
     head MatMulInteger (dynamic int8)        Gather of the int8 columns, DequantizeLinear, transposed
 
 A quantized head makes the lookup return the quantized table, as the head multiplies by it. The tie
-is decided on the fp32 graph, before any quantizer, by exact equality (tied_token_gather), so a head
-the quantize step quantized on its own (lm_head: int4, untied in torch too) is never merged.
+is decided on the traced graph, before any quantizer, by exact equality (tied_token_gather): a head
+the quantize step quantized counts as tied, since that step makes the torch lookup read the same
+dequantized codes (compress.quantization.modules.quantize_tied_table); an untied model never does.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ class QuantizeConfig(StepConfig):
         None, description="input channels per scale; default 128 at 4 bits, per-channel at 8 bits")
     sym: bool = Field(True, description="symmetric grid (zero point 2**(bits-1)); false: asymmetric")
     lm_head: Literal["keep", "int8", "int4"] = Field(
-        "keep", description="quantize an untied copy of the tied embedding as the LM head")
+        "keep", description="quantize the LM head; a tied head quantizes the tied matrix (the token lookup "
+                            "reads the same dequantized codes)")
     # gptq
     damp: float = Field(0.01, gt=0, le=1, description="gptq: damping, a fraction of mean(diag(H))")
     act_order: bool = Field(False, description="gptq: quantize columns by decreasing Hessian diagonal")

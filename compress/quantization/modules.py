@@ -70,17 +70,22 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def untie_lm_head(model: GPT2LMHeadModel) -> None:
-    """Give the LM head its own weight so quantizing it leaves the input embedding untouched."""
-    if model.lm_head.weight is model.transformer.wte.weight:
-        model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())
+def quantize_tied_table(model: GPT2LMHeadModel, head: QuantizedLinear) -> None:
+    """Quantizing a tied head quantizes the tied matrix: the token lookup reads the head's dequantized
+    codes, as the head multiplies by them (llama.cpp's token_embd does the same). The model is untied
+    in form (the head becomes a QuantLinear) but not in values, so the ONNX export stores the matrix
+    once (export.tied_embedding). An untied head is quantized alone."""
+    wte = model.transformer.wte.weight
+    if model.lm_head.weight is wte:
+        with torch.no_grad():
+            wte.copy_(head.dequantize().to(wte.device, wte.dtype))  # (V, E), the head's own layout
     model.config.tie_word_embeddings = False
 
 
 def install(model: GPT2LMHeadModel, records: dict[str, QuantizedLinear]) -> GPT2LMHeadModel:
     """Replace each named linear by a QuantLinear built from its record (in place)."""
     if "lm_head" in records:
-        untie_lm_head(model)
+        quantize_tied_table(model, records["lm_head"])
     device = model.transformer.wte.weight.device
     for name, ql in records.items():
         set_module(model, name, QuantLinear(ql).to(device))

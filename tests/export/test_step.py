@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 from compress.errors import PlanError, UserError
 from compress.plan import parse_plan
@@ -160,14 +161,23 @@ def test_build_graph_shares_the_tied_table_after_every_quantizer(options, shared
     assert all(np.isfinite(out).all() for out in run_decoder(graph, past=2))  # loads and runs in ORT
 
 
-def test_a_quantize_step_head_is_untied_and_keeps_its_table(tmp_path):
+def test_a_quantize_step_int4_head_is_stored_once(tmp_path, run_decoder):
     from compress.models import load_model, save_model, tiny_model
     from compress.quantization import QuantizeConfig, quantize, quantized_linears
+    from evalsuite.runner import TorchRunner
+    from export.ort_runner import OrtRunner
+    from export.onnx import save_onnx
 
-    cfg = QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head="int4")
+    cfg = QuantizeConfig(method="rtn", bits=4, group_size=32, sym=False, lm_head="int4")
     path = save_model(quantize(tiny_model(seed=2), cfg), tmp_path / "q")
-    graph, done = build_graph(ExportConfig(accuracy_level=0), load_model(path), quantized_linears(path),
+    qmodel = load_model(path)
+    graph, done = build_graph(ExportConfig(accuracy_level=0), qmodel, quantized_linears(path),
                               logging.getLogger("test"))
-    assert done["tied_embedding"] == "not tied"  # lm_head: int4 unties it in torch too
+    # the step's int4 codes for the head, with zero points, read by the lookup too
+    assert done["tied_embedding"] == "token lookup reads the head's int4 blocks (GatherBlockQuantized)"
     assert done["from_quantize_step"]["MatMulNBits"] == 9
-    assert any(t.name == "transformer.wte.weight" for t in graph.graph.initializer)
+    assert not any(t.name == "transformer.wte.weight" for t in graph.graph.initializer)
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    ort_logits, _ = OrtRunner(save_onnx(graph, tmp_path / "model.onnx")).forward(ids)
+    torch_logits, _ = TorchRunner(qmodel).forward(ids)
+    torch.testing.assert_close(ort_logits, torch_logits, atol=1e-4, rtol=0)

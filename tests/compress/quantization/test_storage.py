@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import GPT2LMHeadModel
 
 from compress import QuantizeConfig, quantize
 from compress.errors import UserError
-from compress.models import load_model, save_model, tiny_model
+from compress.models import load_model, save_model, tiny_config, tiny_model
 from compress.quantization import is_quantized_dir, quantized_linears
 from compress.quantization.modules import quant_linears
 
@@ -55,15 +56,29 @@ def test_weight_only_layout_is_compressed_tensors_pack_quantized(tmp_path):
     assert "transformer.h.0.mlp.c_fc.weight" not in t and "lm_head.weight" not in t  # tied: wte only
 
 
-def test_quantized_lm_head_gets_its_own_copy(tmp_path):
+def test_a_quantized_tied_head_quantizes_the_lookup_table_too(tmp_path):
     model = tiny_model()
     wte = model.transformer.wte.weight.detach().clone()
-    save_model(quantize(model, QuantizeConfig(method="rtn", bits=8, lm_head="int4", group_size=32)), tmp_path)
+    quantized = quantize(model, QuantizeConfig(method="rtn", bits=8, lm_head="int4", group_size=32))
+    head = quantized.lm_head.record().dequantize()  # (V, E)
+    assert not torch.equal(head, wte) and torch.equal(quantized.transformer.wte.weight, head)
+    save_model(quantized, tmp_path)
     t = load_file(tmp_path / "model.safetensors")
-    assert torch.equal(t["transformer.wte.weight"], wte)  # the input embedding stays fp32
+    assert torch.equal(t["transformer.wte.weight"], head)  # the lookup reads the dequantized codes
     assert t["lm_head.weight_packed"].shape == (256, 64 * 4 // 32)
     reloaded = load_model(tmp_path)
     assert not reloaded.config.tie_word_embeddings
+    assert torch.equal(reloaded.transformer.wte.weight, reloaded.lm_head.record().dequantize())
+
+
+def test_an_untied_head_is_quantized_alone():
+    config = tiny_config()
+    config.tie_word_embeddings = False
+    model = GPT2LMHeadModel(config).eval()
+    assert model.lm_head.weight is not model.transformer.wte.weight
+    wte = model.transformer.wte.weight.detach().clone()
+    quantized = quantize(model, QuantizeConfig(method="rtn", bits=8, lm_head="int4", group_size=32))
+    assert torch.equal(quantized.transformer.wte.weight, wte)
 
 
 def test_handoff_records_match_the_model(tmp_path):
