@@ -28,13 +28,7 @@ def problems(tmp_path, text, overrides=()):
     return e.value.problems
 
 
-@pytest.fixture(autouse=True)
-def no_model_loads(monkeypatch):
-    """A plan is validated before any model loads: make loading one fail the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded during plan validation")
-
-    monkeypatch.setattr("transformers.GPT2LMHeadModel.from_pretrained", refuse)
+pytestmark = pytest.mark.usefixtures("no_model_loads")  # plan validation loads no model (conftest)
 
 
 def test_good_plan_loads_with_defaults(tmp_path):

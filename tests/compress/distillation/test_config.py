@@ -21,12 +21,7 @@ def problems(raw) -> list[str]:
     return e.value.problems
 
 
-@pytest.fixture(autouse=True)
-def no_model_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded during plan validation")
-
-    monkeypatch.setattr("transformers.GPT2LMHeadModel.from_pretrained", refuse)
+pytestmark = pytest.mark.usefixtures("no_model_loads")  # plan validation loads no model (conftest)
 
 
 def test_the_issue_example_parses_with_defaults():
