@@ -108,7 +108,7 @@ class ExportConfig(StepConfig):
 
 def _quantized_records(model_dir: Path) -> dict:
     """The quantize step's integer layers of model_dir, or {} for an fp32 model."""
-    from compress.quantization.handoff import is_quantized_dir, quantized_linears
+    from compress.quantization import is_quantized_dir, quantized_linears
 
     return quantized_linears(model_dir) if is_quantized_dir(model_dir) else {}
 

@@ -21,8 +21,8 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress.errors import UserError
+from compress.quantization.handoff import WEIGHTS_FILE, read_quant_config
 from compress.quantization.modules import block_linear_names, linear_weight, set_module
-from compress.quantization.storage import WEIGHTS_FILE, read_quant_config
 
 
 def _bnb():

@@ -9,14 +9,20 @@ once, here). Input channels are split into contiguous groups of `group_size`; gr
 
 and y = x @ W.T + bias, in fp32. For W8A8 (smoothquant) x is first fake-quantized per tensor:
 x = clamp(round(x / input_scale), -128, 127) * input_scale (round half to even, as ONNX QuantizeLinear).
+
+This module imports nothing of the package: storage, modules and the methods all import it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+
+WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -59,16 +65,14 @@ def fake_quant_input(x: torch.Tensor, input_scale: float) -> torch.Tensor:
     return torch.clamp(torch.round(x / input_scale), -128, 127) * input_scale
 
 
+def read_quant_config(model_dir: Path) -> dict[str, Any] | None:
+    """config.json's `quantization_config` (None for an fp32 model or a dir without config.json)."""
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        return None
+    return json.loads(config_file.read_text()).get("quantization_config")
+
+
 def is_quantized_dir(model_dir: Path) -> bool:
     """True when config.json describes a quantization (any method this package writes)."""
-    from compress.quantization.storage import read_quant_config
-
     return read_quant_config(Path(model_dir)) is not None
-
-
-def quantized_linears(model_dir: Path) -> dict[str, QuantizedLinear]:
-    """Every quantized linear layer of a saved model dir, by module path (weight-only and W8A8 only;
-    bitsandbytes and dynamic-int8 dirs raise UserError: their codes have no MatMulNBits/QDQ form)."""
-    from compress.quantization.storage import read_quantized_linears
-
-    return read_quantized_linears(Path(model_dir))

@@ -26,10 +26,9 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress.errors import UserError
-from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.handoff import WEIGHTS_FILE, QuantizedLinear, read_quant_config
 from compress.quantization.modules import install, quant_linears
 
-WEIGHTS_FILE = "model.safetensors"
 BLOCK_TARGET = r"re:.*\.(c_attn|c_proj|c_fc)$"
 
 
@@ -83,13 +82,6 @@ def quant_config(records: dict[str, QuantizedLinear], details: dict[str, Any]) -
     fmt = "int-quantized" if w8a8 else "pack-quantized"
     return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
             "config_groups": groups, "ignore": ignore, "gpt2_edge": details}
-
-
-def read_quant_config(model_dir: Path) -> dict[str, Any] | None:
-    config_file = Path(model_dir) / "config.json"
-    if not config_file.is_file():
-        return None
-    return json.loads(config_file.read_text()).get("quantization_config")
 
 
 def _details(model_dir: Path) -> dict[str, Any]:
@@ -197,6 +189,9 @@ def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def read_quantized_linears(model_dir: Path) -> dict[str, QuantizedLinear]:
+    """Every quantized linear layer of a saved model dir, by module path (weight-only and W8A8 only;
+    bitsandbytes and dynamic-int8 dirs raise UserError: their codes have no MatMulNBits/QDQ form)."""
+    model_dir = Path(model_dir)
     details = _details(model_dir)
     method = details["method"]
     if method not in ("rtn", "gptq", "smoothquant"):
