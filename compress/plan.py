@@ -21,55 +21,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, SerializeAsAny, Tag,
-                      ValidationError, ValidationInfo, model_validator)
+from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
+from compress.base_model import (ModelSpec, PretrainConfig, PretrainModel, TokenizerSpec,  # noqa: F401 (re-exported)
+                                 TrainTokenizer)
 from compress.errors import PlanError, UserError
-from compress.models import check_gpt2_dir, is_local_source
-from compress.steps import StepConfig, step_configs
+from compress.plan_check import check_steps
+from compress.plan_types import ExistingPath, ModelSource, PlanPath, Strict  # noqa: F401 (re-exported)
+from compress.steps import StepConfig, missing_steps_hint, step_configs
 from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
 from evalsuite.samples import DEFAULT_NEW_TOKENS, DEFAULT_PROMPTS
 from evalsuite.summary import DEFAULT_PPL_BUDGET
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# -- paths, resolved against the plan file's directory (passed in the validation context) ----------
-
-def _base_dir(info: ValidationInfo) -> Path:
-    return Path((info.context or {}).get("base_dir", "."))
-
-
-def _resolve_path(value: str, info: ValidationInfo) -> str:
-    path = Path(value).expanduser()
-    return str(path if path.is_absolute() else (_base_dir(info) / path).resolve())
-
-
-def _existing_path(value: str, info: ValidationInfo) -> str:
-    resolved = _resolve_path(value, info)
-    if not Path(resolved).exists():
-        raise ValueError(f"no such file or directory: {resolved}")
-    return resolved
-
-
-def _model_source(value: str, info: ValidationInfo) -> str:
-    """A local GPT-2 directory (checked now) or a Hugging Face hub id (checked when loaded)."""
-    candidate = Path(_resolve_path(value, info))
-    if candidate.exists() or is_local_source(value):
-        try:
-            return str(check_gpt2_dir(candidate))
-        except UserError as e:
-            raise ValueError(str(e)) from None
-    return value
-
-
-PlanPath = Annotated[str, AfterValidator(_resolve_path)]
-ExistingPath = Annotated[str, AfterValidator(_existing_path)]
-ModelSource = Annotated[str, AfterValidator(_model_source)]
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -144,67 +108,9 @@ class EvalConfig(Strict):
     samples: SamplesConfig | None = Field(default_factory=SamplesConfig, description="null: no sample generations")
     ppl_budget: float = Field(DEFAULT_PPL_BUDGET, ge=1.0, le=100.0,
                               description="the report's best point: the fastest step with ppl <= ppl_budget x base")
-
-
-# -- the base model --------------------------------------------------------------------------------
-
-class TrainTokenizer(Strict):
-    """Train a byte-level BPE tokenizer on the training text (with the `tokenizers` library)."""
-
-    vocab_size: int = Field(4096, ge=260, le=65536)
-    min_frequency: int = Field(2, ge=1, le=1000)
-
-
-def _tokenizer_tag(v: Any) -> str:
-    return "train" if isinstance(v, (dict, TrainTokenizer)) else "dir"
-
-
-TokenizerSpec = Annotated[
-    Annotated[ExistingPath, Tag("dir")] | Annotated[TrainTokenizer, Tag("train")],
-    Discriminator(_tokenizer_tag)]
-
-
-class PretrainConfig(Strict):
-    """Train a GPT-2 from scratch on data.train (the embedded default teacher)."""
-
-    n_layer: int = Field(4, ge=1, le=48)
-    n_embd: int = Field(256, ge=16, le=4096)
-    n_head: int = Field(8, ge=1, le=64)
-    n_positions: int = Field(256, ge=16, le=4096)
-    tokenizer: TokenizerSpec = Field(default_factory=TrainTokenizer)
-    seq_len: int = Field(128, ge=8, le=4096)
-    batch_size: int = Field(16, ge=1, le=4096)
-    grad_accum: int = Field(1, ge=1, le=1024)
-    tokens: int = Field(1_000_000, ge=1000, le=10**12, description="training budget in tokens")
-    lr: float = Field(1e-3, gt=0, le=1)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    warmup_steps: int = Field(50, ge=0)
-    weight_decay: float = Field(0.1, ge=0, le=1)
-    grad_clip: float = Field(1.0, gt=0)
-    seed: int = 0
-    eval_every: int = Field(100, ge=1, description="steps between held-out evaluations")
-    checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
-
-    @model_validator(mode="after")
-    def _shapes(self) -> "PretrainConfig":
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.seq_len > self.n_positions:
-            raise ValueError(f"seq_len ({self.seq_len}) must not exceed n_positions ({self.n_positions})")
-        return self
-
-
-class PretrainModel(Strict):
-    pretrain: PretrainConfig
-
-
-def _model_tag(v: Any) -> str:
-    return "pretrain" if isinstance(v, (dict, PretrainModel)) else "source"
-
-
-ModelSpec = Annotated[
-    Annotated[ModelSource, Tag("source")] | Annotated[PretrainModel, Tag("pretrain")],
-    Discriminator(_model_tag)]
+    max_ppl_ratio: float = Field(50.0, gt=1.0, le=1e6,
+                                 description="a step that changes weights (prune, distill, quantize) and ends "
+                                             "with ppl above this multiple of its input's stops the run")
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -289,7 +195,8 @@ def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | No
         if kind not in known:
             hint = difflib.get_close_matches(str(kind), known, n=1)
             add(("steps", i, kind), "unknown step" + (f"; did you mean '{hint[0]}'?" if hint
-                                                      else f" (known: {', '.join(known) or 'none'})"))
+                                                      else f" (known: {', '.join(known) or 'none'})")
+                + (f"; {missing_steps_hint()}" if missing_steps_hint() else ""))
             continue
         try:
             steps.append(known[kind].model_validate(body or {}, context=context))
@@ -304,9 +211,8 @@ def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | No
         plan = None
     if plan is not None and not problems:
         plan = plan.model_copy(update={"steps": steps})
-        for i, step in enumerate(steps):
-            for msg in step.plan_problems(plan, i):
-                add(("steps", i, step.kind), msg)
+        for loc, msg in check_steps(plan).problems:  # the steps' checks, with the model's real shapes
+            add(loc, msg)
     if problems:
         raise PlanError(problems, source=source)
     assert plan is not None  # no problems means the plan validated

@@ -10,13 +10,17 @@ directory without DONE is never used. Its hash covers its config and its input's
 every step whose hash still matches, so a killed run resumes at the step it was in (and long steps
 resume from their own checkpoints under .work/). Changing only the eval settings re-measures steps
 without re-running them.
+
+Step 0 is the source step (compress/base_model.py: the plan's `model:` loaded or pretrained), run like
+every other step. A step that changes weights (prune, distill, quantize) and ends with a perplexity
+above `eval.max_ppl_ratio` times its input's stops the run before the next step, not marked DONE.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -29,11 +33,14 @@ from typing import Any
 import torch
 
 from compress import distributed
+from compress.base_model import source_step
 from compress.data import source_text
 from compress.errors import UserError
-from compress.models import is_local_source, load_model, load_tokenizer, save_model
-from compress.plan import Plan, PretrainModel, dump_plan
-from compress.steps import StepConfig, StepContext, StepOutput, handler_for
+from compress.hashing import digest
+from compress.models import load_model, load_tokenizer
+from compress.plan import Plan, dump_plan
+from compress.plan_check import check_steps
+from compress.steps import StepConfig, StepContext, handler_for
 from evalsuite.backends import BackendUnavailable, open_runner
 from evalsuite.data import tokenize
 from evalsuite.errors import EvalInputError
@@ -43,7 +50,7 @@ from evalsuite.runner import TorchRunner
 from evalsuite.size import bytes_on_disk
 
 log = logging.getLogger(__name__)
-BASE = "00-base"
+BASE = "00-base"  # the source step's directory: the plan's model as the run's base
 DONE = "DONE"
 
 
@@ -66,6 +73,15 @@ class RunResult:
 
 
 @dataclass
+class _Done:
+    """What a step left, in memory: the step.json and metrics.json just written or read."""
+
+    record: StepRecord
+    info: dict[str, Any]
+    metrics: dict[str, Any] | None  # None on torchrun ranks > 0 (rank 0 measures)
+
+
+@dataclass
 class _Run:
     """State shared by the steps of one invocation."""
 
@@ -73,51 +89,32 @@ class _Run:
     run_dir: Path
     device: torch.device
     progress: bool
-    cache: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)  # tokenizer, tokenized streams: once per run
+    base_ppl: float | None = None
 
 
-# -- hashing ---------------------------------------------------------------------------------------
-
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-    return h.hexdigest()
+def plan_steps(plan: Plan) -> list[StepConfig]:
+    """The source step (the plan's `model:`) and then the plan's steps."""
+    return [source_step(plan), *plan.steps]
 
 
-def _dir_digest(path: Path) -> str:
-    """Content hash of a checkpoint directory (file names and bytes)."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(path)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def base_hash(plan: Plan) -> str:
-    model = plan.model.model_dump(mode="json") if isinstance(plan.model, PretrainModel) else plan.model
-    content = _dir_digest(Path(plan.model)) if isinstance(plan.model, str) and is_local_source(plan.model) else None
-    train = plan.data.train.model_dump(mode="json") if plan.data.train and isinstance(plan.model, PretrainModel) else None
-    tok = _dir_digest(Path(plan.tokenizer)) if plan.tokenizer else None
-    return _digest("base", model, content, train, tok, plan.seed)
-
-
-def step_hash(prev: str, step: StepConfig, plan: Plan) -> str:
-    train = plan.data.train.model_dump(mode="json") if plan.data.train else None
-    return _digest(prev, step.kind, step.model_dump(mode="json"), train, plan.seed)
+def step_hashes(plan: Plan) -> list[str]:
+    """Each step's content hash: its config and its input's hash (see StepConfig.content_hash)."""
+    out: list[str] = []
+    for step in plan_steps(plan):
+        out.append(step.content_hash(out[-1] if out else None, plan))
+    return out
 
 
 def eval_hash(plan: Plan) -> str:
-    # ppl_budget only changes how the report reads the metrics, so it re-measures nothing.
-    return _digest(plan.data.eval.model_dump(mode="json"), plan.eval.model_dump(mode="json", exclude={"ppl_budget"}),
-                   plan.device)
+    # ppl_budget only changes how the report reads the metrics and max_ppl_ratio only what is accepted,
+    # so neither re-measures anything.
+    return digest(plan.data.eval.model_dump(mode="json"),
+                  plan.eval.model_dump(mode="json", exclude={"ppl_budget", "max_ppl_ratio"}), plan.device)
 
 
 def step_names(plan: Plan) -> list[str]:
-    return [BASE] + [f"{i:02d}-{s.slug()}" for i, s in enumerate(plan.steps, 1)]
+    return [f"{i:02d}-{s.slug()}" for i, s in enumerate(plan_steps(plan))]
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -131,20 +128,16 @@ def resolve_device(plan: Plan) -> torch.device:
 
 
 def dry_run(plan: Plan, run_dir: Path) -> list[str]:
-    """What run_plan would do, one line per step, without loading any model."""
+    """What run_plan would do, one line per step, without loading any model: whether it is cached,
+    what it does, and the model shape it leaves (as far as the plan tells); then the plan's notes."""
+    checks = check_steps(plan)
     lines = []
-    h = base_hash(plan)
-    names = step_names(plan)
-    base_desc = (f"pretrain {plan.model.pretrain.n_layer}x{plan.model.pretrain.n_embd} on data.train "
-                 f"for {plan.model.pretrain.tokens:,} tokens" if isinstance(plan.model, PretrainModel)
-                 else f"load {plan.model}")
-    for name, desc, step in [(names[0], base_desc, None)] + [
-            (n, s.describe(), s) for n, s in zip(names[1:], plan.steps)]:
-        if step is not None:
-            h = step_hash(h, step, plan)
-        state = "cached" if _is_current(run_dir / name, h) else "will run"
-        lines.append(f"{name:<22} {state:<9} {desc}")
-    return lines
+    for name, h, step, state in zip(step_names(plan), step_hashes(plan), plan_steps(plan), checks.states):
+        cached = "cached" if _is_current(run_dir / name, h) else "will run"
+        shape = f"-> {state.shape}" if state.shape is not None else "-> shape known when it runs"
+        q = f", int{state.quantized.bits}" if state.quantized else ""
+        lines.append(f"{name:<22} {cached:<9} {step.describe()}  [{shape}{q}]")
+    return lines + [f"note: {n}" for n in checks.notes]
 
 
 def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True) -> RunResult:
@@ -161,25 +154,25 @@ def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True) -> RunResul
     if main:
         _write_json(run_dir / "manifest.json", manifest)
 
-    records: list[StepRecord] = []
-    names = step_names(plan)
-    h = base_hash(plan)
-    records.append(_run_step(run, names[0], h, None, input_dir=None))
-    base_dir = run_dir / BASE / "model"
-    current = base_dir
-    for name, step in zip(names[1:], plan.steps):
-        h = step_hash(h, step, plan)
-        rec = _run_step(run, name, h, step, input_dir=current, base_dir=base_dir)
-        records.append(rec)
-        info = json.loads((run_dir / name / "step.json").read_text())
-        if info.get("model_dir"):
-            current = run_dir / name / info["model_dir"]
+    done: list[_Done] = []
+    current = base_dir = None  # the torch model the next step takes; the run's base model
+    input_ppl = None  # the perplexity of `current`
+    for name, h, step in zip(step_names(plan), step_hashes(plan), plan_steps(plan)):
+        d = _run_step(run, name, h, step, input_dir=current, base_dir=base_dir, input_ppl=input_ppl)
+        done.append(d)
+        if d.info.get("model_dir"):
+            current = run_dir / name / d.info["model_dir"]
+            input_ppl = d.metrics.get("ppl") if d.metrics else None
+        base_dir = base_dir or current
+        if step.source and d.metrics:
+            run.base_ppl = d.metrics.get("ppl")
 
+    records = [d.record for d in done]
     if not main:  # rank 0 writes the report
         return RunResult(run_dir, run_dir / "report.md", records, [], time.perf_counter() - t0)
-    rows = [json.loads((run_dir / n / "metrics.json").read_text()) for n in names]
+    rows = [d.metrics for d in done]
     wall = time.perf_counter() - t0
-    compute = sum(json.loads((run_dir / n / "step.json").read_text()).get("wall_s", 0.0) for n in names)
+    compute = sum(r.wall_s for r in records)
     notes = [f"Run wall time: {wall:.1f} s for this invocation "
              f"({sum(r.status == 'ran' for r in records)} step(s) ran, "
              f"{sum(r.status == 'cached' for r in records)} cached); "
@@ -199,24 +192,37 @@ def _is_current(step_dir: Path, h: str) -> bool:
         return False
 
 
-def _run_step(run: _Run, name: str, h: str, step: StepConfig | None, input_dir: Path | None,
-              base_dir: Path | None = None) -> StepRecord:
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def _run_step(run: _Run, name: str, h: str, step: StepConfig, input_dir: Path | None,
+              base_dir: Path | None, input_ppl: float | None) -> _Done:
     """Under torchrun, rank 0 builds the step and the others wait; a `distributed` step (distill)
     is trained by every rank, rank 0 alone writing its directory."""
     if distributed.world_size() == 1:
-        return _build_step(run, name, h, step, input_dir, base_dir)
+        return _build_step(run, name, h, step, input_dir, base_dir, input_ppl)
     main = distributed.is_main_process()
     cached = distributed.broadcast_flag(main and _is_current(run.run_dir / name, h))
-    record = None
+    result = None
     if main:
-        record = _build_step(run, name, h, step, input_dir, base_dir)
+        result = _build_step(run, name, h, step, input_dir, base_dir, input_ppl)
     elif not cached and getattr(step, "distributed", False):
         _join_step(run, name, h, step, input_dir, base_dir)
     distributed.barrier()  # the step directory is in place before anyone reads it
-    if record is None:
-        info = json.loads((run.run_dir / name / "step.json").read_text())
+    if result is None:  # written by rank 0: read it back
+        info = _read_json(run.run_dir / name / "step.json")
         record = StepRecord(name, h, "cached" if cached else "ran", info.get("wall_s", 0.0), info.get("summary", ""))
-    return record
+        result = _Done(record, info, None)
+    return result
+
+
+def _context(run: _Run, name: str, h: str, out_dir: Path, input_dir: Path | None,
+             base_dir: Path | None) -> StepContext:
+    return StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=out_dir,
+                       work_dir=run.run_dir / ".work" / f"{name}-{h[:12]}", input_dir=input_dir,
+                       base_dir=base_dir, device=run.device, log=logging.getLogger(f"compress.step.{name}"),
+                       cache=run.cache)
 
 
 def _join_step(run: _Run, name: str, h: str, step: StepConfig, input_dir: Path | None,
@@ -225,32 +231,32 @@ def _join_step(run: _Run, name: str, h: str, step: StepConfig, input_dir: Path |
     scratch = run.run_dir / f".{name}.rank{distributed.rank()}.tmp"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    ctx = StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=scratch,
-                      work_dir=run.run_dir / ".work" / f"{name}-{h[:12]}", input_dir=input_dir,
-                      base_dir=base_dir, device=run.device, log=logging.getLogger(f"compress.step.{name}"))
     try:
-        handler_for(step)(step, ctx)
+        handler_for(step)(step, _context(run, name, h, scratch, input_dir, base_dir))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _build_step(run: _Run, name: str, h: str, step: StepConfig | None, input_dir: Path | None,
-                base_dir: Path | None = None) -> StepRecord:
+def _build_step(run: _Run, name: str, h: str, step: StepConfig, input_dir: Path | None,
+                base_dir: Path | None, input_ppl: float | None) -> _Done:
     step_dir = run.run_dir / name
     if _is_current(step_dir, h):
-        info = json.loads((step_dir / "step.json").read_text())
+        info = _read_json(step_dir / "step.json")
+        metrics = _read_json(step_dir / "metrics.json")
         status = "cached"
-        if json.loads((step_dir / "metrics.json").read_text()).get("eval_hash") != eval_hash(run.plan):
-            _write_json(step_dir / "metrics.json", _measure(run, name, step_dir, info))
+        if metrics.get("eval_hash") != eval_hash(run.plan):
+            metrics = _measure(run, name, step_dir, info, step.source)
+            _write_json(step_dir / "metrics.json", metrics)
             status = "re-measured"
+        _check_ppl_ratio(run, name, step, metrics, input_ppl, kept=f"{step_dir} (cached)")
         log.info("%s: %s (hash %s)", name, status, h[:12])
-        return StepRecord(name, h, status, info.get("wall_s", 0.0), info.get("summary", ""))
+        return _Done(StepRecord(name, h, status, info.get("wall_s", 0.0), info.get("summary", "")), info, metrics)
 
     tmp = run.run_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    work = run.run_dir / ".work" / f"{name}-{h[:12]}"
-    work.mkdir(parents=True, exist_ok=True)
+    ctx = _context(run, name, h, tmp, input_dir, base_dir)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(tmp / "log.txt")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     loggers = [logging.getLogger(n) for n in ("compress", "export", "evalsuite")]
@@ -259,20 +265,16 @@ def _build_step(run: _Run, name: str, h: str, step: StepConfig | None, input_dir
     log.info("%s: running (hash %s)", name, h[:12])
     t0 = time.perf_counter()
     try:
-        if step is None:
-            out = _build_base(run, tmp, work)
-        else:
-            ctx = StepContext(plan=run.plan, name=name, progress=run.progress, out_dir=tmp, work_dir=work,
-                              input_dir=input_dir, base_dir=base_dir, device=run.device,
-                              log=logging.getLogger(f"compress.step.{name}"))
-            out = handler_for(step)(step, ctx)
+        out = handler_for(step)(step, ctx)
         wall = time.perf_counter() - t0
-        info = {"name": name, "hash": h, "kind": step.kind if step else "base",
-                "config": step.model_dump(mode="json") if step else None, "summary": out.summary,
-                "model_dir": out.model_dir, "artifact": out.artifact, "backend": out.backend,
-                "wall_s": wall, "info": out.info}
+        # "step_kind": the plan key of the step (metrics.json's "kind" is the artifact's: torch/onnx/trt)
+        info = {"name": name, "hash": h, "step_kind": step.kind, "config": step.model_dump(mode="json"),
+                "summary": out.summary, "model_dir": out.model_dir, "artifact": out.artifact,
+                "backend": out.backend, "wall_s": wall, "info": out.info}
         _write_json(tmp / "step.json", info)
-        _write_json(tmp / "metrics.json", _measure(run, name, tmp, info))
+        metrics = _measure(run, name, tmp, info, step.source)
+        _write_json(tmp / "metrics.json", metrics)
+        _check_ppl_ratio(run, name, step, metrics, input_ppl, kept=str(tmp))
         (tmp / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S%z") + "\n")
     finally:
         for lg in loggers:
@@ -281,38 +283,22 @@ def _build_step(run: _Run, name: str, h: str, step: StepConfig | None, input_dir
     if step_dir.exists():
         shutil.rmtree(step_dir)  # a stale or half-written result of an earlier run
     tmp.rename(step_dir)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(ctx.work_dir, ignore_errors=True)
     log.info("%s: done in %.1f s: %s", name, wall, out.summary)
-    return StepRecord(name, h, "ran", wall, out.summary)
+    return _Done(StepRecord(name, h, "ran", wall, out.summary), info, metrics)
 
 
-def _build_base(run: _Run, out_dir: Path, work_dir: Path) -> StepOutput:
-    plan = run.plan
-    if isinstance(plan.model, PretrainModel):
-        from compress.pretrain import gpt2_config, pretrain, train_tokenizer, total_steps
-
-        cfg = plan.model.pretrain
-        text = source_text(plan.data.train)
-        if plan.tokenizer or isinstance(cfg.tokenizer, str):
-            tokenizer = load_tokenizer(plan.tokenizer or cfg.tokenizer)
-        else:
-            log.info("training a %d-token byte-level BPE tokenizer on data.train", cfg.tokenizer.vocab_size)
-            tokenizer = train_tokenizer(text, cfg.tokenizer)
-        train_ids = tokenize(text, tokenizer)
-        held_ids = tokenize(source_text(plan.data.eval), tokenizer)
-        config = gpt2_config(cfg, len(tokenizer), tokenizer.eos_token_id)
-        model = pretrain(cfg, config, train_ids, held_ids, checkpoint_dir=work_dir / "checkpoint",
-                         tensorboard_dir=run.run_dir / "tensorboard" / BASE, device=run.device,
-                         progress=run.progress)
-        save_model(model.cpu(), out_dir / "model", tokenizer)
-        summary = (f"pretrained {cfg.n_layer}x{cfg.n_embd} GPT-2 (vocab {len(tokenizer)}) for "
-                   f"{total_steps(cfg) * cfg.batch_size * cfg.grad_accum * cfg.seq_len:,} tokens "
-                   f"on {train_ids.numel():,}-token data.train")
-        return StepOutput(summary=summary, model_dir="model", info={"train_tokens": train_ids.numel()})
-    model = load_model(plan.model)
-    tokenizer = load_tokenizer(plan.tokenizer or plan.model)
-    save_model(model, out_dir / "model", tokenizer)
-    return StepOutput(summary=f"loaded {plan.model} (fp32)", model_dir="model")
+def _check_ppl_ratio(run: _Run, name: str, step: StepConfig, metrics: dict[str, Any], input_ppl: float | None,
+                     kept: str) -> None:
+    """eval.max_ppl_ratio: a step that changed weights must not leave a model far worse than its input."""
+    ppl, limit = metrics.get("ppl"), run.plan.eval.max_ppl_ratio
+    if not step.changes_weights or ppl is None or input_ppl is None:
+        return
+    ratio = ppl / input_ppl
+    if not (math.isfinite(ratio) and ratio <= limit):
+        raise UserError(f"{name}: ppl {ppl:.4g} is {ratio:.4g}x its input's {input_ppl:.4g}, above "
+                        f"eval.max_ppl_ratio {limit:g}; the run stops here and {name} is not marked done "
+                        f"(its result is kept in {kept}; raise eval.max_ppl_ratio to accept it)")
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -352,7 +338,7 @@ def _data_label(plan: Plan) -> str:
     return e.path or (f"hf:{e.hf}/{e.name or ''}:{e.split or 'test'}" if e.hf else f"{e.builtin}:{e.split or 'train'}")
 
 
-def _measure(run: _Run, name: str, step_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+def _measure(run: _Run, name: str, step_dir: Path, info: dict[str, Any], is_base: bool) -> dict[str, Any]:
     """metrics.json for one step directory."""
     rel = info.get("artifact") or info.get("model_dir")
     artifact = step_dir / rel
@@ -368,17 +354,14 @@ def _measure(run: _Run, name: str, step_dir: Path, info: dict[str, Any]) -> dict
         except BackendUnavailable as e:
             log.info("%s: %s; recording it as to be built on target", name, e)
             runner = None
-    base_ppl = None
-    if name != BASE:
-        base_ppl = json.loads((run.run_dir / BASE / "metrics.json").read_text()).get("ppl")
     kind = KINDS.get(backend, backend)
     try:
         m = evaluate(runner, _eval_ids(run), facts, artifact, _settings(run.plan), step=name, kind=kind,
-                     backend=backend, device=str(run.device), base_ppl=base_ppl,
+                     backend=backend, device=str(run.device), base_ppl=None if is_base else run.base_ppl,
                      data_label=_data_label(run.plan), progress=run.progress, tokenizer=_tokenizer(run))
     except EvalInputError as e:
         raise UserError(f"evaluating {name}: {e}") from None
-    if name == BASE and m["ppl"] is not None:
+    if is_base and m["ppl"] is not None:
         m["ppl_ratio_to_base"] = 1.0
     m["eval_hash"] = eval_hash(run.plan)
     m["summary"] = info.get("summary", "")

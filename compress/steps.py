@@ -1,9 +1,16 @@
 """The step registry: one pydantic config class and one handler function per step kind.
 
-A step kind is added by writing its config class (a `StepConfig` subclass with `kind = "..."`) and
-decorating its handler with `@register_step(ThatConfig)`; the runner looks the handler up by the
-config's type. Modules that define built-in steps are listed in `BUILTIN_STEP_MODULES` and imported
-once, explicitly, so nothing is discovered by scanning names.
+A step kind is added by writing its config class (a `StepConfig` subclass with `kind = "..."` and a
+`check(state)` for plan time) and decorating its handler with `@register_step(ThatConfig)`; the runner
+looks the handler up by the config's type. compress's own step modules are listed in
+`BUILTIN_STEP_MODULES`; a package above compress (export, or any later one) contributes its step
+modules through the `gpt2_edge.steps` entry-point group of its distribution (pyproject.toml):
+
+    [project.entry-points."gpt2_edge.steps"]
+    export = "export.step"
+
+Both are imported once, explicitly, by name or by group: nothing is discovered by scanning, and
+compress never imports the packages above it.
 """
 
 from __future__ import annotations
@@ -11,24 +18,32 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from compress.errors import UserError
+from compress.hashing import digest
+from compress.plan_state import Check, PlanState
+
 if TYPE_CHECKING:
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
     from compress.plan import Plan
 
-# Modules whose import registers a step handler (and so a plan key). Later steps append here.
+# compress's own modules whose import registers step handlers (and so plan keys).
 BUILTIN_STEP_MODULES: tuple[str, ...] = (
+    "compress.source",
     "compress.distillation.step",
     "compress.pruning.step",
     "compress.quantization.step",
-    "export.step",
 )
+STEP_GROUP = "gpt2_edge.steps"  # entry points: step modules of the packages above compress
+REINSTALL = ("the installed gpt2-edge metadata has no 'gpt2_edge.steps' entry points (it was installed before "
+             "step kinds came from them): reinstall it with `pip install -e .` in the checkout")
 
 
 class StepConfig(BaseModel):
@@ -37,7 +52,8 @@ class StepConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: ClassVar[str]  # the plan key: `- prune: {...}`
-    produces: ClassVar[str] = "torch"  # "torch" (a model dir the next step takes) or an artifact backend
+    source: ClassVar[bool] = False  # makes the run's first model from nothing (the `model:` of the plan)
+    changes_weights: ClassVar[bool] = False  # its model is compared with its input's (eval.max_ppl_ratio)
 
     def slug(self) -> str:
         """The step directory's suffix: `01-<slug>`."""
@@ -48,9 +64,16 @@ class StepConfig(BaseModel):
         args = ", ".join(f"{k}={v}" for k, v in self.model_dump(exclude_defaults=True).items())
         return f"{self.kind}({args})"
 
-    def plan_problems(self, plan: "Plan", index: int) -> list[str]:
-        """Problems that involve other parts of the plan (e.g. an export after a non-exportable step)."""
-        return []
+    def check(self, state: PlanState) -> Check:
+        """Plan time, before any model loads: the state of the model this step leaves, and the problems
+        of this step with the model it receives (`state`: its shape, quantization, who made them)."""
+        return state, []
+
+    def content_hash(self, prev: str | None, plan: "Plan") -> str:
+        """The hash that decides whether the step's directory can be reused: its config, its input's
+        hash, the training text and the seed."""
+        train = plan.data.train.model_dump(mode="json") if plan.data.train else None
+        return digest(prev, self.kind, self.model_dump(mode="json"), train, plan.seed)
 
 
 @dataclass
@@ -61,12 +84,15 @@ class StepContext:
     name: str  # run-dir name of this step, e.g. "01-prune"
     out_dir: Path  # write outputs here; renamed into place only when the step succeeds
     work_dir: Path  # survives a killed run: checkpoints for resuming long steps
-    input_dir: Path  # the previous torch model (save_pretrained directory, tokenizer beside it)
-    base_dir: Path  # the plan's base model directory (the usual teacher)
+    input_dir: Path | None  # the previous torch model (save_pretrained directory, tokenizer beside it);
+    #                         None for a source step
+    base_dir: Path | None  # the plan's base model directory (the usual teacher); None for a source step
     device: torch.device
     log: logging.Logger
     progress: bool = True  # show progress bars (off with `compress.run -q` and on torchrun ranks > 0)
-    _cache: dict[str, Any] = field(default_factory=dict)
+    # The run's cache, shared by all its steps: the tokenizer and the tokenized train/eval streams are
+    # made once per run (every step keeps the base model's tokenizer).
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def load_input(self) -> "GPT2LMHeadModel":
         from compress.models import load_model
@@ -74,24 +100,29 @@ class StepContext:
         return load_model(self.input_dir).to(self.device)
 
     def tokenizer(self) -> "PreTrainedTokenizerBase":
-        if "tokenizer" not in self._cache:
+        if "tokenizer" not in self.cache:
             from compress.models import load_tokenizer
 
-            self._cache["tokenizer"] = load_tokenizer(self.input_dir)
-        return self._cache["tokenizer"]
+            self.cache["tokenizer"] = load_tokenizer(self.base_dir or self.input_dir)
+        return self.cache["tokenizer"]
 
     def train_ids(self) -> torch.Tensor:
         """The plan's training text (data.train) as one token stream."""
-        if "train_ids" not in self._cache:
+        if self.plan.data.train is None:
+            raise UserError(f"step {self.name} needs training text: set data.train in the plan")
+        return self._tokens("train_ids", self.plan.data.train)
+
+    def eval_ids(self) -> torch.Tensor:
+        """The plan's evaluation text (data.eval) as one token stream."""
+        return self._tokens("eval_ids", self.plan.data.eval)
+
+    def _tokens(self, key: str, source) -> torch.Tensor:
+        if key not in self.cache:
             from compress.data import source_text
             from evalsuite.data import tokenize
 
-            if self.plan.data.train is None:
-                from compress.errors import UserError
-
-                raise UserError(f"step {self.name} needs training text: set data.train in the plan")
-            self._cache["train_ids"] = tokenize(source_text(self.plan.data.train), self.tokenizer())
-        return self._cache["train_ids"]
+            self.cache[key] = tokenize(source_text(source), self.tokenizer())
+        return self.cache[key]
 
     def save_model(self, model: "GPT2LMHeadModel", subdir: str = "model") -> Path:
         from compress.models import save_model
@@ -113,6 +144,7 @@ class StepOutput:
 
 StepHandler = Callable[[Any, StepContext], StepOutput]
 _HANDLERS: dict[type[StepConfig], StepHandler] = {}
+_LOADED: list[str] = []  # names of the entry points loaded (empty: none found)
 _BUILTINS_LOADED = False
 
 
@@ -133,13 +165,26 @@ def _load_builtin_steps() -> None:
     if not _BUILTINS_LOADED:
         for module in BUILTIN_STEP_MODULES:
             importlib.import_module(module)
+        for ep in entry_points(group=STEP_GROUP):
+            try:
+                ep.load()  # the module registers its steps on import
+            except ImportError as e:
+                raise UserError(f"step entry point {ep.name} = {ep.value} ({STEP_GROUP}) cannot be imported "
+                                f"({e}); if the checkout changed, reinstall it with `pip install -e .`") from None
+            _LOADED.append(ep.name)
         _BUILTINS_LOADED = True
 
 
 def step_configs() -> dict[str, type[StepConfig]]:
-    """Plan key -> config class, for every registered step kind."""
+    """Plan key -> config class, for every registered step kind (the source steps are `model:`)."""
     _load_builtin_steps()
-    return {cls.kind: cls for cls in _HANDLERS}
+    return {cls.kind: cls for cls in _HANDLERS if not cls.source}
+
+
+def missing_steps_hint() -> str:
+    """Why a plan key may be unknown beyond a typo: the entry points of the install are missing."""
+    _load_builtin_steps()
+    return "" if _LOADED else REINSTALL
 
 
 def handler_for(config: StepConfig) -> StepHandler:

@@ -14,11 +14,14 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.errors import UserError
+from compress.hashing import digest
+from compress.plan_state import Check, PlanState, Problem
 from compress.steps import StepConfig, StepContext, StepOutput, register_step
 from export.profiles import TensorRTProfile
 
@@ -50,11 +53,9 @@ class ValidationConfig(BaseModel):
 class ExportConfig(StepConfig):
     """Export the current model as one ONNX decoder with KV cache (and, for tensorrt, build an engine)."""
 
-    kind: ClassVar[str] = "export"
-    produces: ClassVar[str] = "onnxruntime"  # an artifact; the next step gets the same torch model
+    kind: ClassVar[str] = "export"  # makes an artifact; the next step gets the same torch model
 
     format: Literal["onnx", "tensorrt"] = "onnx"
-    kv_cache: bool = Field(True, description="one graph for prefill and decode; false is not supported")
     opset: int = Field(18, ge=14, le=21, description="ONNX opset (optimum recommends >= 18 for GPT-2)")
     # ONNX Runtime only
     optimize: bool | None = Field(
@@ -76,11 +77,19 @@ class ExportConfig(StepConfig):
     def slug(self) -> str:
         return f"export-{self.format}"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kv_cache_is_always_on(cls, data: Any) -> Any:
+        """`kv_cache: true` of older plans is accepted (and dropped): every export has the KV cache."""
+        if isinstance(data, dict) and "kv_cache" in data:
+            if data["kv_cache"] is not True:
+                raise ValueError("kv_cache: the export always has the KV cache (one graph for prefill and "
+                                 "decode: a prefill is a call with past length 0); remove the key")
+            data = {k: v for k, v in data.items() if k != "kv_cache"}
+        return data
+
     @model_validator(mode="after")
     def _fields_fit_format(self) -> "ExportConfig":
-        if not self.kv_cache:
-            raise ValueError("kv_cache: false is not supported: the runners, generation and TensorRT profiles "
-                             "all use the one KV-cache graph (a prefill is a call with past length 0)")
         wrong = TRT_ONLY if self.format == "onnx" else ORT_ONLY
         given = [k for k in wrong if k in self.model_fields_set]
         if given:
@@ -89,21 +98,26 @@ class ExportConfig(StepConfig):
             raise ValueError(f"fp16 and quantize: {self.quantize} exclude each other")
         return self
 
-    def plan_problems(self, plan: "Plan", index: int) -> list[str]:
-        problems = self._quantized_input_problems(plan, index)
+    def check(self, state: PlanState) -> Check:
+        problems = []
+        done = state.quantized
+        if done is not None and self.quantize != "none":
+            problems.append(Problem(f"{self.quantize}: the model is already quantized by {done.by}; its own "
+                                    "integers are exported (leave quantize unset)", "quantize"))
+        if done is not None and not done.exportable:
+            problems.append(Problem(f"the model quantized by {done.by} (method {done.method}) has no ONNX form; "
+                                    "use rtn/gptq/smoothquant before an export"))
         if self.format == "tensorrt":
-            from export import tensorrt
+            from export.tensorrt import plan_check
 
-            problems += tensorrt.plan_problems(self, plan, index)
-        return problems
+            problems += plan_check(self, state)
+        return replace(state, artifact=self.format), problems
 
-    def _quantized_input_problems(self, plan: "Plan", index: int) -> list[str]:
-        # A quantize method with no ONNX form is reported by the quantize step itself.
-        for j, earlier in enumerate(plan.steps[:index]):
-            if earlier.kind == "quantize" and self.quantize != "none":
-                return [f"quantize: {self.quantize}: the model is already quantized by steps[{j}]; "
-                        "its own integers are exported (leave quantize unset)"]
-        return []
+    def content_hash(self, prev: str | None, plan: "Plan") -> str:
+        # hashed with the kv_cache: true every export had before the key was dropped, so that runs made
+        # before keep their export steps
+        train = plan.data.train.model_dump(mode="json") if plan.data.train else None
+        return digest(prev, self.kind, {**self.model_dump(mode="json"), "kv_cache": True}, train, plan.seed)
 
 
 def _quantized_records(model_dir: Path) -> dict:

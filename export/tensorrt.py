@@ -11,7 +11,7 @@ For `- export: {format: tensorrt, precision: ...}` the ONNX step exports model.o
 Without TensorRT the step's artifact is model.onnx with backend "tensorrt": the plan runner's
 evaluation then records "to be built on target".
 
-What ran where: steps 1-3, `plan_problems` and the `check` / `audit` (of layers.json) commands run
+What ran where: steps 1-3, `plan_check` and the `check` / `audit` (of layers.json) commands run
 and are tested on CPU. Step 4 and the `build`, `run` and `stamp` commands need TensorRT
 (export.trt_runner) and were never run: no machine this was written on has TensorRT.
 
@@ -41,6 +41,7 @@ from export.profiles import TensorRTProfile, input_shapes, plan_profile, profile
 from export.trt_check import DEFAULT_TARGET, TARGETS, check_model, errors, graph_inputs
 
 if TYPE_CHECKING:
+    from compress.plan_state import PlanState, Problem
     from compress.steps import StepContext, StepOutput
 
 Precision = Literal["fp32", "fp16", "int8", "int4"]
@@ -134,27 +135,29 @@ def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOpt
                       artifact=ENGINE_FILE, backend="tensorrt", info=info)
 
 
-def plan_problems(cfg: Any, plan: Any, index: int) -> list[str]:
-    """Plan-time problems of `- export: {format: tensorrt}` (for ExportConfig.plan_problems), found
-    before any model loads: the precision against the quantize step before it, and the opset."""
+def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
+    """Plan-time problems of `- export: {format: tensorrt}` (for ExportConfig.check), found before any
+    model loads: the precision against the quantization the model carries, and the opset."""
+    from compress.plan_state import Problem
+
     precision = cfg.precision or "fp16"
     out = []
     if precision == "int4" and cfg.opset < 21:
-        out.append("precision int4: TensorRT's INT4 DequantizeLinear needs opset: 21")
+        out.append(Problem("TensorRT's INT4 DequantizeLinear needs opset: 21", "opset"))
     if precision not in ("int8", "int4"):
         return out
-    quant = [(j, s) for j, s in enumerate(plan.steps[:index]) if s.kind == "quantize"]
-    if not quant:
-        return out + [f"precision {precision} needs a quantize step before the export (rtn, gptq or smoothquant, "
-                      f"sym: true): TensorRT builds {precision} from the explicit Q/DQ of its integers"]
-    j, q = quant[-1]
-    bits = q.weight_bits
-    if bits != int(precision[3:]):
-        out.append(f"precision {precision} but steps[{j}].quantize makes {bits}-bit weights")
+    q = state.quantized
+    if q is None:
+        return out + [Problem(f"{precision} needs a quantize step before the export (rtn, gptq or smoothquant, "
+                              f"sym: true): TensorRT builds {precision} from the explicit Q/DQ of its integers",
+                              "precision")]
+    if q.bits != int(precision[3:]):
+        out.append(Problem(f"{precision} but {q.by} makes {q.bits}-bit weights", "precision"))
     elif not q.sym:
-        out.append(f"steps[{j}].quantize.sym: TensorRT supports symmetric quantization only (sym: true)")
-    elif bits == 8 and q.group_for(8) is not None:
-        out.append(f"steps[{j}].quantize.group_size: TensorRT int8 weights are per-channel (group_size: per-channel)")
+        out.append(Problem(f"TensorRT supports symmetric quantization only: {q.by} needs sym: true", "precision"))
+    elif q.bits == 8 and q.group_size is not None:
+        out.append(Problem(f"TensorRT int8 weights are per-channel: {q.by} needs group_size: per-channel",
+                           "precision"))
     return out
 
 

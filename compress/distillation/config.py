@@ -9,16 +9,17 @@ plan time with its key path (`steps[1].distill.loss.kl`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+from dataclasses import replace
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
                       model_validator)
 
-from compress.plan import ModelSource, PretrainModel
+from compress.base_model import source_shape
+from compress.model_shape import Shape
+from compress.plan_state import Check, Origin, PlanState, Problem
+from compress.plan_types import ModelSource
 from compress.steps import StepConfig
-
-if TYPE_CHECKING:
-    from compress.plan import Plan
 
 
 def _teacher(value: str, info: ValidationInfo) -> str:
@@ -85,6 +86,7 @@ class DistillConfig(StepConfig):
 
     kind: ClassVar[str] = "distill"
     distributed: ClassVar[bool] = True  # under torchrun every rank trains it (DDP); rank 0 writes
+    changes_weights: ClassVar[bool] = True
 
     teacher: Teacher = Field("base", description="'base' (the plan's model), a model dir or an HF id")
     student: StudentInit | None = Field(None, description="default: the previous step's model")
@@ -146,11 +148,48 @@ class DistillConfig(StepConfig):
         return (f"distill from {who}: {self.tokens:,} tokens, T={self.temperature}, "
                 f"loss kl={self.loss.kl} ce={self.loss.ce} hidden={self.loss.hidden}")
 
-    def plan_problems(self, plan: "Plan", index: int) -> list[str]:
+    def check(self, state: PlanState) -> Check:
+        """The student's shape: the previous model's, or the teacher's blocks (student: {...})."""
         problems = []
-        if plan.data.train is None:
-            problems.append("needs training text: set data.train in the plan")
-        if isinstance(plan.model, PretrainModel) and self.seq_len > plan.model.pretrain.n_positions:
-            problems.append(f"seq_len ({self.seq_len}) exceeds model.pretrain.n_positions "
-                            f"({plan.model.pretrain.n_positions})")
-        return problems
+        if not state.train_data:
+            problems.append(Problem("needs training text: set data.train in the plan"))
+        if self.student is None and state.quantized is not None:
+            problems.append(Problem(f"distill trains a full-precision student: move it before "
+                                    f"{state.quantized.by}, or build the student from the teacher (student:)"))
+        teacher = state.base if self.teacher == "base" else source_shape(self.teacher)
+        if self.student is None:
+            student, next_state = state.shape, state
+        elif teacher is None:
+            student = None
+            next_state = replace(state, quantized=None).with_shape(
+                None, unknown=f"{state.at} builds its student from a teacher of unknown shape")
+        else:
+            problems += _student_problems(self.student, teacher)
+            student = replace(teacher, n_layer=self.student.depth, n_inner=self.student.n_inner or teacher.n_inner)
+            built = Origin(f"{state.at} (student from {self.teacher} blocks)")
+            made = {"n_layer": built, **({"n_inner": built} if self.student.n_inner else {}),
+                    "*": Origin(f"the teacher {self.teacher} ({teacher.n_layer}x{teacher.n_embd})")}
+            next_state = replace(state, quantized=None).with_shape(student, made)
+        if student is not None and self.seq_len > student.n_positions:
+            problems.append(Problem(f"{self.seq_len} exceeds the student's {student.n_positions} positions", "seq_len"))
+        if teacher is not None and self.hidden_layers and max(self.hidden_layers) >= teacher.n_layer:
+            problems.append(Problem(f"teacher blocks are 0..{teacher.n_layer - 1}", "hidden_layers"))
+        if student is not None and self.hidden_layers and len(self.hidden_layers) != student.n_layer:
+            problems.append(Problem(f"{len(self.hidden_layers)} entries for a {student.n_layer}-block student",
+                                    "hidden_layers"))
+        if teacher is not None and student is not None and None not in (teacher.vocab_size, student.vocab_size) \
+                and teacher.vocab_size != student.vocab_size:
+            problems.append(Problem(f"the teacher's vocabulary ({teacher.vocab_size}) differs from the student's "
+                                    f"({student.vocab_size})", "teacher"))
+        return next_state, problems
+
+
+def _student_problems(init: StudentInit, teacher: Shape) -> list[Problem]:
+    """The checks of distillation/student.py, before the teacher loads."""
+    if init.layers is not None and max(init.layers) >= teacher.n_layer:
+        return [Problem(f"teacher has {teacher.n_layer} blocks (0..{teacher.n_layer - 1})", "student.layers")]
+    if init.n_layer is not None and init.n_layer > teacher.n_layer:
+        return [Problem(f"{init.n_layer} exceeds the teacher's {teacher.n_layer} blocks", "student.n_layer")]
+    if init.n_inner is not None and init.n_inner > teacher.n_inner:
+        return [Problem(f"{init.n_inner} exceeds the teacher's MLP width {teacher.n_inner}", "student.n_inner")]
+    return []

@@ -1,18 +1,15 @@
-"""PruneConfig: the `prune` step's settings, and the plan-time check of its targets."""
+"""PruneConfig: the `prune` step's settings, and the plan-time check of its targets (with the shape
+it leaves, computed by compress/pruning/shapes.py exactly as the step will prune)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from compress.pruning.shapes import Shape, target_problems, target_shape
+from compress.plan_state import Check, Origin, PlanState, Problem
+from compress.pruning.shapes import Shape, removed, target_problems, target_shape
 from compress.steps import StepConfig
-
-if TYPE_CHECKING:
-    from compress.plan import Plan
 
 Criterion = Literal["magnitude", "taylor", "activation", "random"]
 CALIBRATED: tuple[str, ...] = ("taylor", "activation")  # criteria that read calibration tokens
@@ -26,6 +23,7 @@ class PruneConfig(StepConfig):
     """
 
     kind: ClassVar[str] = "prune"
+    changes_weights: ClassVar[bool] = True
 
     importance: Criterion = Field("activation", description="how channels, heads and blocks are ranked")
     layers: int = Field(0, ge=0, le=1000, description="transformer blocks to drop")
@@ -52,45 +50,53 @@ class PruneConfig(StepConfig):
     def prunes_nothing(self) -> bool:
         return self.layers == 0 and self.mlp == 0 and self.width == 0 and self.params in (None, 1)
 
-    def plan_problems(self, plan: "Plan", index: int) -> list[str]:
-        """Targets this step's input model cannot meet (width leaving no head, too many layers...)."""
-        for j, earlier in enumerate(plan.steps[:index]):
-            if earlier.kind == "quantize":
-                return [f"prune needs a full-precision model: move it before steps[{j}].quantize"]
+    def check(self, state: PlanState) -> Check:
+        """The target shape of the model this step receives, or why it cannot be reached."""
+        if state.quantized is not None:
+            return state, [Problem(f"prune needs a full-precision model: move it before {state.quantized.by}")]
         problems = []
-        if self.importance in CALIBRATED and plan.data.train is None:
-            problems.append(f"importance={self.importance} calibrates on data.train: set data.train in the plan")
-        shape = input_shape(plan, index)
-        return problems if shape is None else problems + target_problems(shape, self)
-
-
-def input_shape(plan: "Plan", index: int) -> Shape | None:
-    """The shape of the model steps[index] receives, when the plan alone tells it.
-
-    None for a hub id (not downloaded at plan time), after a problem in an earlier prune step, and
-    after an earlier step other than prune that makes a torch model (e.g. distil into a student of
-    another shape)."""
-    shape = base_shape(plan)
-    for earlier in plan.steps[:index]:
+        if self.importance in CALIBRATED and not state.train_data:
+            problems.append(Problem(f"{self.importance} calibrates on data.train: set data.train in the plan",
+                                    "importance"))
+        shape = state.shape
         if shape is None:
-            return None
-        if isinstance(earlier, PruneConfig):
-            shape = None if target_problems(shape, earlier) else target_shape(shape, earlier)
-        elif earlier.produces == "torch":
-            return None
-    return shape
+            return state, problems  # said once by the step that lost the shape
+        bad = target_problems(shape, self)
+        if bad:
+            return state.with_shape(None, unknown=f"{state.at} cannot prune the {shape} model"), \
+                problems + [Problem(m) for m in bad]
+        new = target_shape(shape, self)
+        origin = Origin(f"{state.at} ({self._targets()})", fix=lambda dim, n: self.fix_for(shape, dim, n))
+        return state.with_shape(new, {d: origin for d in _changed(shape, new)}), problems
+
+    def _targets(self) -> str:
+        given = self.model_dump(include={"layers", "mlp", "width", "params"}, exclude_defaults=True)
+        return ", ".join(f"{k} {v}" for k, v in given.items()) or "nothing"
+
+    def fix_for(self, shape: Shape, dim: str, divisor: int) -> str | None:
+        """A setting of this step under which the pruned `dim` of `shape` is a multiple of divisor."""
+        if dim == "n_inner" and self.round_to % divisor:
+            fixed = self.model_copy(update={"round_to": divisor})
+            if target_shape(shape, fixed).n_inner % divisor == 0:
+                return f"round_to {divisor}"
+        if dim == "n_embd" and self.params is None:
+            now = removed(self.width, shape.n_head)
+            ok = [k for k in range(shape.n_head) if (shape.n_head - k) * shape.head_dim % divisor == 0]
+            near = sorted(ok, key=lambda k: (abs(k - now), k))[:2]
+            if near:
+                return "width " + " or ".join(f"{_width_for(k, shape.n_head)} ({shape.n_head - k} heads, n_embd "
+                                              f"{(shape.n_head - k) * shape.head_dim})" for k in sorted(near))
+        return None
 
 
-def base_shape(plan: "Plan") -> Shape | None:
-    from compress.models import is_local_source
-    from compress.plan import PretrainModel, TrainTokenizer
+def _width_for(k: int, n_head: int) -> str:
+    """The shortest width value that removes exactly k of n_head heads."""
+    for digits in range(1, 6):
+        w = round(k / n_head, digits)
+        if removed(w, n_head) == k and w < 1:
+            return f"{w:g}"
+    return f"{k / n_head:.6g}"
 
-    if isinstance(plan.model, PretrainModel):
-        cfg = plan.model.pretrain
-        tok = cfg.tokenizer if plan.tokenizer is None else None
-        vocab = tok.vocab_size if isinstance(tok, TrainTokenizer) else None
-        return Shape(n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head,
-                     n_inner=4 * cfg.n_embd, vocab_size=vocab, n_positions=cfg.n_positions)
-    if is_local_source(plan.model):
-        return Shape.of_config(json.loads((Path(plan.model) / "config.json").read_text()))
-    return None  # a hub id: checked when the step loads it
+
+def _changed(before: Shape, after: Shape) -> list[str]:
+    return [d for d in ("n_layer", "n_embd", "n_inner") if getattr(before, d) != getattr(after, d)]

@@ -23,42 +23,14 @@ exact count.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
+from compress.model_shape import Shape
 from evalsuite.size import gpt2_param_count
 
 if TYPE_CHECKING:
     from compress.pruning.config import PruneConfig
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The dimensions of a GPT2LMHeadModel that pruning changes (and those that size it)."""
-
-    n_layer: int
-    n_head: int
-    head_dim: int
-    n_inner: int
-    vocab_size: int | None  # None: unknown at plan time (a tokenizer still to be loaded)
-    n_positions: int
-    tied: bool = True  # lm_head shares the token embedding
-
-    @property
-    def n_embd(self) -> int:
-        return self.n_head * self.head_dim  # GPT2Config has no separate head_dim
-
-    @classmethod
-    def of_config(cls, config: Any) -> "Shape":
-        """From a GPT2Config or a config.json dict."""
-        get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-        n_embd, n_head = int(get("n_embd")), int(get("n_head"))
-        return cls(n_layer=int(get("n_layer")), n_head=n_head, head_dim=n_embd // n_head,
-                   n_inner=int(get("n_inner") or 4 * n_embd), vocab_size=get("vocab_size"),
-                   n_positions=int(get("n_positions", 1024)), tied=bool(get("tie_word_embeddings", True)))
-
-    def __str__(self) -> str:
-        return f"{self.n_layer}x{self.n_embd}"
 
 
 def param_count(shape: Shape, scale: float = 1.0) -> float:

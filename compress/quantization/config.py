@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import TYPE_CHECKING, ClassVar, Literal
+from dataclasses import replace
+from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from compress.plan_state import Check, PlanState, Problem, Quantized
 from compress.steps import StepConfig
-
-if TYPE_CHECKING:
-    from compress.plan import Plan
 
 Method = Literal["rtn", "gptq", "smoothquant", "bnb-int8", "bnb-nf4", "bnb-fp4", "dynamic-int8"]
 
@@ -29,6 +28,7 @@ class QuantizeConfig(StepConfig):
     """Quantize the attention and MLP projections (and optionally the LM head) of a GPT-2."""
 
     kind: ClassVar[str] = "quantize"
+    changes_weights: ClassVar[bool] = True
 
     method: Method = "rtn"
     bits: Literal[4, 8] | None = Field(None, description="default: 4 for rtn/gptq/nf4/fp4, else 8")
@@ -130,35 +130,59 @@ class QuantizeConfig(StepConfig):
         grid = f"w{self.weight_bits}" + (f"g{g}" if g else "")
         return f"quantize-{self.method}-{grid}"
 
-    # -- checks against the rest of the plan ---------------------------------------------------------
+    # -- checks against the model it receives ------------------------------------------------------
 
-    def plan_problems(self, plan: "Plan", index: int) -> list[str]:
+    def check(self, state: PlanState) -> Check:
         problems = []
-        earlier = [s.kind for s in plan.steps[:index]]
-        if "quantize" in earlier:
-            problems.append(f"the model is already quantized by steps[{earlier.index('quantize')}]")
-        if self.method not in EXPORTABLE and any(s.kind == "export" for s in plan.steps[index + 1:]):
-            problems.append(f"method {self.method} cannot be exported to ONNX; use rtn/gptq/smoothquant")
-        if self.method in CALIBRATED and plan.data.train is None:
-            problems.append(f"method {self.method} calibrates on data.train; set data.train in the plan")
-        from compress.pruning.config import input_shape
+        if state.quantized is not None:
+            problems.append(Problem(f"the model is already quantized by {state.quantized.by}"))
+        if self.method in CALIBRATED and not state.train_data:
+            problems.append(Problem(f"{self.method} calibrates on data.train; set data.train in the plan", "method"))
+        if state.shape is not None:
+            problems += self.shape_problems(state)
+        bits = self.weight_bits
+        done = Quantized(by=state.at, method=self.method, bits=bits, group_size=self.group_for(bits), sym=self.sym,
+                         exportable=self.method in EXPORTABLE)
+        return replace(state, quantized=done), problems
 
-        shape = input_shape(plan, index)  # through earlier prune steps; None after a distil or for a hub id
-        if shape is not None:
-            problems += self.width_problems(layer_widths(shape.n_embd, shape.n_inner))
-        return problems
+    def shape_problems(self, state: PlanState) -> list[Problem]:
+        """Group sizes that do not divide the widths the earlier steps made, with what would."""
+        shape = state.shape
+        group = self.group_for(self.weight_bits)
+        checks = [("group_size", "", group, "n_embd", "attn.c_attn, attn.c_proj, mlp.c_fc"),
+                  ("group_size", "", group, "n_inner", "mlp.c_proj")]
+        if self.head_bits:
+            checks.append(("lm_head", "its group_size ", self.group_for(self.head_bits), "n_embd", "lm_head"))
+        out = []
+        for key, lead, g, dim, names in checks:
+            width = getattr(shape, dim)
+            if not g or width % g == 0:
+                continue
+            origin = state.origin(dim)
+            fits = [c for c in (128, 64, 32) if c != g and width % c == 0]
+            hint = (f"group_size {' or '.join(map(str, fits))} {'divides' if len(fits) == 1 else 'divide'} it"
+                    if fits else "group_size per-channel fits any width")
+            fix = origin.fix(dim, g) if origin.fix else None
+            out.append(Problem(f"{lead}{g} does not divide {dim} {width} (input of {names}) made by {origin.by}; "
+                               f"{hint}" + (f", or {fix}" if fix else ""), key))
+        return out
 
-    def width_problems(self, widths: dict[str, int]) -> list[str]:
-        """Group sizes that do not divide a layer's input width (widths from input_widths())."""
+    def bad_groups(self, widths: dict[str, int]) -> dict[tuple[int, int], list[str]]:
+        """(group, width) -> the layers whose input width the group does not divide."""
         checks = [(n, w, self.group_for(self.weight_bits)) for n, w in widths.items() if n != "lm_head"]
         if self.head_bits:
             checks.append(("lm_head", widths["lm_head"], self.group_for(self.head_bits)))
-        bad: dict[tuple[int, int], list[str]] = {}  # (group, width) -> layer names
+        bad: dict[tuple[int, int], list[str]] = {}
         for name, width, group in checks:
             if group and width % group:
                 bad.setdefault((group, width), []).append(name)
+        return bad
+
+    def width_problems(self, widths: dict[str, int]) -> list[str]:
+        """Group sizes that do not divide a layer's input width (widths from layer_widths()), checked
+        again when the model is loaded (the plan may not have known its shape)."""
         return [f"group_size {g} does not divide the input width {w} of {', '.join(names)}"
-                for (g, w), names in bad.items()]
+                for (g, w), names in self.bad_groups(widths).items()]
 
 
 def bnb_installed() -> bool:

@@ -74,11 +74,12 @@ def test_step_dir_without_done_is_never_used(tmp_path):
     assert (out / "00-base" / "DONE").exists()
 
 
-def test_dry_run_loads_nothing_and_reports_status(tmp_path, monkeypatch):
+def test_dry_run_loads_nothing_and_reports_status(tmp_path, no_model_loads, monkeypatch):
     plan = load_plan(tiny_plan(tmp_path))
-    monkeypatch.setattr("compress.runner._build_base", lambda *a: pytest.fail("dry run built the model"))
+    monkeypatch.setattr("compress.steps.StepContext.load_input", lambda *a: pytest.fail("dry run loaded a model"))
     lines = dry_run(plan, tmp_path / "run")
     assert len(lines) == 1 and "00-base" in lines[0] and "will run" in lines[0] and "pretrain 1x32" in lines[0]
+    assert "[-> 1x32]" in lines[0]
 
 
 def _metrics(run_dir: Path) -> dict:

@@ -23,7 +23,8 @@ def plan_dict(model_dir, steps, max_tokens=300):
 def test_defaults_and_slug():
     assert step_configs()["export"] is ExportConfig
     cfg = ExportConfig()
-    assert (cfg.format, cfg.kv_cache, cfg.opset, cfg.quantize, cfg.block_size) == ("onnx", True, 18, "none", 128)
+    assert (cfg.format, cfg.opset, cfg.quantize, cfg.block_size) == ("onnx", 18, "none", 128)
+    assert ExportConfig.model_validate({"kv_cache": True}) == cfg  # older plans' key: always on, dropped
     assert fuses(cfg, {}) and not fuses(ExportConfig(quantize="int4"), {}) and not fuses(cfg, {"lm_head": None})
     assert fuses(ExportConfig(quantize="int4", optimize=True), {}) and not fuses(ExportConfig(optimize=False), {})
     assert cfg.slug() == "export-onnx" and ExportConfig(format="tensorrt").slug() == "export-tensorrt"
@@ -34,7 +35,7 @@ def test_defaults_and_slug():
     ({"profile": {"batch": [1, 1, 2]}}, "profile: only for format tensorrt"),
     ({"format": "tensorrt", "quantize": "int4"}, "quantize: only for format onnx"),
     ({"format": "tensorrt", "optimize": False}, "optimize: only for format onnx"),
-    ({"kv_cache": False}, "kv_cache: false is not supported"),
+    ({"kv_cache": False}, "kv_cache: the export always has the KV cache"),
     ({"fp16": True, "quantize": "dynamic-int8"}, "exclude each other"),
     ({"opset": 9}, "greater than or equal to 14"),
     ({"quantize": "int3"}, "Input should be"),
@@ -57,8 +58,8 @@ def test_tensorrt_fields_accepted_with_format_tensorrt(trained_tiny):
 def test_ort_quantizer_after_a_quantize_step_is_a_plan_problem(trained_tiny):
     if "quantize" not in step_configs():
         pytest.skip("the quantize step is not registered in this checkout")
-    with pytest.raises(PlanError, match=r"steps\[1\]\.export: quantize: int4: the model is already quantized"):
-        parse_plan(plan_dict(trained_tiny[0], [{"quantize": {"method": "rtn", "bits": 4}},
+    with pytest.raises(PlanError, match=r"steps\[1\]\.export\.quantize: int4: the model is already quantized"):
+        parse_plan(plan_dict(trained_tiny[0], [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32}},
                                                {"export": {"quantize": "int4"}}]))
 
 

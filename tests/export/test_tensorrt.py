@@ -235,10 +235,13 @@ def test_cli_check_and_audit(tmp_path, fp_graph, capsys, no_tensorrt):
     ([], dict(precision="fp16"), None),
 ])
 def test_plan_problems_before_any_model_loads(steps, export, problem):
+    from compress.plan_state import PlanState
     from compress.quantization.config import QuantizeConfig
-    from export.tensorrt import plan_problems
+    from export.tensorrt import plan_check
 
-    plan = SimpleNamespace(steps=[QuantizeConfig(**s) for s in steps])
+    state = PlanState(train_data=True, eval_seq_len=128)  # shape unknown: the quantization alone decides
+    for i, s in enumerate(steps):
+        state, _ = QuantizeConfig(**s).check(PlanState(**{**state.__dict__, "at": f"steps[{i}].quantize"}))
     cfg = SimpleNamespace(**{"opset": 18, "profile": None, **export})
-    found = plan_problems(cfg, plan, len(steps))
+    found = [p.msg for p in plan_check(cfg, state)]
     assert (problem in " ".join(found)) if problem else found == []

@@ -63,7 +63,30 @@ def test_inconsistent_settings_are_reported_at_the_step():
 def test_plan_level_problems_need_the_whole_plan(tmp_path):
     assert problems(plan({"distill": {}}, model=str(tmp_path / "nope"), train=False))  # bad model too
     p = problems(plan({"distill": {"seq_len": 512}}))
-    assert p == ["steps[0].distill: seq_len (512) exceeds model.pretrain.n_positions (256)"]
+    assert p == ["steps[0].distill.seq_len: 512 exceeds the student's 256 positions"]
+
+
+def test_a_student_from_teacher_blocks_is_checked_against_the_teacher_shape():
+    # the base is 2 blocks of n_inner 128 (4 * 32)
+    assert problems(plan({"distill": {"student": {"n_layer": 3}}})) == [
+        "steps[0].distill.student.n_layer: 3 exceeds the teacher's 2 blocks"]
+    assert problems(plan({"distill": {"student": {"layers": [0, 2]}}})) == [
+        "steps[0].distill.student.layers: teacher has 2 blocks (0..1)"]
+    assert problems(plan({"distill": {"student": {"n_layer": 1, "n_inner": 256}}})) == [
+        "steps[0].distill.student.n_inner: 256 exceeds the teacher's MLP width 128"]
+    # the student's shape flows on: a 1-block student of n_inner 96, and groups of 64 do not divide 96
+    p = problems(plan({"distill": {"student": {"n_layer": 1, "n_inner": 96}}},
+                      {"quantize": {"method": "rtn", "bits": 4, "group_size": 64}}))
+    assert p == ["steps[1].quantize.group_size: 64 does not divide n_embd 32 (input of attn.c_attn, attn.c_proj, "
+                 "mlp.c_fc) made by the teacher base (2x32); group_size 32 divides it",
+                 "steps[1].quantize.group_size: 64 does not divide n_inner 96 (input of mlp.c_proj) made by "
+                 "steps[0].distill (student from base blocks); group_size 32 divides it"]
+
+
+def test_distilling_a_quantized_model_is_refused():
+    p = problems(plan({"quantize": {"method": "rtn", "bits": 8}}, {"distill": {}}))
+    assert p == ["steps[1].distill: distill trains a full-precision student: move it before steps[0].quantize, "
+                 "or build the student from the teacher (student:)"]
 
 
 def test_teacher_path_is_resolved_against_the_plan_and_checked(tmp_path):

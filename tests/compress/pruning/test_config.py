@@ -56,6 +56,11 @@ def test_a_local_model_dir_is_read_for_its_shape(tmp_path):
         "steps[0].prune: params=0.01 is below the smallest model")
 
 
-def test_a_hub_id_is_checked_when_loaded():
-    plan = parse_plan(plan_dict({"layers": 40}, model="gpt2"))  # no download at plan time
+def test_a_gpt2_hub_id_is_checked_offline_and_another_when_loaded():
+    # the GPT-2 family's configs are carried by the package: no download at plan time
+    assert problems({"layers": 40}, model="gpt2") == [
+        "steps[0].prune: layers=40 removes all 12 blocks of the 12x768 model (at most 11)"]
+    assert problems({"layers": 30}, model="openai-community/gpt2-medium")[0].startswith(
+        "steps[0].prune: layers=30 removes all 24 blocks of the 24x1024 model")
+    plan = parse_plan(plan_dict({"layers": 40}, model="someone/gpt2-finetune"))  # unknown: checked when loaded
     assert plan.steps[0].layers == 40

@@ -58,8 +58,10 @@ def test_bad_values_name_their_key(step, where, text):
 
 def test_group_size_must_divide_the_input_width():
     (problem,) = _problems(_plan({"bits": 4, "group_size": 64}, n_embd=96))
-    assert problem.startswith("steps[0].quantize:")
-    assert "group_size 64 does not divide the input width 96 of attn.c_attn, attn.c_proj, mlp.c_fc" in problem
+    assert problem == ("steps[0].quantize.group_size: 64 does not divide n_embd 96 (input of attn.c_attn, "
+                       "attn.c_proj, mlp.c_fc) made by model.pretrain (1x96, 2 heads); group_size 32 divides it")
+    (problem,) = _problems(_plan({"bits": 8, "lm_head": "int4"}, n_embd=96))
+    assert problem.startswith("steps[0].quantize.lm_head: its group_size 128 does not divide n_embd 96")
 
 
 def test_group_size_check_covers_a_quantized_lm_head():
@@ -75,19 +77,27 @@ def test_bnb_without_bitsandbytes_names_the_extra(monkeypatch):
 
 
 def test_calibrated_methods_need_training_text():
-    plan = SimpleNamespace(steps=[QuantizeConfig(method="gptq")], data=SimpleNamespace(train=None),
-                           model="gpt2")  # a hub id: widths unknown before loading
-    assert qconfig.QuantizeConfig(method="gptq").plan_problems(plan, 0) == [
-        "method gptq calibrates on data.train; set data.train in the plan"]
+    raw = _plan({"method": "gptq", "group_size": 32}, train=False)
+    raw["model"] = "gpt2"  # a carried hub config: no data.train needed for the model itself
+    assert _problems(raw) == [
+        "steps[0].quantize.method: gptq calibrates on data.train; set data.train in the plan"]
 
 
 @pytest.mark.parametrize("method", ["bnb-int8", "bnb-nf4", "dynamic-int8"])
 def test_non_exportable_method_before_export_is_refused(method):
-    q = QuantizeConfig(method=method)
-    plan = SimpleNamespace(steps=[q, SimpleNamespace(kind="export")], data=SimpleNamespace(train=object()),
-                           model="gpt2")
-    assert q.plan_problems(plan, 0) == [f"method {method} cannot be exported to ONNX; use rtn/gptq/smoothquant"]
-    assert QuantizeConfig(method="gptq").plan_problems(plan, 0) == []
+    if method.startswith("bnb-") and not qconfig.bnb_installed():
+        pytest.skip(qconfig.BNB_HINT)
+    raw = _plan({"method": method})
+    raw["steps"].append({"export": {"format": "onnx"}})
+    assert _problems(raw) == [f"steps[1].export: the model quantized by steps[0].quantize (method {method}) has "
+                              "no ONNX form; use rtn/gptq/smoothquant before an export"]
+    raw["steps"][0] = {"quantize": {"method": "gptq", "group_size": 32}}
+    assert parse_plan(raw).steps[1].format == "onnx"
+
+
+def test_quantizing_twice_is_refused():
+    (problem,) = _problems(_plan({"bits": 8}, {"bits": 8}))
+    assert problem == "steps[1].quantize: the model is already quantized by steps[0].quantize"
 
 
 def _after(step: dict, quantize: dict, n_embd: int = 256) -> dict:
@@ -101,15 +111,28 @@ def test_width_check_follows_earlier_prune_steps():
     # 256 wide, n_inner 1024; mlp 0.3 keeps 717 channels, rounded to 704 (round_to 64), exact with round_to 1
     assert parse_plan(_after({"prune": {"mlp": 0.3}}, {"bits": 4, "group_size": 64})).steps[1].group_size == 64
     (problem,) = _problems(_after({"prune": {"mlp": 0.3, "round_to": 1}}, {"bits": 4, "group_size": 64}))
-    assert problem == "steps[1].quantize: group_size 64 does not divide the input width 717 of mlp.c_proj"
+    assert problem == ("steps[1].quantize.group_size: 64 does not divide n_inner 717 (input of mlp.c_proj) made by "
+                       "steps[0].prune (mlp 0.3); group_size per-channel fits any width, or round_to 64")
     (problem,) = _problems(_after({"prune": {"mlp": 0.3}}, {"bits": 4, "group_size": 128}))
-    assert problem == "steps[1].quantize: group_size 128 does not divide the input width 704 of mlp.c_proj"
+    assert problem == ("steps[1].quantize.group_size: 128 does not divide n_inner 704 (input of mlp.c_proj) made "
+                       "by steps[0].prune (mlp 0.3); group_size 64 or 32 divide it, or round_to 128")
 
 
-def test_width_check_waits_for_a_run_after_a_distill():
-    # 96 wide: group 64 would be reported at plan time, but a distilled student's widths are known only
-    # when the step runs (the quantize step checks them then)
-    plan = parse_plan(_after({"distill": {"tokens": 4096}}, {"bits": 4, "group_size": 64}, n_embd=96))
-    assert plan.steps[1].group_size == 64
+def test_width_check_sees_through_a_distill():
+    # a distil keeps its student's shape: the 96-wide model still meets groups of 64
+    (problem,) = _problems(_after({"distill": {"tokens": 4096}}, {"bits": 4, "group_size": 64}, n_embd=96))
+    assert problem.startswith("steps[1].quantize.group_size: 64 does not divide n_embd 96")
     (problem,) = _problems(_after({"prune": {"mlp": 0.5}}, {"bits": 4, "group_size": 64}, n_embd=96))
-    assert problem.startswith("steps[1].quantize: group_size 64 does not divide the input width 96")
+    assert problem.startswith("steps[1].quantize.group_size: 64 does not divide n_embd 96")
+
+
+def test_the_error_names_the_prune_step_that_made_the_width_and_what_would_work():
+    # the README's plan before the fix: gpt2 (12 heads of 64), width 0.25 -> 9 heads, n_embd 576
+    raw = _plan({"method": "gptq", "bits": 4, "group_size": 128})
+    raw["model"] = "gpt2"
+    raw["steps"].insert(0, {"prune": {"importance": "taylor", "mlp": 0.5, "width": 0.25}})
+    assert _problems(raw) == [
+        "steps[1].quantize.group_size: 128 does not divide n_embd 576 (input of attn.c_attn, attn.c_proj, mlp.c_fc) "
+        "made by steps[0].prune (mlp 0.5, width 0.25); group_size 64 or 32 divide it, or width 0.2 (10 heads, n_embd 640) or 0.3 (8 heads, n_embd 512)"]
+    raw["steps"][0]["prune"]["width"] = 0.5
+    assert parse_plan(raw).steps[1].group_size == 128

@@ -1,0 +1,158 @@
+"""The plan's `model:`: its schema (a hub id, a local directory, or `{pretrain: {...}}`) and the source
+step it becomes, the run's `00-base` (handlers in compress/source.py).
+
+The source step is an ordinary registered step whose `check` gives plan validation its first state:
+the shape of a local directory from its config.json, of a pretrained model from its config, and of a
+GPT-2 family hub id from the configs the package carries (compress/model_shape.py). For another hub id
+the shape is unknown: the checks that need it wait for the model to load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from compress.hashing import digest, dir_digest
+from compress.model_shape import HUB_CONFIGS, Shape, hub_shape
+from compress.models import is_local_source
+from compress.plan_state import Check, Origin, PlanState, Problem
+from compress.plan_types import ExistingPath, ModelSource, Strict
+from compress.steps import StepConfig
+
+if TYPE_CHECKING:
+    from compress.plan import Plan
+
+
+class TrainTokenizer(Strict):
+    """Train a byte-level BPE tokenizer on the training text (with the `tokenizers` library)."""
+
+    vocab_size: int = Field(4096, ge=260, le=65536)
+    min_frequency: int = Field(2, ge=1, le=1000)
+
+
+def _tokenizer_tag(v: Any) -> str:
+    return "train" if isinstance(v, (dict, TrainTokenizer)) else "dir"
+
+
+TokenizerSpec = Annotated[
+    Annotated[ExistingPath, Tag("dir")] | Annotated[TrainTokenizer, Tag("train")],
+    Discriminator(_tokenizer_tag)]
+
+
+class PretrainConfig(Strict):
+    """Train a GPT-2 from scratch on data.train (the embedded default teacher)."""
+
+    n_layer: int = Field(4, ge=1, le=48)
+    n_embd: int = Field(256, ge=16, le=4096)
+    n_head: int = Field(8, ge=1, le=64)
+    n_positions: int = Field(256, ge=16, le=4096)
+    tokenizer: TokenizerSpec = Field(default_factory=TrainTokenizer)
+    seq_len: int = Field(128, ge=8, le=4096)
+    batch_size: int = Field(16, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    tokens: int = Field(1_000_000, ge=1000, le=10**12, description="training budget in tokens")
+    lr: float = Field(1e-3, gt=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    seed: int = 0
+    eval_every: int = Field(100, ge=1, description="steps between held-out evaluations")
+    checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "PretrainConfig":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.seq_len > self.n_positions:
+            raise ValueError(f"seq_len ({self.seq_len}) must not exceed n_positions ({self.n_positions})")
+        return self
+
+
+class PretrainModel(Strict):
+    pretrain: PretrainConfig
+
+
+def _model_tag(v: Any) -> str:
+    return "pretrain" if isinstance(v, (dict, PretrainModel)) else "source"
+
+
+ModelSpec = Annotated[
+    Annotated[ModelSource, Tag("source")] | Annotated[PretrainModel, Tag("pretrain")],
+    Discriminator(_model_tag)]
+
+
+# -- the source steps ------------------------------------------------------------------------------
+
+class LoadModel(StepConfig):
+    """`model: gpt2` or `model: path/to/dir`: the model loaded and saved in fp32 as 00-base/model."""
+
+    kind: ClassVar[str] = "base"
+    source: ClassVar[bool] = True
+
+    model: str  # a hub id, or a local directory (already checked and resolved by the plan)
+    tokenizer: str | None = None  # the plan's `tokenizer:` (default: the model's own)
+
+    def describe(self) -> str:
+        return f"load {self.model}"
+
+    def check(self, state: PlanState) -> Check:
+        shape = source_shape(self.model)
+        if shape is None:
+            why = (f"model {self.model!r} is not a GPT-2 whose config the package carries "
+                   f"({', '.join(HUB_CONFIGS)}): its widths are checked when each step loads it")
+            return state.with_shape(None, unknown=why), [Problem(why, note=True)]
+        origin = Origin(f"model {self.model} ({shape.n_layer}x{shape.n_embd}, {shape.n_head} heads)")
+        return replace(state, base=shape).with_shape(shape, {"*": origin}), []
+
+    def content_hash(self, prev: str | None, plan: "Plan") -> str:
+        content = dir_digest(Path(self.model)) if is_local_source(self.model) else None
+        tok = dir_digest(Path(self.tokenizer)) if self.tokenizer else None
+        return digest("base", self.model, content, None, tok, plan.seed)
+
+
+class PretrainBase(StepConfig):
+    """`model: {pretrain: {...}}`: a GPT-2 trained from scratch on data.train, saved as 00-base/model."""
+
+    kind: ClassVar[str] = "base"
+    source: ClassVar[bool] = True
+
+    pretrain: PretrainConfig
+    tokenizer: str | None = None  # the plan's `tokenizer:` (instead of pretrain.tokenizer)
+
+    def describe(self) -> str:
+        cfg = self.pretrain
+        return f"pretrain {cfg.n_layer}x{cfg.n_embd} on data.train for {cfg.tokens:,} tokens"
+
+    def check(self, state: PlanState) -> Check:
+        cfg = self.pretrain
+        trained = cfg.tokenizer if self.tokenizer is None else None
+        shape = Shape(n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head,
+                      n_inner=4 * cfg.n_embd, n_positions=cfg.n_positions,
+                      vocab_size=trained.vocab_size if isinstance(trained, TrainTokenizer) else None)
+        origin = Origin(f"model.pretrain ({cfg.n_layer}x{cfg.n_embd}, {cfg.n_head} heads)")
+        return replace(state, base=shape).with_shape(shape, {"*": origin}), []
+
+    def content_hash(self, prev: str | None, plan: "Plan") -> str:
+        train = plan.data.train.model_dump(mode="json") if plan.data.train else None
+        tok = dir_digest(Path(self.tokenizer)) if self.tokenizer else None
+        return digest("base", {"pretrain": self.pretrain.model_dump(mode="json")}, None, train, tok, plan.seed)
+
+
+def source_shape(model: str) -> Shape | None:
+    """The shape of a model source: a local directory's config.json, or a carried hub config (None:
+    a hub id the package has no config of)."""
+    if is_local_source(model):
+        return Shape.of_config(json.loads((Path(model) / "config.json").read_text()))
+    return hub_shape(model)
+
+
+def source_step(plan: "Plan") -> StepConfig:
+    """The step that makes the plan's base model (step 0, `00-base`)."""
+    if isinstance(plan.model, PretrainModel):
+        return PretrainBase(pretrain=plan.model.pretrain, tokenizer=plan.tokenizer)
+    return LoadModel(model=plan.model, tokenizer=plan.tokenizer)
