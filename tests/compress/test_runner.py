@@ -6,10 +6,16 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from typing import ClassVar
 
+import pytest
+import torch
+
+from compress import data, runner
+from compress.errors import PlanError, UserError
 from compress.plan import load_plan
 from compress.runner import dry_run, run_plan
+from compress.steps import StepConfig, StepContext, StepOutput
 
 TINY_PLAN = """\
 name: tiny
@@ -111,3 +117,96 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_metrics(tmp_path):
     a, b = _metrics(clean), _metrics(killed)
     assert b["ppl"] == pytest.approx(a["ppl"], rel=1e-5)
     assert (b["params"], b["bytes_on_disk"]) == (a["params"], a["bytes_on_disk"])
+
+
+# -- eval.max_ppl_ratio, values in memory, one cache per run -----------------------------------------
+
+class ScrambleConfig(StepConfig):
+    """A test step that wrecks the weights (as a diverged or broken step would)."""
+
+    kind: ClassVar[str] = "scramble"
+    changes_weights: ClassVar[bool] = True
+    scale: float = 0.3  # noise std 15x GPT-2's init: a random model, but finite logits
+
+
+def scramble(cfg: ScrambleConfig, ctx: StepContext) -> StepOutput:
+    model = ctx.load_input()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * cfg.scale)
+    ctx.save_model(model)
+    return StepOutput(summary="scrambled", model_dir="model")
+
+
+@pytest.fixture
+def scramble_step(monkeypatch):
+    from compress import steps
+
+    steps.step_configs()  # the built-in steps first, so that the test step is one more
+    monkeypatch.setitem(steps._HANDLERS, ScrambleConfig, scramble)
+
+
+def test_a_step_far_worse_than_its_input_stops_the_run_and_is_not_done(tmp_path, scramble_step):
+    text = TINY_PLAN.replace("TOKENS", "3000") + "steps:\n  - scramble: {}\n  - prune: {mlp: 0.5}\n"
+    (tmp_path / "plan.yaml").write_text(text)
+    out = tmp_path / "run"
+    assert load_plan(tmp_path / "plan.yaml").eval.max_ppl_ratio == 50  # the default
+    with pytest.raises(UserError) as e:
+        run_plan(load_plan(tmp_path / "plan.yaml", ["eval.max_ppl_ratio=2"]), out, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("01-scramble: ppl ") and "x its input's" in msg and "above eval.max_ppl_ratio 2;" in msg
+    base_ppl = json.loads((out / "00-base" / "metrics.json").read_text())["ppl"]
+    assert f"its input's {base_ppl:.4g}" in msg
+    assert not (out / "01-scramble").exists() and not (out / "02-prune").exists()  # stopped before the next step
+    kept = out / ".01-scramble.tmp"
+    assert (kept / "metrics.json").exists() and not (kept / "DONE").exists() and str(kept) in msg
+
+    # accepted with a higher limit: the step runs again (nothing of it was trusted), the base is reused
+    result = run_plan(load_plan(tmp_path / "plan.yaml", ["eval.max_ppl_ratio=1e6"]), out, progress=False)
+    assert [r.status for r in result.records] == ["cached", "ran", "ran"]
+    assert result.metrics[1]["ppl"] > 2 * base_ppl
+
+
+def test_run_plan_passes_values_in_memory_and_tokenizes_once(tmp_path, monkeypatch):
+    text = TINY_PLAN.replace("TOKENS", "3000") + ("steps:\n  - prune: {importance: activation, mlp: 0.5, "
+                                                  "calib_tokens: 256}\n  - prune: {importance: taylor, width: 0.5, "
+                                                  "calib_tokens: 256}\n")
+    (tmp_path / "plan.yaml").write_text(text)
+    reads, texts = [], []
+    real_read, real_text = runner._read_json, data.source_text
+    monkeypatch.setattr(runner, "_read_json", lambda p: reads.append(p) or real_read(p))
+    monkeypatch.setattr(data, "source_text", lambda s: texts.append(s) or real_text(s))
+    result = run_plan(load_plan(tmp_path / "plan.yaml"), tmp_path / "run", progress=False)
+    assert [r.status for r in result.records] == ["ran", "ran", "ran"]
+    assert reads == []  # nothing just written is read back
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert texts.count(plan.data.train) == 1  # both prune steps calibrate on the one tokenized stream
+    info = json.loads((tmp_path / "run" / "01-prune" / "step.json").read_text())
+    assert info["step_kind"] == "prune" and "kind" not in info  # metrics.json's "kind" is the artifact's
+    again = run_plan(plan, tmp_path / "run", progress=False)
+    assert [r.status for r in again.records] == ["cached"] * 3 and len(reads) == 6  # step.json + metrics.json
+
+
+def test_the_step_entry_points_are_loaded_by_group(monkeypatch):
+    from compress import steps
+
+    registered = steps.step_configs()
+    assert {"prune", "distill", "quantize"} <= set(registered) and "base" not in registered  # sources are `model:`
+    if not steps._LOADED:
+        pytest.skip(f"this environment's gpt2-edge metadata predates the entry points: {steps.REINSTALL}")
+    assert "export" in registered and "export" in steps._LOADED
+
+
+def test_missing_step_entry_points_give_the_reinstall_hint(tmp_path, monkeypatch):
+    from compress import steps
+
+    monkeypatch.setattr(steps, "_LOADED", [])
+    monkeypatch.setattr(steps, "_BUILTINS_LOADED", True)
+    text = TINY_PLAN.replace("TOKENS", "3000") + "steps:\n  - exprt: {}\n"
+    (tmp_path / "plan.yaml").write_text(text)
+    with pytest.raises(PlanError) as e:
+        load_plan(tmp_path / "plan.yaml")
+    (problem,) = e.value.problems
+    assert problem.startswith("steps[0].exprt: unknown step") and "pip install -e ." in problem
+    assert "gpt2_edge.steps" in problem
