@@ -9,7 +9,6 @@ the shape is unknown: the checks that need it wait for the model to load.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from compress.hashing import digest, dir_digest
-from compress.model_shape import HUB_CONFIGS, Shape, hub_shape
+from compress.model_shape import HUB_CONFIGS, Shape, source_shape
 from compress.models import is_local_source
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import ExistingPath, ModelSource, Strict
@@ -141,14 +140,6 @@ class PretrainBase(StepConfig):
         train = plan.data.train.model_dump(mode="json") if plan.data.train else None
         tok = dir_digest(Path(self.tokenizer)) if self.tokenizer else None
         return digest("base", {"pretrain": self.pretrain.model_dump(mode="json")}, None, train, tok, plan.seed)
-
-
-def source_shape(model: str) -> Shape | None:
-    """The shape of a model source: a local directory's config.json, or a carried hub config (None:
-    a hub id the package has no config of)."""
-    if is_local_source(model):
-        return Shape.of_config(json.loads((Path(model) / "config.json").read_text()))
-    return hub_shape(model)
 
 
 def source_step(plan: "Plan") -> StepConfig:

@@ -6,7 +6,9 @@ before anything downloads: `--dry-run` on `model: gpt2` knows the 768-wide, 12-h
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -57,3 +59,13 @@ def hub_shape(hub_id: str) -> Shape | None:
     """The shape of a GPT-2 family hub id (None for an id the package carries no config of)."""
     config = HUB_CONFIGS.get(HUB_ALIASES.get(hub_id, hub_id))
     return None if config is None else Shape.of_config(config)
+
+
+def source_shape(model: str) -> Shape | None:
+    """The shape of a model source: a local directory's config.json, or a carried hub config (None:
+    a hub id the package has no config of)."""
+    from compress.models import is_local_source  # (models imports torch: only when a source is asked about)
+
+    if is_local_source(model):
+        return Shape.of_config(json.loads((Path(model) / "config.json").read_text()))
+    return hub_shape(model)

@@ -197,8 +197,6 @@ def _validation_runner(cfg: ExportConfig, onnx_path: Path, ctx: StepContext):
 
 @register_step(ExportConfig)
 def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
-    from compress.data import source_text
-    from evalsuite.data import tokenize
     from evalsuite.runner import TorchRunner
     from export.onnx import save_onnx, write_io_json
     from export.validate import validate
@@ -216,7 +214,7 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
 
     limits, reference = _limits(cfg, records)
     budget = min(cfg.validation.tokens, ctx.plan.data.eval.max_tokens or cfg.validation.tokens)
-    eval_ids = tokenize(source_text(ctx.plan.data.eval), ctx.tokenizer())[:budget]
+    eval_ids = ctx.eval_ids()[:budget]  # the run's tokenized eval stream
     result = validate(TorchRunner(model, ctx.device), _validation_runner(cfg, onnx_path, ctx), eval_ids,
                       ctx.plan.data.eval.seq_len, cfg.validation.windows, limits, reference)
     (ctx.out_dir / "validation.json").write_text(json.dumps(result.as_dict(), indent=1) + "\n")

@@ -15,8 +15,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
                       model_validator)
 
-from compress.base_model import source_shape
-from compress.model_shape import Shape
+from compress.model_shape import Shape, source_shape
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import ModelSource
 from compress.steps import StepConfig
