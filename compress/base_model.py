@@ -129,10 +129,10 @@ class PretrainBase(StepConfig):
 
     def check(self, state: PlanState) -> Check:
         cfg = self.pretrain
-        trained = cfg.tokenizer if self.tokenizer is None else None
+        # vocab_size unknown: a trained tokenizer has at most tokenizer.vocab_size tokens (fewer when the
+        # text has fewer merges), a tokenizer dir is not read at plan time
         shape = Shape(n_layer=cfg.n_layer, n_head=cfg.n_head, head_dim=cfg.n_embd // cfg.n_head,
-                      n_inner=4 * cfg.n_embd, n_positions=cfg.n_positions,
-                      vocab_size=trained.vocab_size if isinstance(trained, TrainTokenizer) else None)
+                      n_inner=4 * cfg.n_embd, n_positions=cfg.n_positions, vocab_size=None)
         origin = Origin(f"model.pretrain ({cfg.n_layer}x{cfg.n_embd}, {cfg.n_head} heads)")
         return replace(state, base=shape).with_shape(shape, {"*": origin}), []
 

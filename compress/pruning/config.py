@@ -62,6 +62,9 @@ class PruneConfig(StepConfig):
         if shape is None:
             return state, problems  # said once by the step that lost the shape
         bad = target_problems(shape, self)
+        if not bad and self.params is not None and shape.vocab_size is None:
+            why = f"{state.at}: the shape a params budget makes depends on the vocabulary size, known when it runs"
+            return state.with_shape(None, unknown=why), problems + [Problem(why.split(": ", 1)[1], note=True)]
         if bad:
             return state.with_shape(None, unknown=f"{state.at} cannot prune the {shape} model"), \
                 problems + [Problem(m) for m in bad]

@@ -64,3 +64,25 @@ def test_a_gpt2_hub_id_is_checked_offline_and_another_when_loaded():
         "steps[0].prune: layers=30 removes all 24 blocks of the 24x1024 model")
     plan = parse_plan(plan_dict({"layers": 40}, model="someone/gpt2-finetune"))  # unknown: checked when loaded
     assert plan.steps[0].layers == 40
+
+
+@pytest.mark.parametrize("target", [{"params": 0.6, "round_to": 32}, {"width": 0.3, "mlp": 0.37, "layers": 1}])
+def test_the_plan_time_shape_is_the_shape_the_step_makes(tmp_path, target):
+    from compress import prune
+    from compress.model_shape import Shape
+    from compress.plan_check import check_steps
+
+    model = tiny_model(vocab_size=300, n_layer=3, n_embd=96, n_head=6)
+    save_model(model, tmp_path / "m")
+    plan = parse_plan(plan_dict({"importance": "magnitude", "correct_layernorm": False, **target},
+                                model=str(tmp_path / "m")))
+    planned = check_steps(plan).states[-1].shape
+    pruned = prune(model, plan.steps[0], None)
+    assert planned == Shape.of_config(pruned.config)
+
+
+def test_a_params_budget_on_a_vocabulary_still_to_be_trained_waits_for_the_run():
+    from compress.plan_check import check_steps
+
+    checks = check_steps(parse_plan(plan_dict({"params": 0.5})))
+    assert checks.states[-1].shape is None and "vocabulary size" in checks.notes[0]
