@@ -106,7 +106,11 @@ class LoadModel(StepConfig):
                    f"({', '.join(HUB_CONFIGS)}): its widths are checked when each step loads it")
             return state.with_shape(None, unknown=why), [Problem(why, note=True)]
         origin = Origin(f"model {self.model} ({shape.n_layer}x{shape.n_embd}, {shape.n_head} heads)")
-        return replace(state, base=shape).with_shape(shape, {"*": origin}), []
+        problems = []
+        if state.eval_seq_len is not None and state.eval_seq_len > shape.n_positions:
+            problems.append(Problem(f"data.eval.seq_len ({state.eval_seq_len}) exceeds the model's "
+                                    f"{shape.n_positions} positions"))
+        return replace(state, base=shape).with_shape(shape, {"*": origin}), problems
 
     def content_hash(self, prev: str | None, plan: "Plan") -> str:
         content = dir_digest(Path(self.model)) if is_local_source(self.model) else None

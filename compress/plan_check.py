@@ -1,6 +1,6 @@
 """The cross-step checks of a plan: one PlanState threaded through the source step and every step.
 
-    state = PlanState(train_data=..., eval_seq_len=...)
+    state = PlanState(train_data=..., eval_seq_len=..., latency=...)
     for each step (the source `model:` first): state, problems = step.check(state)
 
 Run by parse_plan after every step validated on its own (so a plan with problems loads no model),
@@ -29,7 +29,10 @@ class StepChecks:
 
 def check_steps(plan: "Plan") -> StepChecks:
     out = StepChecks()
-    state = PlanState(train_data=plan.data.train is not None, eval_seq_len=plan.data.eval.seq_len)
+    lat = plan.eval.latency
+    state = PlanState(train_data=plan.data.train is not None,
+                      eval_seq_len=plan.data.eval.seq_len if plan.eval.perplexity else None,
+                      latency=(lat.prompt, lat.new_tokens) if lat else None)
     located = [(("model",), "model", source_step(plan))] + [
         (("steps", i, s.kind), f"steps[{i}].{s.kind}", s) for i, s in enumerate(plan.steps)]
     for loc, at, step in located:

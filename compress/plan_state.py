@@ -54,7 +54,8 @@ class PlanState:
     """The model as the next step will receive it, as far as the plan alone tells."""
 
     train_data: bool  # the plan has data.train (calibration, training)
-    eval_seq_len: int  # data.eval.seq_len
+    eval_seq_len: int | None  # data.eval.seq_len when perplexity is measured (eval.perplexity)
+    latency: tuple[int, int] | None = None  # eval.latency (prompt, new_tokens); None: no latency run
     at: str = "model"  # key path of the step being checked: "steps[2].quantize"
     shape: Shape | None = None  # None: unknown until the model loads (see `unknown`)
     unknown: str = ""  # why the shape is unknown

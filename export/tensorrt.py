@@ -137,11 +137,16 @@ def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOpt
 
 def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
     """Plan-time problems of `- export: {format: tensorrt}` (for ExportConfig.check), found before any
-    model loads: the precision against the quantization the model carries, and the opset."""
+    model loads: a given profile against the model's positions and the plan's evaluation, the precision
+    against the quantization the model carries, and the opset."""
     from compress.plan_state import Problem
 
     precision = cfg.precision or "fp16"
     out = []
+    if cfg.profile is not None and state.shape is not None:
+        prompt, new_tokens = state.latency or (None, None)
+        out += [Problem(p, "profile") for p in profile_problems(cfg.profile, state.shape.n_positions,
+                                                                state.eval_seq_len, prompt, new_tokens)]
     if precision == "int4" and cfg.opset < 21:
         out.append(Problem("TensorRT's INT4 DequantizeLinear needs opset: 21", "opset"))
     if precision not in ("int8", "int4"):

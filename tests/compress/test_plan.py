@@ -135,3 +135,17 @@ def test_parse_plan_from_dict_and_missing_file_message(tmp_path):
         parse_plan({"model": "gpt2", "data": {"eval": {"builtin": "python-docs"}}})
     with pytest.raises(UserError, match="plan file not found"):
         load_plan(tmp_path / "nope.yaml")
+
+
+def test_eval_windows_longer_than_the_model_fail_at_plan_time(tmp_path):
+    text = GOOD.replace("model:\n  pretrain: {n_layer: 1, n_embd: 32, n_head: 2, tokens: 5000}", "model: gpt2")
+    assert problems(tmp_path, text.replace("seq_len: 32}", "seq_len: 2048}")) == [
+        "model: data.eval.seq_len (2048) exceeds the model's 1024 positions (line 2)"]
+
+
+def test_a_tensorrt_profile_is_checked_against_the_model_and_the_plan(tmp_path):
+    text = GOOD.replace("model:\n  pretrain: {n_layer: 1, n_embd: 32, n_head: 2, tokens: 5000}", "model: gpt2")
+    text += ("eval: {latency: {prompt: 64, new_tokens: 64}}\n"
+             "steps:\n  - export: {format: tensorrt, profile: {past: [0, 16, 32]}}\n")
+    (problem,) = problems(tmp_path, text)
+    assert problem.startswith("steps[0].export.profile: profile.past max 32 < latency prompt + new_tokens - 1 (127)")
