@@ -5,7 +5,7 @@ casts fp32 activations to fp16 before quantizing them, so its numerics are fp16 
 Saved with bitsandbytes' own state-dict serialization (the tensor names transformers writes for a
 bnb model: `weight`, `SCB` / `weight.absmax`, `weight.quant_map`, `weight.quant_state.*`) in
 safetensors, with transformers' BitsAndBytesConfig keys in config.json, and rebuilt here on load
-without re-quantizing. These models have no ONNX form (see QuantizeConfig.plan_problems).
+without re-quantizing. These models have no ONNX form (refused at plan time by ExportConfig.check).
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
 """Plan-time errors of the quantize step, reported with their key paths before any model loads."""
 
-from types import SimpleNamespace
-
 import pytest
 
 from compress.errors import PlanError
