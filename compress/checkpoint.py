@@ -10,6 +10,7 @@ Written to a temporary sibling and renamed, so a kill never leaves a half-writte
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,28 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
         if entries:
             optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in entries.items()}
     return json.loads((path / STATE_FILE).read_text())
+
+
+def _untied(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """state_dict without tensors that share storage with an earlier one (the tied LM head)."""
+    out, seen = {}, set()
+    for k, v in module.state_dict().items():
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        out[k] = v.detach().cpu().contiguous()
+    return out
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """module's weights as safetensors, written to a temporary file and renamed (a kill leaves the old one)."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(_untied(module), str(tmp))
+    os.replace(tmp, path)
+
+
+def load_weights(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Load weights saved by save_weights (or a state_dict); only tied copies may be missing."""
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
+        raise RuntimeError(f"weights do not match the model ({missing=}, {unexpected=})")

@@ -25,6 +25,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationError, ValidationInfo, model_validator)
 
 from compress.errors import PlanError, UserError
+from compress.guard import Guarded
 from compress.models import check_gpt2_dir, is_local_source
 from compress.steps import StepConfig, step_configs
 from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
@@ -164,7 +165,7 @@ TokenizerSpec = Annotated[
     Discriminator(_tokenizer_tag)]
 
 
-class PretrainConfig(Strict):
+class PretrainConfig(Strict, Guarded):
     """Train a GPT-2 from scratch on data.train (the embedded default teacher)."""
 
     n_layer: int = Field(4, ge=1, le=48)
