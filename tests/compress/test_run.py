@@ -46,3 +46,14 @@ def test_full_run_prints_where_the_report_is(tmp_path, capsys):
 def test_missing_plan_file(tmp_path, capsys):
     assert main([str(tmp_path / "nope.yaml")]) == 2
     assert "plan file not found" in capsys.readouterr().err
+
+
+def test_diverged_distill_fails_the_run_and_is_not_marked_done(tmp_path, capsys):
+    plan = tmp_path / "p.yaml"
+    plan.write_text(PLAN + "steps:\n  - distill: {tokens: 2000, lr: 1.0, seq_len: 32, batch_size: 4, "
+                           "eval_tokens: 1000, eval_every: 2, warmup_steps: 0}\n")
+    assert main([str(plan), "--out", str(tmp_path / "run"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: distill: held-out ppl") and "not marked done" in err[-1]
+    assert (tmp_path / "run" / "00-base" / "DONE").exists()
+    assert not (tmp_path / "run" / "01-distill").exists()  # never renamed into place, so never reused
