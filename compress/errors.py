@@ -17,3 +17,12 @@ class PlanError(UserError):
         lines = [f"{where}{len(self.problems)} problem(s) in the plan:"]
         lines += [f"  {p}" for p in self.problems]
         super().__init__("\n".join(lines))
+
+
+class PlanFileError(PlanError):
+    """The plan file itself cannot be read as YAML (missing, binary, not UTF-8, malformed, a bomb): one line."""
+
+    def __init__(self, problem: str, source: str | None = None):
+        self.problems = [problem]
+        self.source = source
+        UserError.__init__(self, f"{source}: {problem}" if source else problem)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
+    import torch  # annotations only: plan validation must not import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
     from compress.plan import Plan
