@@ -133,7 +133,8 @@ def describe_failure(e: BaseException, run_dir: Path | None) -> tuple[int, str]:
     """(exit code, message) of a failure the user can act on: what failed, where, what was kept, what next."""
     if isinstance(e, (UserError, EvalInputError)):
         return EXIT_USER, str(e)  # a PlanError has one line per problem
-    kept = f"finished steps in {run_dir} are kept" if run_dir is not None else "nothing was written"
+    kept = f"finished steps in {run_dir} are kept" if run_dir is not None and run_dir.is_dir() \
+        else "nothing was written"
     if isinstance(e, OSError):
         where = f" ({e.filename})" if e.filename else ""
         what = e.strerror or (os.strerror(e.errno) if e.errno else str(e))

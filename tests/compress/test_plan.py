@@ -135,3 +135,10 @@ def test_parse_plan_from_dict_and_missing_file_message(tmp_path):
         parse_plan({"model": "gpt2", "data": {"eval": {"builtin": "python-docs"}}})
     with pytest.raises(UserError, match="plan file not found"):
         load_plan(tmp_path / "nope.yaml")
+
+
+def test_unparsable_set_value_is_one_problem_of_the_plan(tmp_path):
+    (tmp_path / "p.yaml").write_text("name: x\n")
+    with pytest.raises(PlanError) as e:
+        load_plan(tmp_path / "p.yaml", ["x=[1"])
+    assert e.value.problems[0].startswith("--set x=[1: the value '[1' is not valid YAML")
