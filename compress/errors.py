@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 
 class UserError(Exception):
     """A mistake in a plan, a path or a model the user gave us (not a bug in the toolkit)."""
@@ -26,3 +29,13 @@ class PlanFileError(PlanError):
         self.problems = [problem]
         self.source = source
         UserError.__init__(self, f"{source}: {problem}" if source else problem)
+
+
+def os_error_of(e: Exception, path: object = None) -> OSError | None:
+    """The OSError inside a safetensors error, which carries it only as text ("Os { code: 28, ... }")."""
+    found = re.search(r"[Oo]s \{ code: (\d+)|os error (\d+)", str(e))
+    if not found:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code), None if path is None else str(path))
+

@@ -19,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.errors import UserError
+from compress.errors import UserError, os_error_of
 
 if TYPE_CHECKING:
     import torch
@@ -99,10 +99,15 @@ def check_safetensors(file: Path) -> None:
             raise bad("its header is not JSON") from None
     if not isinstance(header, dict):
         raise bad("its header is not a JSON object")
-    ends = [v["data_offsets"][1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets") or ()) == 2]
-    if len(ends) != len([k for k in header if k != "__metadata__"]):
-        raise bad("a tensor entry has no data_offsets")
+    ends = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"tensor {name!r} has no valid data_offsets")
+        ends.append(offsets[1])
     if max(ends, default=0) != size - 8 - n:
         raise bad(f"the header describes {max(ends, default=0):,} bytes of tensors, the file holds {size - 8 - n:,}")
 
@@ -187,12 +192,17 @@ def save_model(model: "GPT2LMHeadModel", out_dir: str | Path,
     directory's content, and so every content hash of it, depend on the run directory."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if getattr(model.config, "quantization_config", None) is not None:
-        from compress.quantization.storage import save_quantized_model
+    from safetensors import SafetensorError
 
-        save_quantized_model(model, out_dir)  # packed codes + scales, not fp32 weights
-    else:
-        model.save_pretrained(out_dir, safe_serialization=True)
+    try:
+        if getattr(model.config, "quantization_config", None) is not None:
+            from compress.quantization.storage import save_quantized_model
+
+            save_quantized_model(model, out_dir)  # packed codes + scales, not fp32 weights
+        else:
+            model.save_pretrained(out_dir, safe_serialization=True)
+    except SafetensorError as e:  # a full disk reaches us as text inside a safetensors error
+        raise (os_error_of(e, out_dir) or e) from None
     _drop_name_or_path(out_dir / CONFIG_FILE)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError  # the Rust extension only; safetensors.torch would import torch
 
-from compress.errors import UserError
+from compress.errors import UserError, os_error_of
 from evalsuite.errors import EvalInputError
 
 EXIT_USER = 2  # a plan, input or training problem (UserError)
@@ -141,10 +141,10 @@ def describe_failure(e: BaseException, run_dir: Path | None) -> tuple[int, str]:
         advice = _OS_ADVICE.get(e.errno, "fix the cause and rerun the same command: finished steps are reused")
         return EXIT_WORLD, f"{what}{where}; {kept}; {advice}"
     if isinstance(e, SafetensorError):  # its I/O errors carry the OS error only as text
-        text = str(e)
-        if "code: 28" in text or "os error 28" in text or "No space left" in text:
-            return EXIT_WORLD, f"No space left on device (writing safetensors); {kept}; {_OS_ADVICE[errno.ENOSPC]}"
-        return EXIT_USER, f"safetensors: {text.splitlines()[0] if text else 'unreadable file'}; {kept}"
+        inner = os_error_of(e)
+        if inner is not None:
+            return describe_failure(inner, run_dir)
+        return EXIT_USER, f"safetensors: {str(e).splitlines()[0] if str(e) else 'unreadable file'}; {kept}"
     return EXIT_WORLD, f"out of memory; {kept}; lower batch sizes or free memory and rerun the same command"
 
 

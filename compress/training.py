@@ -16,10 +16,12 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from compress.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from compress.errors import UserError
 from compress.guard import DivergenceError, DivergenceGuard, GuardConfig
 
 log = logging.getLogger(__name__)
@@ -119,7 +121,11 @@ def resume(module: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: 
             state.update(loaded)
             best_file = best_weights_file(checkpoint_dir)
             if state["best_step"] is not None and best_file.exists():
-                best = load_file(str(best_file), device=str(next(module.parameters()).device))
+                try:
+                    best = load_file(str(best_file), device=str(next(module.parameters()).device))
+                except (OSError, SafetensorError) as e:
+                    raise UserError(f"{best_file}: the best weights cannot be read ({e}); delete it and "
+                                    f"{checkpoint_dir}, then rerun: the step restarts from its beginning") from None
             log.info("%s: resuming at step %d (%s)", name, state["step"], checkpoint_dir)
     return state, best
 

@@ -4,7 +4,8 @@
 validation, hashing, the key-path walk) sees the expanded tree: a dozen nested anchors ("billion
 laughs") become 10^12 nodes. The loader here composes the document once, counts the nodes of its
 expansion (memoised per node, so counting is linear in the document), and refuses it above
-MAX_EXPANDED_NODES or when an alias refers to itself. Every failure is a one-line PlanFileError naming the file.
+MAX_EXPANDED_NODES, when an alias refers to itself, or when a mapping repeats a key
+(PyYAML would keep the last silently). Every failure is a one-line PlanFileError naming the file.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def _check_expansion(root: yaml.Node, source: str | None) -> None:
         if key in sizes:
             continue
         kids = _children(node)
+        if not children_done and isinstance(node, yaml.MappingNode):
+            _check_unique_keys(node, source)
         if not children_done:
             if key in open_:
                 raise PlanFileError(f"invalid YAML (line {node.start_mark.line + 1}): an alias refers to its own "
@@ -110,6 +113,18 @@ def _check_expansion(root: yaml.Node, source: str | None) -> None:
             raise PlanFileError(f"invalid YAML (line {node.start_mark.line + 1}): aliases expand to more than "
                                 f"{MAX_EXPANDED_NODES:,} nodes (an alias bomb?); write the values out",
                                 source=source)
+
+
+def _check_unique_keys(node: yaml.MappingNode, source: str | None) -> None:
+    """PyYAML keeps the last of two equal keys without a word; a plan that says a thing twice is refused."""
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        if isinstance(key, yaml.ScalarNode):
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                raise PlanFileError(f"invalid YAML (line {line}): duplicate key {key.value!r} (first on line "
+                                    f"{seen[key.value]})", source=source)
+            seen[key.value] = line
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

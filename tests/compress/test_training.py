@@ -8,6 +8,7 @@ import torch
 
 from compress import DistillConfig, distill
 from compress.checkpoint import STATE_FILE
+from compress.errors import UserError
 from compress.guard import DivergenceError, DivergenceGuard, GuardConfig
 from compress.models import tiny_config, tiny_model
 from compress.plan import PretrainConfig
@@ -90,3 +91,28 @@ def test_the_guard_key_is_validated_and_hash_neutral_at_its_defaults():
         distill_cfg(guard={"max_ppl_rise": 0.5})
     with pytest.raises(ValueError, match="extra"):
         distill_cfg(guard={"colour": 1})
+
+
+def test_a_full_disk_while_checkpointing_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from safetensors import SafetensorError
+
+    def disk_full(tensors, path, metadata=None):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+                              'space left on device" })')
+
+    monkeypatch.setattr("compress.checkpoint.save_file", disk_full)
+    config = tiny_config(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    with pytest.raises(OSError) as e:
+        pretrain(pretrain_cfg(), config, pattern_ids(), checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "ckpt.tmp" / "optimizer.safetensors")
+
+
+def test_an_unreadable_checkpoint_is_a_user_error_naming_it(tmp_path):
+    config = tiny_config(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    ckpt = tmp_path / "ckpt"
+    pretrain(pretrain_cfg(tokens=32 * 8 * 5), config, pattern_ids(), checkpoint_dir=ckpt, progress=False)
+    (ckpt / "optimizer.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(UserError, match=f"{ckpt}: the training checkpoint cannot be read .*delete it and rerun"):
+        pretrain(pretrain_cfg(), config, pattern_ids(), checkpoint_dir=ckpt, progress=False)

@@ -58,3 +58,8 @@ def test_set_values_that_are_not_yaml():
     assert parse_yaml_value("[1, 2]") == [1, 2]
     with pytest.raises(ValueError, match=r"the value '\[1' is not valid YAML \(line 1, column 3\).*quote it"):
         parse_yaml_value("[1")
+
+
+def test_a_key_said_twice_is_refused():
+    with pytest.raises(PlanFileError, match=r"line 3\): duplicate key 'name' \(first on line 1\)"):
+        load_bounded("name: a\nseed: 1\nname: b\n", "p.yaml")
