@@ -61,7 +61,7 @@ def pretrain(cfg: PretrainConfig, config: GPT2Config, train_ids: torch.Tensor,
     torch.manual_seed(cfg.seed)
     model = GPT2LMHeadModel(config).to(device).train()
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
-    state, best = resume(model, optimizer, checkpoint_dir, "pretrain")
+    state, best = resume(model, optimizer, checkpoint_dir, "pretraining")
 
     def step_fn(step: int) -> dict[str, float]:
         loss_sum = 0.0

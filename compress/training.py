@@ -110,8 +110,10 @@ def best_weights_file(checkpoint_dir: Path | None) -> Path | None:
 
 
 def resume(module: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: Path | None,
-           name: str) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """The loop's state (restored from checkpoint_dir when one is there) and the best weights so far."""
+           what: str) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """The loop's state (restored from checkpoint_dir when one is there) and the best weights so far.
+
+    `what` names the training in the log line ("resuming pretraining from step 40 (...)")."""
     state: dict[str, Any] = {"step": 0, "best_ppl": None, "best_step": None, "bad_evals": 0, "before": None,
                              "after": None, "grad_scale": None, "first_loss": None}
     best = None
@@ -126,7 +128,7 @@ def resume(module: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: 
                 except (OSError, SafetensorError) as e:
                     raise UserError(f"{best_file}: the best weights cannot be read ({e}); delete it and "
                                     f"{checkpoint_dir}, then rerun: the step restarts from its beginning") from None
-            log.info("%s: resuming at step %d (%s)", name, state["step"], checkpoint_dir)
+            log.info("resuming %s from step %d (%s)", what, state["step"], checkpoint_dir)
     return state, best
 
 

@@ -5,6 +5,8 @@ This package imports nothing from `compress` or `export`; a backend plugs in thr
 light submodule (evalsuite.errors, evalsuite.data) does not import torch.
 """
 
+import sys
+import types
 from importlib import import_module
 
 _LAZY = {"PerplexityResult": "evalsuite.perplexity", "perplexity": "evalsuite.perplexity",
@@ -16,3 +18,15 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'evalsuite' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        # Importing the submodule evalsuite.perplexity sets this package's `perplexity` to it; the
+        # package's `perplexity` is the function (as when it was imported eagerly).
+        if name == "perplexity" and isinstance(value, types.ModuleType):
+            value = value.perplexity
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -135,7 +135,7 @@ def run_distillation(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, train_i
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main_process()
     micro = cfg.micro_batch(world)
     tokens_per_step = micro * cfg.seq_len * cfg.grad_accum * world
-    state, best = resume(module, optimizer, checkpoint_dir, "distill")
+    state, best = resume(module, optimizer, checkpoint_dir, "distillation")
 
     model = nn.parallel.DistributedDataParallel(module) if world > 1 else module  # broadcasts rank 0's weights
     use_amp = device.type == "cuda" and cfg.amp != "off"
