@@ -55,6 +55,15 @@ def check_gpt2_dir(path: str | Path) -> Path:
                             "loaded, so gpt2-edge refuses it; convert it to model.safetensors on a machine you trust "
                             "(torch.load(file, weights_only=True), then safetensors.torch.save_model)")
         raise UserError(f"{path}: no weights (*.safetensors) next to {CONFIG_FILE}")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():  # sharded: every shard the index names must be there
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{index}: not a safetensors index (no weight_map)") from None
+        missing = sorted(str(s) for s in shards if not (path / str(s)).is_file())
+        if missing:
+            raise UserError(f"{index}: names shard(s) that are missing: {', '.join(missing)}")
     for f in weights:
         check_safetensors(f)
     return path

@@ -113,3 +113,12 @@ def test_saved_config_does_not_name_where_the_model_came_from(tiny, tmp_path):
         save_model(model, tmp_path / name)
         assert "_name_or_path" not in json.loads((tmp_path / name / "config.json").read_text()), name
     assert load_model(tmp_path / "quantized") is not None  # still reloads
+
+
+def test_a_sharded_checkpoint_missing_a_shard_is_refused(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path, max_shard_size="100KB")
+    shards = sorted(tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and check_gpt2_dir(tmp_path) == tmp_path
+    shards[-1].unlink()
+    with pytest.raises(UserError, match=f"model.safetensors.index.json: names shard\\(s\\) that are missing: {shards[-1].name}"):
+        check_gpt2_dir(tmp_path)
