@@ -145,3 +145,13 @@ def test_threads_come_from_the_cli_then_the_plan_then_the_environment(monkeypatc
     assert choose_threads(2, 5) == 2 and choose_threads(None, 5) == 5 and choose_threads(None, None) == 3
     monkeypatch.delenv("OMP_NUM_THREADS")
     assert choose_threads(None, None) == physical_cores() >= 1
+
+
+def test_diverged_pretraining_fails_the_base_step(tmp_path, capsys):
+    plan = tmp_path / "p.yaml"
+    plan.write_text(PLAN)
+    assert main([str(plan), "--out", str(tmp_path / "run"), "-q", "--threads", "1",
+                 "--set", "model.pretrain.lr=1.0", "--set", "model.pretrain.warmup_steps=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: pretrain: held-out ppl") and "lower model.pretrain.lr (now 1)" in err
+    assert not (tmp_path / "run" / "00-base").exists()
