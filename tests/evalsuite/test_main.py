@@ -81,11 +81,18 @@ def _extra_tensor_dir(model_dir):
     return model_dir
 
 
+def _truncated(model_dir):
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    return model_dir
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing", "missing: no such file or directory"),
     (lambda d: d.parent, "not a model directory"),
     (_quantized_dir, "quantized checkpoint; quantized checkpoints load only with gpt2-edge's compress package"),
     (_extra_tensor_dir, "not a stock GPT-2 checkpoint (1 tensors do not match, e.g. transformer.h.0.mlp.c_fc.qweight)"),
+    (lambda d: _truncated(d), "cannot load the checkpoint (Error while deserializing header"),
 ])
 def test_bad_model_is_one_line_error(model_dir, text_file, capsys, make, message):
     assert main([str(make(model_dir)), "--data", str(text_file), *FAST]) == 2
