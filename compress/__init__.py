@@ -1,7 +1,22 @@
-"""gpt2-edge: shrink a GPT-2 (prune, distil, quantize) and run plans of such steps."""
+"""gpt2-edge: shrink a GPT-2 (prune, distil, quantize) and run plans of such steps.
+
+    from compress import prune, PruneConfig, distill, DistillConfig, quantize, QuantizeConfig
+
+The names are imported on first use, so `python -m compress.run --help` and plan errors answer
+without importing torch.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from compress.distillation import DistillConfig, distill  # noqa: E402
-from compress.pruning import PruneConfig, prune  # noqa: E402
-from compress.quantization import QuantizeConfig, quantize  # noqa: E402
+_LAZY = {"DistillConfig": "compress.distillation", "distill": "compress.distillation",
+         "PruneConfig": "compress.pruning", "prune": "compress.pruning",
+         "QuantizeConfig": "compress.quantization", "quantize": "compress.quantization"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'compress' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
+from compress.guard import Guarded
 from compress.hashing import digest, dir_digest
 from compress.model_shape import HUB_CONFIGS, Shape, source_shape
 from compress.models import is_local_source
@@ -42,7 +43,7 @@ TokenizerSpec = Annotated[
     Discriminator(_tokenizer_tag)]
 
 
-class PretrainConfig(Strict):
+class PretrainConfig(Strict, Guarded):
     """Train a GPT-2 from scratch on data.train (the embedded default teacher)."""
 
     n_layer: int = Field(4, ge=1, le=48)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 
 class UserError(Exception):
     """A mistake in a plan, a path or a model the user gave us (not a bug in the toolkit)."""
@@ -17,3 +20,22 @@ class PlanError(UserError):
         lines = [f"{where}{len(self.problems)} problem(s) in the plan:"]
         lines += [f"  {p}" for p in self.problems]
         super().__init__("\n".join(lines))
+
+
+class PlanFileError(PlanError):
+    """The plan file itself cannot be read as YAML (missing, binary, not UTF-8, malformed, a bomb): one line."""
+
+    def __init__(self, problem: str, source: str | None = None):
+        self.problems = [problem]
+        self.source = source
+        UserError.__init__(self, f"{source}: {problem}" if source else problem)
+
+
+def os_error_of(e: Exception, path: object = None) -> OSError | None:
+    """The OSError inside a safetensors error, which carries it only as text ("Os { code: 28, ... }")."""
+    found = re.search(r"[Oo]s \{ code: (\d+)|os error (\d+)", str(e))
+    if not found:
+        return None
+    code = int(found.group(1) or found.group(2))
+    return OSError(code, os.strerror(code), None if path is None else str(path))
+

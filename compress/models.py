@@ -1,21 +1,33 @@
 """Load and save GPT-2 checkpoints and tokenizers; tiny configs for tests.
 
-Every torch step reads and writes a stock `GPT2LMHeadModel` directory made by `save_pretrained`
-(safetensors), with the tokenizer files beside it, so any step's output reloads with plain
-`GPT2LMHeadModel.from_pretrained(dir)` and no code from this package.
+Every torch step reads and writes a `GPT2LMHeadModel` directory made by `save_pretrained`
+(safetensors), with the tokenizer files beside it. Unquantized outputs reload with plain
+`GPT2LMHeadModel.from_pretrained(dir)`; quantized ones (packed codes, `quantization_config` in
+config.json) reload with `load_model`.
+
+A model directory is checked before anything reads it (`check_gpt2_dir`, at plan time): config.json
+is a JSON object with model_type gpt2, every *.safetensors file has a complete header and as many
+bytes as the header says, and pickle-only weights (pytorch_model.bin, *.pt, *.ckpt) are refused here,
+before transformers could unpickle them. torch and transformers are imported only when a model is
+really loaded, so plan errors come back fast.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+from compress.errors import UserError, os_error_of
 
-from compress.errors import UserError
+if TYPE_CHECKING:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 CONFIG_FILE = "config.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"))  # either set loads a GPT-2 tokenizer
 
 
 def is_local_source(source: str | Path) -> bool:
@@ -25,88 +37,211 @@ def is_local_source(source: str | Path) -> bool:
 
 
 def check_gpt2_dir(path: str | Path) -> Path:
-    """Return the directory if it holds a GPT-2 checkpoint; raise UserError naming the path if not."""
+    """Return the directory if it holds a readable GPT-2 checkpoint; raise UserError naming the file if not."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"{path}: model directory does not exist")
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"{path}: not a model directory (no {CONFIG_FILE})")
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except json.JSONDecodeError as e:
-        raise UserError(f"{config_file}: invalid JSON ({e})") from None
+    model_type = read_config(path).get("model_type")
     if model_type != "gpt2":
         raise UserError(f"{config_file}: model_type is {model_type!r}, expected 'gpt2'")
-    if not any(path.glob("*.safetensors")) and not (path / "pytorch_model.bin").exists():
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise UserError(f"{path}: the weights are a pickle ({', '.join(pickles)}), which can run code when "
+                            "loaded, so gpt2-edge refuses it; convert it to model.safetensors on a machine you trust "
+                            "(torch.load(file, weights_only=True), then safetensors.torch.save_model)")
         raise UserError(f"{path}: no weights (*.safetensors) next to {CONFIG_FILE}")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():  # sharded: every shard the index names must be there
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{index}: not a safetensors index (no weight_map)") from None
+        missing = sorted(str(s) for s in shards if not (path / str(s)).is_file())
+        if missing:
+            raise UserError(f"{index}: names shard(s) that are missing: {', '.join(missing)}")
+    for f in weights:
+        check_safetensors(f)
     return path
 
 
-def load_model(source: str | Path, dtype: torch.dtype = torch.float32) -> GPT2LMHeadModel:
+def read_config(path: Path) -> dict[str, Any]:
+    """config.json of a model directory as a dict; UserError when it is not a JSON object."""
+    config_file = Path(path) / CONFIG_FILE
+    try:
+        config = json.loads(config_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{config_file}: not UTF-8 JSON (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{config_file}: invalid JSON ({e})") from None
+    except OSError as e:
+        raise UserError(f"{config_file}: cannot read it ({e.strerror})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def check_safetensors(file: Path) -> None:
+    """A truncated or corrupt safetensors file is refused by its header, without reading the tensors.
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
+    data_offsets: [begin, end]}}, then the data; the largest `end` must be the data's length.
+    """
+    def bad(why: str) -> UserError:
+        return UserError(f"{file}: not a readable safetensors file ({why}); it is truncated or corrupt: "
+                         "save or copy the model again")
+    size = file.stat().st_size
+    with open(file, "rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise bad(f"{size} bytes, shorter than the header")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 << 20):
+            raise bad(f"header length {n:,} exceeds the file's {size:,} bytes")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise bad("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    ends = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                and 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"tensor {name!r} has no valid data_offsets")
+        ends.append(offsets[1])
+    if max(ends, default=0) != size - 8 - n:
+        raise bad(f"the header describes {max(ends, default=0):,} bytes of tensors, the file holds {size - 8 - n:,}")
+
+
+def load_model(source: str | Path, dtype: "torch.dtype | None" = None) -> "GPT2LMHeadModel":
     """Load a GPT-2 from a local directory (never touches the network) or a Hugging Face hub id.
 
     Checkpoints stored in fp16/bf16 are upcast to `dtype` (fp32 by default: CPU kernels for half
-    precision are slow and less exact). The model is returned in eval mode.
+    precision are slow and less exact). The model is returned in eval mode. Only safetensors weights
+    are read (use_safetensors=True): nothing is unpickled.
     """
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    dtype = dtype or torch.float32
     if is_local_source(source):
         path = check_gpt2_dir(source)
         if _is_quantized(path):  # packed low-bit weights: rebuilt by compress.quantization
             from compress.quantization.storage import load_quantized
 
             return load_quantized(path).eval()
-        model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=dtype)
+        try:
+            model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=dtype, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError, TypeError) as e:
+            raise UserError(f"{path}: cannot load the model ({_first_line(e)})") from None
     else:
         try:
-            model = GPT2LMHeadModel.from_pretrained(str(source), dtype=dtype)
+            model = GPT2LMHeadModel.from_pretrained(str(source), dtype=dtype, use_safetensors=True)
         except OSError as e:
-            raise UserError(f"model {source!r}: cannot load from the Hugging Face hub ({e})") from None
+            raise UserError(f"model {source!r}: cannot load from the Hugging Face hub ({_first_line(e)})") from None
     return model.eval()
+
+
+def _first_line(e: BaseException) -> str:
+    """The line of an error that says what is wrong (a state_dict error's first size mismatch)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    mismatch = [line for line in lines if line.startswith("size mismatch")]
+    if mismatch:
+        return f"the weights do not match {CONFIG_FILE}: {mismatch[0]}"
+    return lines[0] if lines else type(e).__name__
 
 
 def _is_quantized(path: Path) -> bool:
     """config.json carries a quantization_config (written by compress.quantization)."""
-    return "quantization_config" in json.loads((path / CONFIG_FILE).read_text())
+    return "quantization_config" in read_config(path)
 
 
-def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+def check_tokenizer_dir(path: str | Path) -> Path:
+    """A local tokenizer directory holds tokenizer.json or vocab.json + merges.txt; UserError if not."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"{path}: tokenizer directory does not exist")
+    if not any(all((path / f).is_file() for f in files) for files in TOKENIZER_FILES):
+        raise UserError(f"{path}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt); "
+                        "copy the tokenizer next to the model or set `tokenizer:` in the plan")
+    return path
+
+
+def load_tokenizer(source: str | Path) -> "PreTrainedTokenizerBase":
     """Load the tokenizer stored with a model directory (or a hub id, or a tokenizer directory)."""
+    from transformers import AutoTokenizer
+
     local = is_local_source(source)
-    if local and not Path(source).expanduser().is_dir():
-        raise UserError(f"{source}: tokenizer directory does not exist")
+    if local:
+        check_tokenizer_dir(source)
     try:
         return AutoTokenizer.from_pretrained(str(Path(source).expanduser()) if local else str(source),
                                              local_files_only=local)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{source}: cannot load a tokenizer ({e})") from None
+    except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
+        raise UserError(f"{source}: cannot load a tokenizer ({_first_line(e)})") from None
+    except Exception as e:  # the tokenizers library raises a bare Exception for a corrupt file; nothing else
+        if type(e) is not Exception:
+            raise
+        raise UserError(f"{source}: cannot load a tokenizer; a tokenizer file is corrupt ({_first_line(e)})") from None
 
 
-def save_model(model: GPT2LMHeadModel, out_dir: str | Path,
-               tokenizer: PreTrainedTokenizerBase | None = None) -> Path:
-    """Save with save_pretrained (safetensors) and, when given, the tokenizer beside it."""
+def save_model(model: "GPT2LMHeadModel", out_dir: str | Path,
+               tokenizer: "PreTrainedTokenizerBase | None" = None) -> Path:
+    """Save with save_pretrained (safetensors) and, when given, the tokenizer beside it.
+
+    config.json carries no `_name_or_path` (where the model was loaded from): it would make the
+    directory's content, and so every content hash of it, depend on the run directory."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if getattr(model.config, "quantization_config", None) is not None:
-        from compress.quantization.storage import save_quantized_model
+    from safetensors import SafetensorError
 
-        save_quantized_model(model, out_dir)  # packed codes + scales, not fp32 weights
-    else:
-        model.save_pretrained(out_dir, safe_serialization=True)
+    try:
+        if getattr(model.config, "quantization_config", None) is not None:
+            from compress.quantization.storage import save_quantized_model
+
+            save_quantized_model(model, out_dir)  # packed codes + scales, not fp32 weights
+        else:
+            model.save_pretrained(out_dir, safe_serialization=True)
+    except SafetensorError as e:  # a full disk reaches us as text inside a safetensors error
+        raise (os_error_of(e, out_dir) or e) from None
+    _drop_name_or_path(out_dir / CONFIG_FILE)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
+def _drop_name_or_path(config_file: Path) -> None:
+    config = json.loads(config_file.read_text())
+    if "_name_or_path" in config:
+        del config["_name_or_path"]
+        tmp = config_file.with_name(config_file.name + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tmp.replace(config_file)
+
+
 def tiny_config(vocab_size: int = 256, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
-                n_positions: int = 128, n_inner: int | None = None) -> GPT2Config:
+                n_positions: int = 128, n_inner: int | None = None) -> "GPT2Config":
     """A small GPT-2 config for tests and quick experiments (no dropout, so outputs are exact)."""
+    from transformers import GPT2Config
+
     return GPT2Config(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                       n_positions=n_positions, n_inner=n_inner, resid_pdrop=0.0, embd_pdrop=0.0,
                       attn_pdrop=0.0, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
 
 
-def tiny_model(seed: int = 0, **config_kwargs) -> GPT2LMHeadModel:
+def tiny_model(seed: int = 0, **config_kwargs) -> "GPT2LMHeadModel":
     """A randomly initialised tiny GPT-2 (see tiny_config), in eval mode."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
     torch.manual_seed(seed)
     return GPT2LMHeadModel(tiny_config(**config_kwargs)).eval()
 

@@ -29,6 +29,7 @@ from compress.errors import PlanError, UserError
 from compress.plan_check import check_steps
 from compress.plan_types import ExistingPath, ModelSource, PlanPath, Strict  # noqa: F401 (re-exported)
 from compress.steps import StepConfig, missing_steps_hint, step_configs
+from compress.yaml_io import compose_bounded, parse_yaml_value, read_yaml_file
 from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
@@ -120,6 +121,8 @@ class Plan(Strict):
     model: ModelSpec
     tokenizer: ExistingPath | None = Field(None, description="default: the model's own")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: int | None = Field(None, ge=1, le=1024, description="torch threads of the run (the CLI's --threads "
+                                                                 "wins); default: the physical cores")
     seed: int = 0
     data: DataConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -147,16 +150,7 @@ class Plan(Strict):
 def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Plan:
     """Read, override (`--set a.b=v`) and validate a plan file; PlanError lists every problem."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: plan file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise PlanError([f"invalid YAML{where}: {problem}"], source=str(path)) from None
+    raw, root = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise PlanError(["the plan must be a YAML mapping (name:, model:, data:, steps:)"], source=str(path))
     problems = []
@@ -165,7 +159,7 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             apply_override(raw, item)
         except ValueError as e:
             problems.append(f"--set {item}: {e}")
-    lines = _yaml_lines(text)
+    lines = _node_lines(root)
     return parse_plan(raw, base_dir=path.parent.resolve(), source=str(path), lines=lines, problems=problems)
 
 
@@ -266,24 +260,32 @@ def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
 def _yaml_lines(text: str) -> dict[tuple, int]:
     """Map each key path in the YAML document to its 1-based line number."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        return _node_lines(compose_bounded(text))
+    except (yaml.YAMLError, PlanError):
         return {}
-    out: dict[tuple, int] = {}
 
-    def walk(node: yaml.Node, path: tuple) -> None:
+
+def _node_lines(root: yaml.Node | None) -> dict[tuple, int]:
+    """Key path -> line of a composed document. A node reached again through an alias is not walked
+    again (a path through an alias reports the alias's line), so an alias bomb costs linear time."""
+    out: dict[tuple, int] = {}
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple]] = [(root, ())] if root is not None else []
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        children = []
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
-                p = (*path, key.value)
-                out[p] = key.start_mark.line + 1
-                walk(value, p)
+                out[(*path, key.value)] = key.start_mark.line + 1
+                children.append((value, (*path, key.value)))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
                 out[(*path, i)] = item.start_mark.line + 1
-                walk(item, (*path, i))
-
-    if root is not None:
-        walk(root, ())
+                children.append((item, (*path, i)))
+        stack.extend(reversed(children))  # depth first in document order: an anchor before its aliases
     return out
 
 
@@ -308,7 +310,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         else:
             raise ValueError(f"{'.'.join(parts[:depth])} is not a mapping or list")
         if last:
-            node[part] = yaml.safe_load(value)
+            node[part] = parse_yaml_value(value)
         else:
             node = node[part]
 

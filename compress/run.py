@@ -1,15 +1,35 @@
-"""python -m compress.run plan.yaml [--out DIR] [--set key.path=value ...] [--dry-run]"""
+"""python -m compress.run plan.yaml [--out DIR] [--set key.path=value ...] [--dry-run] [--threads N]
+
+Every failure a user can cause or meet (a bad plan, an unreadable model, a full disk, a read-only
+--out, a diverged training) ends as one line on stderr and a non-zero exit, without a traceback:
+it says what failed, where, what was kept and how to go on. `--debug` (or GPT2_EDGE_DEBUG=1) shows
+the traceback instead. Plan errors come back before torch is imported (see the lazy imports below).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
-from compress import distributed
-from compress.errors import UserError
+from safetensors import SafetensorError  # the Rust extension only; safetensors.torch would import torch
+
+from compress.errors import UserError, os_error_of
 from evalsuite.errors import EvalInputError
+
+EXIT_USER = 2  # a plan, input or training problem (UserError)
+EXIT_WORLD = 3  # the machine said no: disk full, read-only, permissions, out of memory
+
+_OS_ADVICE = {
+    errno.ENOSPC: "free space and rerun the same command: finished steps are reused",
+    errno.EDQUOT: "free space (disk quota exceeded) and rerun the same command: finished steps are reused",
+    errno.EROFS: "choose a writable --out",
+    errno.EACCES: "choose a writable --out, or fix the permissions",
+    errno.EPERM: "choose a writable --out, or fix the permissions",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,42 +42,110 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a plan value, e.g. --set steps.0.prune.mlp=0.3 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved plan and what each step will do; load no model")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads (default: the plan's `threads`, else OMP_NUM_THREADS, else the physical "
+                        "cores); recorded in manifest.json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also: GPT2_EDGE_DEBUG=1)")
     return p
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share a core's FPUs; spinning on them is slower)."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = set()
+    try:
+        physical = core = None
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                physical = value.strip()
+            elif key.strip() == "core id":
+                core = value.strip()
+                cores.add((physical, core))
+    except OSError:
+        pass
+    return max(1, min(allowed, len(cores) or allowed))
+
+
+def choose_threads(cli: int | None, plan: int | None) -> int:
+    if cli is not None:
+        if cli < 1:
+            raise UserError(f"--threads: must be at least 1 (got {cli})")
+        return cli
+    if plan is not None:
+        return plan
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else physical_cores()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # under torchrun only rank 0 reports progress; the other ranks speak up on warnings
-    logging.basicConfig(level=logging.INFO if distributed.env_rank() == 0 else logging.WARNING,
-                        format="%(message)s", stream=sys.stderr)
+    debug = args.debug or os.environ.get("GPT2_EDGE_DEBUG", "") not in ("", "0")
+    rank = int(os.environ.get("RANK", "0"))  # torchrun's; only rank 0 reports progress
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s", stream=sys.stderr)
     for noisy in ("transformers", "torch", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    run_dir = args.out
     try:
-        from compress.plan import dump_plan, load_plan
-        from compress.runner import dry_run, run_plan
+        from compress.yaml_io import read_yaml_file
+
+        read_yaml_file(args.plan)  # the file itself (missing, binary, bad YAML) fails before the schema is built
+        from compress.plan import dump_plan, load_plan  # no torch: plan errors come back in about a second
 
         plan = load_plan(args.plan, args.overrides)
         run_dir = args.out or Path("runs") / plan.name
+        threads = choose_threads(args.threads, plan.threads)
         if args.dry_run:
+            from compress.runner import dry_run
+
             print(dump_plan(plan))
             print(f"# run directory: {run_dir}")
+            print(f"# threads: {threads}")
             for line in dry_run(plan, run_dir):
                 print(line)
             return 0
+        import torch
+
+        torch.set_num_threads(threads)  # manifest.json records it (cpu_threads)
+        from compress.runner import run_plan
+
         result = run_plan(plan, run_dir, progress=not args.quiet)
-    except (UserError, EvalInputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: finished steps are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except (UserError, EvalInputError, OSError, SafetensorError, MemoryError) as e:
+        if debug:
+            raise
+        code, line = describe_failure(e, run_dir)
+        print(f"error: {line}", file=sys.stderr)
+        return code
     finally:
-        distributed.shutdown()
-    if distributed.env_rank() != 0:
+        if "compress.distributed" in sys.modules:
+            sys.modules["compress.distributed"].shutdown()
+    if rank != 0:
         return 0
     print(f"\nReport: {result.report}  (run took {result.wall_s:.1f} s; metrics in {result.run_dir / 'metrics.csv'})")
     return 0
+
+
+def describe_failure(e: BaseException, run_dir: Path | None) -> tuple[int, str]:
+    """(exit code, message) of a failure the user can act on: what failed, where, what was kept, what next."""
+    if isinstance(e, (UserError, EvalInputError)):
+        return EXIT_USER, str(e)  # a PlanError has one line per problem
+    kept = f"finished steps in {run_dir} are kept" if run_dir is not None and run_dir.is_dir() \
+        else "nothing was written"
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        what = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+        advice = _OS_ADVICE.get(e.errno, "fix the cause and rerun the same command: finished steps are reused")
+        return EXIT_WORLD, f"{what}{where}; {kept}; {advice}"
+    if isinstance(e, SafetensorError):  # its I/O errors carry the OS error only as text
+        inner = os_error_of(e)
+        if inner is not None:
+            return describe_failure(inner, run_dir)
+        return EXIT_USER, f"safetensors: {str(e).splitlines()[0] if str(e) else 'unreadable file'}; {kept}"
+    return EXIT_WORLD, f"out of memory; {kept}; lower batch sizes or free memory and rerun the same command"
 
 
 if __name__ == "__main__":

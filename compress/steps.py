@@ -22,7 +22,6 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict
 
 from compress.errors import UserError
@@ -30,6 +29,7 @@ from compress.hashing import digest
 from compress.plan_state import Check, PlanState
 
 if TYPE_CHECKING:
+    import torch  # annotations only: plan validation must not import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
     from compress.plan import Plan

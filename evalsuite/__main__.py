@@ -1,5 +1,6 @@
 """python -m evalsuite MODEL --data PATH [...]    measure one model, print its report row
-python -m evalsuite compare RUN_A RUN_B          two runs' tables and their ratios
+python -m evalsuite compare RUN_A RUN_B [--force] two runs' tables and their ratios (refused when
+                                                 they measured perplexity differently)
 
 MODEL is a GPT-2 checkpoint directory, an ONNX file (or a directory with one), or a step directory
 of a run (runs/<name>/03-quantize). Exit status 2 and one line on stderr for bad input.
@@ -47,6 +48,9 @@ def compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evalsuite compare", description="Compare two run directories.")
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
+    p.add_argument("--force", action="store_true",
+                   help="print ratios even when the runs measured perplexity differently (tokenizer, eval data, "
+                        "seq_len, stride), marked NOT COMPARABLE")
     return p
 
 
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             from evalsuite.compare import compare_runs
 
             args = compare_parser().parse_args(argv[1:])
-            print(compare_runs(args.run_a, args.run_b))
+            print(compare_runs(args.run_a, args.run_b, force=args.force))
         else:
             print(run_eval(argv))
     except EvalInputError as e:

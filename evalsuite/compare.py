@@ -1,7 +1,15 @@
-"""Two runs side by side: each run's table, then B / A ratios for the steps both have, and their best points."""
+"""Two runs side by side: each run's table, then B / A ratios for the steps both have, and their best points.
+
+A perplexity ratio means something only when both runs scored the same tokens: the same tokenizer,
+the same eval text, the same seq_len and stride. `compare_runs` checks that first and refuses
+(EvalInputError, exit 2) when any differs, saying what; `force=True` prints the ratios anyway under
+a loud NOT COMPARABLE line. Steps present in only one run are listed, never dropped silently.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +48,69 @@ def ratio_table(pairs: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def compare_runs(run_a: str | Path, run_b: str | Path) -> str:
+def run_protocol(run_dir: str | Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a run's perplexities depend on: tokenizer fingerprint, eval text, seq_len, stride."""
+    run_dir = Path(run_dir).expanduser()
+    evals = [r["eval"] for r in rows if isinstance(r.get("eval"), dict)]
+    first = evals[0] if evals else {}
+    plan_file = run_dir / "plan.resolved.yaml"
+    plan = yaml.safe_load(plan_file.read_text()) if plan_file.is_file() else None
+    data = get(plan, "data.eval") if isinstance(plan, dict) else None
+    if isinstance(data, dict):  # the text and how much of it; seq_len and stride are compared on their own
+        data = {k: v for k, v in data.items() if k not in ("seq_len", "stride") and v is not None}
+    return {"tokenizer": tokenizer_fingerprint(run_dir / rows[0]["step"] / "model"),
+            "eval data": data if data else first.get("data"), "seq_len": first.get("seq_len"),
+            "stride": first.get("stride"), "eval tokens": first.get("tokens_total")}
+
+
+def tokenizer_fingerprint(model_dir: Path) -> str | None:
+    """A short hash of the vocabulary and merges stored beside a model (None when there are none)."""
+    vocab = merges = None
+    if (model_dir / "tokenizer.json").is_file():
+        model = json.loads((model_dir / "tokenizer.json").read_text()).get("model") or {}
+        vocab, merges = model.get("vocab"), model.get("merges")
+    elif (model_dir / "vocab.json").is_file():
+        vocab = json.loads((model_dir / "vocab.json").read_text())
+        merges_file = model_dir / "merges.txt"
+        merges = merges_file.read_text().splitlines()[1:] if merges_file.is_file() else None
+    if vocab is None:
+        return None
+    # merges are "a b" strings in merges.txt and in older tokenizer.json files, [a, b] pairs in newer ones
+    merges = [" ".join(m) if isinstance(m, list) else m for m in merges or []]
+    blob = json.dumps([sorted(vocab.items()), merges], ensure_ascii=False).encode()
+    return f"{len(vocab)} tokens, sha256 {hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def protocol_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """'what: A vs B' for every protocol field that differs (unknown on one side counts as different)."""
+    return [f"{k}: {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path, force: bool = False) -> str:
     (rows_a, budget_a), (rows_b, budget_b) = load_run(run_a), load_run(run_b)
+    differences = protocol_differences(run_protocol(run_a, rows_a), run_protocol(run_b, rows_b))
+    if differences and not force:
+        raise EvalInputError(f"{run_a} and {run_b} are not comparable: their perplexities were measured "
+                             f"differently ({'; '.join(differences)}); rerun one with the other's tokenizer and "
+                             "data.eval, or pass --force to print the ratios marked NOT COMPARABLE")
     out = [f"# A: {run_a}", "", verdict(rows_a, budget_a), "", markdown_table(rows_a, budget_a), "",
-           f"# B: {run_b}", "", verdict(rows_b, budget_b), "", markdown_table(rows_b, budget_b), "",
-           "# B / A (below 1: B is lower; for tokens/s higher is better, for the rest lower is)", ""]
+           f"# B: {run_b}", "", verdict(rows_b, budget_b), "", markdown_table(rows_b, budget_b), ""]
+    if differences:
+        out += ["**NOT COMPARABLE (--force): the runs measured perplexity differently: "
+                + "; ".join(differences) + ". The ratios below mix different measurements.**", ""]
+    out += ["# B / A (below 1: B is lower; for tokens/s higher is better, for the rest lower is)", ""]
     by_name_b = {r["step"]: r for r in rows_b}
+    names_a = {r["step"] for r in rows_a}
+    only_a = [r["step"] for r in rows_a if r["step"] not in by_name_b]
+    only_b = [r["step"] for r in rows_b if r["step"] not in names_a]
     pairs = [(a["step"], a, by_name_b[a["step"]]) for a in rows_a if a["step"] in by_name_b]
     best_a, best_b = best_index(rows_a, budget_a), best_index(rows_b, budget_b)
     if best_a is not None and best_b is not None:
         pairs.append((f"best: {rows_a[best_a]['step']} → {rows_b[best_b]['step']}", rows_a[best_a], rows_b[best_b]))
-    if not pairs:
-        return "\n".join(out + ["(no step name in common and no best point in both runs)"])
-    return "\n".join(out + [ratio_table(pairs)])
+    table = [ratio_table(pairs)] if pairs else ["(no step name in common and no best point in both runs)"]
+    unmatched = []
+    if only_a:
+        unmatched.append(f"Steps only in A (no ratio): {', '.join(only_a)}")
+    if only_b:
+        unmatched.append(f"Steps only in B (no ratio): {', '.join(only_b)}")
+    return "\n".join(out + table + ([""] + unmatched if unmatched else []))

@@ -14,9 +14,12 @@ import zlib
 from functools import lru_cache
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from evalsuite.errors import EvalInputError
+
+if TYPE_CHECKING:
+    import torch  # imported where tensors are made: plan validation reads text without torch
 
 TEXT_SUFFIXES = (".txt", ".raw", ".md", ".text")
 JOIN = "\n\n"
@@ -93,6 +96,8 @@ def builtin_text(name: str = "python-docs", split: str = "train") -> str:
 
 def tokenize(text: str, tokenizer) -> torch.Tensor:
     """The whole text as one stream of token ids (1-D LongTensor), no special tokens added."""
+    import torch
+
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     if not ids:
         raise EvalInputError("the text tokenizes to zero tokens")

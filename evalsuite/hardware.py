@@ -29,8 +29,6 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Target:
@@ -64,6 +62,8 @@ KNOWN_TARGETS = (*TARGETS, HOST)
 @lru_cache(maxsize=1)
 def measure_host_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
     """This machine's copy bandwidth in GB/s (bytes read + bytes written per second), best of N."""
+    import numpy as np  # here, not at the top: the plan reads the target catalog without numpy
+
     src = np.ones(n_bytes // 8, dtype=np.float64)
     dst = np.empty_like(src)
     best = float("inf")

@@ -12,7 +12,9 @@ What "best" and "Pareto front" mean is defined in evalsuite.summary.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,8 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], title: str, notes: l
 
     run_dir = Path(run_dir)
     svg = write_pareto(rows, run_dir / "pareto.png", title, ppl_budget)
-    (run_dir / "report.md").write_text(markdown_report(rows, title, notes, ppl_budget))
-    (run_dir / "report.html").write_text(render_html(rows, title, svg, notes, ppl_budget))
+    write_atomic(run_dir / "report.md", markdown_report(rows, title, notes, ppl_budget))
+    write_atomic(run_dir / "report.html", render_html(rows, title, svg, notes, ppl_budget))
     write_csv(run_dir / "metrics.csv", rows)
     if tensorboard:
         write_tensorboard(run_dir / "tensorboard" / "metrics", rows)
@@ -88,15 +90,24 @@ def _markdown_samples(rows: list[dict[str, Any]]) -> list[str]:
     return md
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a temporary sibling, then rename it over `path`: a kill mid-write leaves the old file whole."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     flat = [_flatten({k: v for k, v in r.items() if k not in CSV_SKIP}) for r in rows]
     keys: list[str] = []
     for f in flat:
         keys += [k for k in f if k not in keys]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(flat)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(flat)
+    write_atomic(path, buf.getvalue())
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -7,10 +7,12 @@ deterministic, so two runs of the same model print the same text.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from evalsuite.errors import EvalInputError
-from evalsuite.runner import Runner
+
+if TYPE_CHECKING:  # torch is imported by greedy(): the plan reads DEFAULT_PROMPTS without it
+    from evalsuite.runner import Runner
 
 # Prose openings that fit both the python-docs quickstart corpus and the novels of ../shared/data.
 DEFAULT_PROMPTS = (
@@ -23,6 +25,8 @@ DEFAULT_NEW_TOKENS = 32
 
 def greedy(runner: Runner, prompt_ids: list[int], new_tokens: int, eos_id: int | None = None) -> list[int]:
     """Argmax-decode up to `new_tokens` ids after `prompt_ids` with the KV cache; stop at eos."""
+    import torch
+
     if not prompt_ids:
         raise EvalInputError("samples: the prompt tokenizes to zero tokens")
     # Keep within the model's positions: the last part of an over-long prompt, then what fits.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from evalsuite.backends import BackendUnavailable, open_runner
 from evalsuite.data import read_text, tokenize
@@ -85,7 +86,7 @@ def load_torch_runner(path: Path, device: str = "cpu") -> TorchRunner:
     try:
         model, info = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=torch.float32,
                                                       output_loading_info=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # truncated file, shapes vs config.json
         raise EvalInputError(f"{path}: cannot load the checkpoint ({str(e).splitlines()[0]})") from None
     odd = info["unexpected_keys"] + info["missing_keys"]
     if odd:  # e.g. packed int4 weights and scales that a stock GPT-2 has no place for

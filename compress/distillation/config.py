@@ -15,6 +15,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
                       model_validator)
 
+from compress.guard import Guarded
 from compress.model_shape import Shape, source_shape
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import ModelSource
@@ -80,7 +81,7 @@ class StudentInit(_Strict):
         return self.n_layer if self.n_layer is not None else len(self.layers or [])
 
 
-class DistillConfig(StepConfig):
+class DistillConfig(StepConfig, Guarded):
     """Distil a student GPT-2 from a teacher GPT-2 on data.train (KL + CE + hidden-state losses)."""
 
     kind: ClassVar[str] = "distill"

@@ -1,20 +1,15 @@
-"""Held-out checks during distillation, and the weight files of the trained module."""
+"""Held-out checks during distillation: the split of the training stream, student vs teacher metrics."""
 
 from __future__ import annotations
 
-import math
-import os
-from pathlib import Path
-
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from transformers import GPT2LMHeadModel
 
 from compress.distillation.config import DistillConfig
 from compress.distillation.losses import kl_loss
 from compress.errors import UserError
+from compress.guard import safe_exp
 
 
 def split_heldout(ids: torch.Tensor, cfg: DistillConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -53,29 +48,4 @@ def heldout_eval(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, ids: torch.
         kl += float(kl_loss(s, t, 1.0)) * y.numel()
     student.train(was_training)
     count = n * seq_len
-    return {"ppl": math.exp(s_nll / count), "kl": kl / count, "teacher_ppl": math.exp(t_nll / count)}
-
-
-def _untied(module: nn.Module) -> dict[str, torch.Tensor]:
-    """state_dict without tensors that share storage with an earlier one (the tied LM head)."""
-    out, seen = {}, set()
-    for k, v in module.state_dict().items():
-        if v.data_ptr() in seen:
-            continue
-        seen.add(v.data_ptr())
-        out[k] = v.detach().cpu().contiguous()
-    return out
-
-
-def save_weights(module: nn.Module, path: Path) -> None:
-    """module's weights as safetensors, written to a temporary file and renamed (a kill leaves the old one)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(_untied(module), str(tmp))
-    os.replace(tmp, path)
-
-
-def load_weights(module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Load weights saved by save_weights (or a state_dict); only tied copies may be missing."""
-    missing, unexpected = module.load_state_dict(tensors, strict=False)
-    if unexpected or any(not k.endswith("lm_head.weight") for k in missing):
-        raise RuntimeError(f"weights do not match the model ({missing=}, {unexpected=})")
+    return {"ppl": safe_exp(s_nll / count), "kl": kl / count, "teacher_ppl": safe_exp(t_nll / count)}

@@ -10,9 +10,7 @@ perplexity, early stopping and choosing the best weights; they are never trained
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,19 +18,15 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
-from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel
 
 from compress import distributed as dist
-from compress.checkpoint import load_checkpoint, save_checkpoint
+from compress.checkpoint import save_weights
 from compress.distillation.config import DistillConfig
-from compress.distillation.evaluate import heldout_eval, load_weights, save_weights, split_heldout
+from compress.distillation.evaluate import heldout_eval, split_heldout
 from compress.distillation.losses import HiddenProjection, ce_loss, even_layer_map, hidden_loss, kl_loss
 from compress.errors import UserError
-from compress.training import adamw, lr_at, sample_batch
-
-log = logging.getLogger(__name__)
+from compress.training import LoopSpec, adamw, resume, sample_batch, train_loop
 
 
 class Distiller(nn.Module):
@@ -141,96 +135,27 @@ def run_distillation(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, train_i
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main_process()
     micro = cfg.micro_batch(world)
     tokens_per_step = micro * cfg.seq_len * cfg.grad_accum * world
-    total = math.ceil(cfg.tokens / tokens_per_step)
-    state: dict[str, Any] = {"step": 0, "best_ppl": None, "best_step": None, "bad_evals": 0, "before": None,
-                             "after": None, "grad_scale": None}
-    best_file = checkpoint_dir.with_name(checkpoint_dir.name + ".best.safetensors") if checkpoint_dir else None
-    best: dict[str, torch.Tensor] | None = None
-    if checkpoint_dir is not None:
-        loaded = load_checkpoint(checkpoint_dir, module, optimizer)
-        if loaded is not None:
-            state.update(loaded)
-            if state["best_step"] is not None and best_file.exists():
-                best = load_file(str(best_file), device=str(device))
-            log.info("resuming distillation at step %d/%d (%s)", state["step"], total, checkpoint_dir)
+    state, best = resume(module, optimizer, checkpoint_dir, "distillation")
 
     model = nn.parallel.DistributedDataParallel(module) if world > 1 else module  # broadcasts rank 0's weights
     use_amp = device.type == "cuda" and cfg.amp != "off"
     amp_dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, init_scale=state["grad_scale"] or 2.0 ** 16,
                                   enabled=use_amp and cfg.amp == "fp16")
-    writer = _writer(tensorboard_dir, state["step"]) if main else None
-    evaluate = _evaluator(module, teacher, held_ids, cfg, use_amp, amp_dtype)
+    spec = LoopSpec(name="distill", total_steps=math.ceil(cfg.tokens / tokens_per_step),
+                    tokens_per_step=tokens_per_step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+                    min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
+                    checkpoint_every=cfg.checkpoint_every, patience=cfg.patience, guard=cfg.guard,
+                    advice=f"lower lr (now {cfg.lr:g}), raise warmup_steps or set amp: off, then rerun")
 
-    if state["before"] is None and held_ids is not None:
-        state["before"] = evaluate()
-        log.info("distill: before training, held-out ppl %.2f (teacher %.2f), KL %.4f",
-                 state["before"]["ppl"], state["before"]["teacher_ppl"], state["before"]["kl"])
-    start = state["step"]
-    bar = tqdm(total=total, initial=start, desc="distill", unit="step", disable=not (progress and main))
-    t_start = time.perf_counter()
-    t_last, stopped_early, done = t_start, False, start
-    for step in range(start, total):
-        lr = lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        terms = _train_step(model, teacher, train_ids, cfg, step, micro, rank, use_amp, amp_dtype, scaler)
-        if not all(math.isfinite(v) for v in terms.values()):
-            kept = f"the last good checkpoint is kept in {checkpoint_dir}" if checkpoint_dir else "no checkpoint"
-            raise UserError(f"distill: loss became non-finite at step {step + 1} "
-                            f"({', '.join(f'{k}={v}' for k, v in terms.items())}); {kept}; "
-                            f"lower lr, raise warmup_steps or set amp: off")
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        done = step + 1
+    def step_fn(step: int) -> dict[str, float]:
+        return _train_step(model, teacher, train_ids, cfg, step, micro, rank, use_amp, amp_dtype, scaler)
 
-        now = time.perf_counter()
-        tok_s = tokens_per_step / max(now - t_last, 1e-9)
-        t_last = now
-        bar.set_postfix({**{k: f"{v:.3f}" for k, v in terms.items()}, "tok/s": f"{tok_s:,.0f}"})
-        bar.update(1)
-        if writer is not None:
-            for k, v in terms.items():
-                writer.add_scalar(f"distill/{k}", v, done)
-            writer.add_scalar("distill/lr", lr, done)
-            writer.add_scalar("distill/tokens_per_s", tok_s, done)
-        if held_ids is not None and (done % cfg.eval_every == 0 or done == total):
-            m = evaluate()
-            log.info("distill step %d/%d: loss %s, held-out ppl %.2f, KL %.4f", done, total,
-                     " ".join(f"{k}={v:.3f}" for k, v in terms.items()), m["ppl"], m["kl"])
-            if writer is not None:
-                writer.add_scalar("distill/heldout_ppl", m["ppl"], done)
-                writer.add_scalar("distill/heldout_kl", m["kl"], done)
-            if state["best_ppl"] is None or m["ppl"] < state["best_ppl"]:
-                state.update(best_ppl=m["ppl"], best_step=done, bad_evals=0, after=m)
-                best = {k: v.detach().clone() for k, v in module.state_dict().items()}
-                if main and best_file is not None:
-                    save_weights(module, best_file)
-            else:
-                state["bad_evals"] += 1
-                stopped_early = cfg.patience is not None and state["bad_evals"] >= cfg.patience
-        state.update(step=done, tokens=done * tokens_per_step,
-                     grad_scale=scaler.get_scale() if scaler.is_enabled() else None)
-        if main and checkpoint_dir is not None and done % cfg.checkpoint_every == 0 and done < total:
-            save_checkpoint(checkpoint_dir, module, optimizer, state)
-        if on_step is not None:
-            on_step(done, terms)
-        if stopped_early:
-            log.info("distill: no held-out improvement in %d evals; stopping at step %d (best: step %d)",
-                     cfg.patience, done, state["best_step"])
-            break
-    bar.close()
-    if writer is not None:
-        writer.close()
-    if best is not None and state["best_step"] != done:
-        load_weights(module, best)  # the best held-out weights, not the last
-    elapsed = time.perf_counter() - t_start
-    result = DistillResult(steps=done, tokens=done * tokens_per_step, tokens_per_step=tokens_per_step,
-                           world_size=world, stopped_early=stopped_early,
-                           tokens_per_s=(done - start) * tokens_per_step / elapsed if done > start else 0.0,
+    evaluate = _evaluator(module, teacher, held_ids, cfg, use_amp, amp_dtype) if held_ids is not None else None
+    out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir,
+                     tensorboard_dir, scaler, main=main, progress=progress, on_step=on_step)
+    result = DistillResult(steps=out.done, tokens=out.done * tokens_per_step, tokens_per_step=tokens_per_step,
+                           world_size=world, stopped_early=out.stopped_early, tokens_per_s=out.tokens_per_s,
                            before=state["before"], after=state["after"], best_step=state["best_step"])
     return module.student.eval(), result
 
@@ -278,12 +203,3 @@ def _evaluator(module: Distiller, teacher: GPT2LMHeadModel, held_ids: torch.Tens
                 m = heldout_eval(module.student, teacher, held_ids, cfg.seq_len)
         return {k: dist.broadcast_float(v) for k, v in m.items()}
     return evaluate
-
-
-def _writer(tensorboard_dir: Path | None, start: int):
-    if tensorboard_dir is None:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(tensorboard_dir), purge_step=start or None)
-

@@ -149,3 +149,10 @@ def test_a_tensorrt_profile_is_checked_against_the_model_and_the_plan(tmp_path):
              "steps:\n  - export: {format: tensorrt, profile: {past: [0, 16, 32]}}\n")
     (problem,) = problems(tmp_path, text)
     assert problem.startswith("steps[0].export.profile: profile.past max 32 < latency prompt + new_tokens - 1 (127)")
+
+
+def test_unparsable_set_value_is_one_problem_of_the_plan(tmp_path):
+    (tmp_path / "p.yaml").write_text("name: x\n")
+    with pytest.raises(PlanError) as e:
+        load_plan(tmp_path / "p.yaml", ["x=[1"])
+    assert e.value.problems[0].startswith("--set x=[1: the value '[1' is not valid YAML")

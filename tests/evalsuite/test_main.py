@@ -81,11 +81,18 @@ def _extra_tensor_dir(model_dir):
     return model_dir
 
 
+def _truncated(model_dir):
+    weights = model_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    return model_dir
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing", "missing: no such file or directory"),
     (lambda d: d.parent, "not a model directory"),
     (_quantized_dir, "quantized checkpoint; quantized checkpoints load only with gpt2-edge's compress package"),
     (_extra_tensor_dir, "not a stock GPT-2 checkpoint (1 tensors do not match, e.g. transformer.h.0.mlp.c_fc.qweight)"),
+    (lambda d: _truncated(d), "cannot load the checkpoint (Error while deserializing header"),
 ])
 def test_bad_model_is_one_line_error(model_dir, text_file, capsys, make, message):
     assert main([str(make(model_dir)), "--data", str(text_file), *FAST]) == 2
@@ -132,3 +139,45 @@ def test_module_entry_point_reports_bad_path(tmp_path):
     r = subprocess.run([sys.executable, "-m", "evalsuite", str(tmp_path / "nope"), "--data", "x"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'nope'}: no such file or directory"
+
+
+def _with_protocol(run, seq_len=32, stride=32, vocab=None, data="corpus/heldout"):
+    for d in run.iterdir():
+        if (d / "metrics.json").exists():
+            m = json.loads((d / "metrics.json").read_text())
+            m["eval"] = {"data": data, "seq_len": seq_len, "stride": stride, "tokens_total": 800}
+            (d / "metrics.json").write_text(json.dumps(m))
+    if vocab is not None:
+        (run / "00-base" / "model").mkdir()
+        (run / "00-base" / "model" / "vocab.json").write_text(json.dumps(vocab))
+        (run / "00-base" / "model" / "merges.txt").write_text("#version: 0.2\n")
+
+
+def test_compare_refuses_runs_measured_differently(tmp_path, capsys):
+    _write_run(tmp_path / "a", [10.0, 5.0])
+    _write_run(tmp_path / "b", [10.0, 2.5])
+    _with_protocol(tmp_path / "a", seq_len=32, vocab={"a": 0, "b": 1})
+    _with_protocol(tmp_path / "b", seq_len=64, vocab={"a": 0, "c": 1})
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are not comparable" in err and "seq_len: 32 vs 64" in err
+    assert "tokenizer: 2 tokens, sha256" in err and "--force" in err
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--force"]) == 0
+    out = capsys.readouterr().out
+    assert "**NOT COMPARABLE (--force)" in out and "seq_len: 32 vs 64" in out
+    assert "| 01-prune | 1.000 |" in out  # the ratios are there, under the warning
+
+
+def test_compare_accepts_the_same_protocol_and_lists_unmatched_steps(tmp_path, capsys):
+    _write_run(tmp_path / "a", [10.0, 5.0])
+    _write_run(tmp_path / "b", [10.0, 2.5])
+    renamed = tmp_path / "b" / "01-prune-heads"
+    (tmp_path / "b" / "01-prune").rename(renamed)
+    m = json.loads((renamed / "metrics.json").read_text())
+    (renamed / "metrics.json").write_text(json.dumps({**m, "step": "01-prune-heads"}))
+    for run in ("a", "b"):
+        _with_protocol(tmp_path / run, vocab={"a": 0, "b": 1})
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "NOT COMPARABLE" not in out
+    assert "Steps only in A (no ratio): 01-prune\n" in out and "Steps only in B (no ratio): 01-prune-heads" in out

@@ -74,3 +74,10 @@ def test_rejects_bad_settings(tiny):
         perplexity(TorchRunner(tiny), ids, seq_len=4096, progress=False)
     with pytest.raises(EvalInputError, match="at least 2 tokens"):
         perplexity(TorchRunner(tiny), ids[:1], seq_len=8, progress=False)
+
+
+def test_the_package_exports_the_function_though_it_loads_lazily():
+    import evalsuite.perplexity  # noqa: F401  (the submodule of the same name, loaded first)
+    from evalsuite import perplexity as exported
+
+    assert callable(exported) and exported.__module__ == "evalsuite.perplexity"

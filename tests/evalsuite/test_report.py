@@ -182,3 +182,23 @@ def test_plot_labels_do_not_overlap_in_a_crowd():
     assert sorted(t.get_text().removesuffix(" (best)") for t in labels) == sorted(r["step"] for r in rows)
     boxes = [t.get_window_extent(renderer) for t in labels]
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_a_kill_mid_write_leaves_the_previous_report_whole(run_dir, monkeypatch):
+    rows = load_run_metrics(run_dir)
+    write_report(run_dir, rows, "first", tensorboard=False)
+    before = {f: (run_dir / f).read_bytes() for f in ("report.md", "report.html", "metrics.csv")}
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # the process dies after writing the temporary file, before the rename
+
+    monkeypatch.setattr("evalsuite.report.os.replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(run_dir, rows[:2], "second", tensorboard=False)
+    assert (run_dir / "report.md").read_bytes() == before["report.md"]  # the old report, whole
+    assert (run_dir / "report.md.tmp").read_text().startswith("# second")
+    monkeypatch.undo()
+    write_report(run_dir, rows[:2], "third", tensorboard=False)
+    assert (run_dir / "report.md").read_text().startswith("# third") and not (run_dir / "report.md.tmp").exists()
+    with open(run_dir / "metrics.csv") as fh:
+        assert [r["step"] for r in csv.DictReader(fh)] == ["00-base", "01-prune"]
