@@ -73,6 +73,9 @@ def test_export_step_in_a_plan(tmp_path, trained_tiny):
     v = json.loads((step / "validation.json").read_text())
     assert v["passed"] and v["max_abs_logit_diff"] < 1e-3 and v["decode_max_abs_logit_diff"] < 1e-3
     assert v["top1_agreement"] == 1.0 and v["ppl_rel_diff"] < 1e-4
+    # one perplexity per artifact: metrics.json's; validation.json has only a ratio on labelled windows
+    assert {k for k in v if "ppl" in k} == {"ppl_ratio", "ppl_rel_diff", "ppl_windows"}
+    assert v["ppl_windows"].startswith("first 300 eval tokens, windows of 64")
     m = json.loads((step / "metrics.json").read_text())
     base = json.loads((tmp_path / "run" / "00-base" / "metrics.json").read_text())
     assert (m["backend"], m["kind"]) == ("onnxruntime", "onnx")
