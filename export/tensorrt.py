@@ -36,7 +36,7 @@ from compress.errors import UserError
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
 from export.trt_check import check_model, errors
 from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
-from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, SCRIPT, BuildOptions,  # noqa: F401
+from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, SCRIPT, BuildOptions,
                              Precision, engine_spec, read_spec, write_step_files)
 
 if TYPE_CHECKING:
