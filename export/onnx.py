@@ -41,23 +41,49 @@ PRESENT_KEY = "present.{layer}.{kind}"
 PROTOBUF_LIMIT = 1_800_000_000  # bytes; above this weights go to an external data file (2 GB protobuf cap)
 
 
-def export_decoder(model, opset: int) -> onnx.ModelProto:
-    """Trace `model` (a GPT2LMHeadModel, fp32) with optimum into one KV-cache decoder graph."""
-    import torch
-    from optimum.exporters.onnx import onnx_export_from_model
+class _TiedWeightNotes(logging.Filter):
+    """Drops optimum's 'Found different candidate ONNX initializers (likely duplicate) for the tied
+    weights' and the lines listing them: optimum logs them whenever torch folded the tied head into its
+    own initializer, and then ties the two (the head reads Transpose(wte); tests/export/test_onnx.py
+    checks that it did). Its real failures ('Could not find ...', '... ignored') still show."""
 
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if msg.startswith("Found different candidate ONNX initializers"):
+            return False
+        return not (msg.startswith("\t") and "ignored" not in msg)
+
+
+def export_decoder(model, opset: int) -> onnx.ModelProto:
+    """Trace `model` (a GPT2LMHeadModel, fp32) with optimum into one KV-cache decoder graph.
+
+    With accelerate installed, optimum's tied-weight deduplication runs (without it optimum says it
+    skipped it): a tied head then reads Transpose(wte) instead of a second copy of the table."""
+    notes = _TiedWeightNotes()
+    optimum_log = logging.getLogger("optimum")  # optimum.onnx logs on its library logger
+    optimum_log.addFilter(notes)
     with tempfile.TemporaryDirectory(prefix="gpt2-edge-onnx-") as tmp:
-        with warnings.catch_warnings():
-            # The tracer warns about every Python branch in transformers' mask code; the graph is
-            # checked against torch after export instead (validation.json).
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=".*aten::index.*")
-            # do_validation=False: we validate ourselves, against the model the plan actually holds.
-            onnx_export_from_model(model.eval(), tmp, task=TASK, opset=opset, do_validation=False)
+        try:
+            _trace(model, tmp, opset)
+        finally:
+            optimum_log.removeFilter(notes)
         path = Path(tmp) / "model.onnx"
         if not path.is_file():
             raise RuntimeError(f"optimum wrote no model.onnx (files: {sorted(p.name for p in Path(tmp).iterdir())})")
         return onnx.load(path)  # loads external data too, if optimum wrote any
+
+
+def _trace(model, out_dir: str, opset: int) -> None:
+    import torch
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    with warnings.catch_warnings():
+        # The tracer warns about every Python branch in transformers' mask code; the graph is
+        # checked against torch after export instead (validation.json).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*")
+        # do_validation=False: we validate ourselves, against the model the plan actually holds.
+        onnx_export_from_model(model.eval(), out_dir, task=TASK, opset=opset, do_validation=False)
 
 
 def save_onnx(model: onnx.ModelProto, path: Path) -> Path:

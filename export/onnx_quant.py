@@ -12,7 +12,9 @@ Two routes, both on the fp32 graph after `passes.gemm_to_matmul` and `passes.fol
 
 A MatMul is matched to a torch module by its exporter node name ('/transformer/h.0/attn/c_attn/MatMul'
 -> 'transformer.h.0.attn.c_attn'), and its weight is checked against the dequantized codes before it
-is replaced, so a wrong match cannot pass silently.
+is replaced, so a wrong match cannot pass silently. One pass does this for every target
+(`replace_weight_matmuls`); only the nodes it writes differ (here for ONNX Runtime, in
+export.trt_qdq for TensorRT).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnx
@@ -135,13 +137,15 @@ def qdq_nodes(ql: "QuantizedLinear", node: onnx.NodeProto) -> tuple[list[onnx.No
     return nodes, inits
 
 
-def write_quantized_linears(model: onnx.ModelProto, records: dict[str, "QuantizedLinear"],
-                            accuracy_level: int = 0) -> dict[str, int]:
-    """Replace the MatMul of every record by MatMulNBits (weight-only) or QDQ (W8A8). In place.
+NodeBuilder = Callable[["QuantizedLinear", onnx.NodeProto], tuple[list[onnx.NodeProto], list[onnx.TensorProto]]]
 
-    accuracy_level 0 keeps fp32 compute (matches torch); 4 lets MatMulNBits quantize activations to int8
-    per block (faster decode on CPUs with int8 dot products, not bit-exact with torch).
-    """
+
+def replace_weight_matmuls(model: onnx.ModelProto, records: dict[str, "QuantizedLinear"],
+                           build: NodeBuilder) -> None:
+    """The one weight-replacement pass: the MatMul of every record becomes `build(record, node)`
+    (MatMulNBits, Q/DQ for ONNX Runtime, Q/DQ for TensorRT). In place, and only once every record has
+    found its MatMul, been built and had its graph weight checked against the dequantized codes, so a
+    refused record leaves the graph as it was."""
     matmuls = weight_matmuls(model)
     missing = sorted(set(records) - set(matmuls))
     if missing:
@@ -151,14 +155,27 @@ def write_quantized_linears(model: onnx.ModelProto, records: dict[str, "Quantize
     replace: dict[str, tuple[list, list]] = {}
     for name, ql in records.items():
         node = matmuls[name]
+        replace[node.name] = build(ql, node)
         _check_weight(ql, node, numpy_helper.to_array(inits[node.input[1]]))
-        replace[node.name] = qdq_nodes(ql, node) if ql.input_scale is not None else \
-            matmul_nbits_nodes(ql, node, accuracy_level)
     for _, new_inits in replace.values():
         model.graph.initializer.extend(new_inits)
     nodes = [n for node in model.graph.node for n in (replace[node.name][0] if node.name in replace else [node])]
     set_nodes(model, nodes)  # the replaced weights go
-    ensure_ms_domain(model)
+    if any(n.domain == MS_DOMAIN for new_nodes, _ in replace.values() for n in new_nodes):
+        ensure_ms_domain(model)
+
+
+def write_for_ort(model: onnx.ModelProto, records: dict[str, "QuantizedLinear"],
+                  accuracy_level: int = 0) -> dict[str, int]:
+    """The quantize step's integers for ONNX Runtime: MatMulNBits (weight-only) or QDQ (W8A8). In place.
+
+    accuracy_level 0 keeps fp32 compute (matches torch); 4 lets MatMulNBits quantize activations to int8
+    per block (faster decode on CPUs with int8 dot products, not bit-exact with torch).
+    """
+    def build(ql: "QuantizedLinear", node: onnx.NodeProto):
+        return qdq_nodes(ql, node) if ql.input_scale is not None else matmul_nbits_nodes(ql, node, accuracy_level)
+
+    replace_weight_matmuls(model, records, build)
     kinds = {"MatMulNBits": 0, "QDQ": 0}
     for ql in records.values():
         kinds["QDQ" if ql.input_scale is not None else "MatMulNBits"] += 1

@@ -147,10 +147,16 @@ def ort_fusions(model: onnx.ModelProto, num_heads: int, hidden_size: int) -> tup
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     """fp16 weights and compute; graph inputs and outputs (ids, KV cache, logits) stay fp32, so the
-    same runner drives it. Meant for GPU execution providers; on CPU it runs but is not faster."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    same runner drives it. Meant for GPU execution providers; on CPU it runs but is not faster.
 
-    return convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    The converter appends the Casts of the kept fp32 inputs at the end of the node list; ONNX Runtime
+    sorts nodes itself, but the ONNX spec (and onnx.checker) wants them in topological order, so we sort."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True))
+    converted.topological_sort()
+    return converted.model
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:

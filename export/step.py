@@ -4,8 +4,10 @@
     - export: {format: onnx, quantize: int4, block_size: 32} # ORT's MatMulNBits quantizer on fp32
     - export: {format: tensorrt, precision: fp16}           # ONNX here, engine via export.tensorrt
 
-After a `quantize` step the integers of that step are written as they are (MatMulNBits / QDQ), and the
-export must match the torch quantized model's perplexity within validation.ppl_rel.
+After a `quantize` step the integers of that step are written as they are (MatMulNBits / QDQ for
+ONNX Runtime, Q/DQ for TensorRT), and the export must match the torch quantized model's perplexity
+within validation.ppl_rel. validation.json is measured on the file the step leaves on disk (its
+sha256 is recorded), with ONNX Runtime, the TensorRT Q/DQ graph included (on CPU).
 """
 
 from __future__ import annotations
@@ -147,11 +149,15 @@ def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
     done: dict = {"trace_s": round(time.perf_counter() - t0, 2)}
     done["gemm_to_matmul"] = passes.gemm_to_matmul(graph)
     done["fold_transposes"] = passes.fold_transposes(graph)
-    if cfg.format == "tensorrt":
-        return graph, done  # standard ops only: TensorRT cannot parse ORT's contrib ops
+    if cfg.format == "tensorrt":  # standard ops only: TensorRT cannot parse ORT's contrib ops
+        if records and (cfg.precision or "fp16") in ("int8", "int4"):
+            from export.trt_qdq import write_qdq
+
+            done["qdq_for_tensorrt"] = write_qdq(graph, records)
+        return graph, done
     tied = tied_embedding.tied_token_gather(graph)  # checked on the fp32 graph, before any quantizer
     if records:
-        done["from_quantize_step"] = onnx_quant.write_quantized_linears(graph, records, cfg.accuracy_level)
+        done["from_quantize_step"] = onnx_quant.write_for_ort(graph, records, cfg.accuracy_level)
     if fuses(cfg, records):
         graph, done["fused"] = passes.ort_fusions(graph, model.config.n_head, model.config.n_embd)
     if cfg.quantize == "dynamic-int8":
@@ -182,8 +188,8 @@ def _limits(cfg: ExportConfig, records: dict):
 
 
 def _validation_runner(cfg: ExportConfig, onnx_path: Path, ctx: StepContext):
-    """ONNX Runtime where the plan runs; on CPU for a tensorrt export (the ONNX is only its input) or
-    when this onnxruntime has no CUDA provider."""
+    """ONNX Runtime where the plan runs; on CPU for a tensorrt export (the ONNX is the engine's input)
+    or when this onnxruntime has no CUDA provider."""
     from evalsuite.backends import BackendUnavailable
     from export.ort_runner import OrtRunner
 
@@ -195,44 +201,72 @@ def _validation_runner(cfg: ExportConfig, onnx_path: Path, ctx: StepContext):
     return OrtRunner(onnx_path, "cpu")
 
 
+def validate_file(cfg: ExportConfig, onnx_path: Path, model: "nn.Module", records: dict, ctx: StepContext) -> dict:
+    """validation.json of the file on disk. A TensorRT graph that ONNX Runtime cannot load is recorded
+    as not validated, with the reason (TensorRT checks it when it builds); any other failure raises."""
+    from evalsuite.runner import TorchRunner
+    from export.trt_spec import sha256
+    from export.validate import validate
+
+    limits, reference = _limits(cfg, records)
+    shipped = {"file": onnx_path.name, "sha256": sha256(onnx_path)}
+    try:
+        runner = _validation_runner(cfg, onnx_path, ctx)
+    except UserError as e:
+        if cfg.format != "tensorrt":
+            raise
+        return {**shipped, "reference": reference, "ran": False, "passed": None,
+                "reason": f"ONNX Runtime cannot run this TensorRT graph, so it is checked only statically "
+                          f"here and by TensorRT when it builds: {e}"}
+    budget = min(cfg.validation.tokens, ctx.plan.data.eval.max_tokens or cfg.validation.tokens)
+    eval_ids = ctx.eval_ids()[:budget]  # the run's tokenized eval stream
+    result = validate(TorchRunner(model, ctx.device), runner, eval_ids, ctx.plan.data.eval.seq_len,
+                      cfg.validation.windows, limits, reference)
+    out = {**shipped, "runtime": f"onnxruntime on {runner.device}", "ran": True, **result.as_dict()}
+    if not result.passed:
+        (ctx.out_dir / "validation.json").write_text(json.dumps(out, indent=1) + "\n")
+        raise UserError(f"{ctx.name}: export validation failed: {'; '.join(result.problems)}")
+    return out
+
+
+def _checked(v: dict) -> str:
+    """What the step summary says of validation.json: how close, never a second perplexity."""
+    if not v["ran"]:
+        return f"not validated here ({v['reason'].split(':')[0]})"
+    return (f"vs {v['reference']}: max |dlogit| {max(v['max_abs_logit_diff'], v['decode_max_abs_logit_diff']):.2g}, "
+            f"top-1 {100 * v['top1_agreement']:.1f}%, ppl {100 * v['ppl_rel_diff']:.2g}% apart on the validation "
+            f"windows")
+
+
 @register_step(ExportConfig)
 def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
-    from evalsuite.runner import TorchRunner
     from export.onnx import save_onnx, write_io_json
-    from export.validate import validate
 
     records = _quantized_records(ctx.input_dir)
     if records and cfg.quantize != "none":
         raise UserError(f"{ctx.name}: quantize: {cfg.quantize} on a model already quantized ({ctx.input_dir})")
     model = ctx.load_input()
     graph, done = build_graph(cfg, model, records, ctx.log)
-    onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)
+    onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)  # the file that ships: nothing rewrites it after
     io = write_io_json(graph, ctx.out_dir / "io.json")
     shutil.copy(ctx.input_dir / "config.json", ctx.out_dir / "config.json")  # the plan runner reads it
     ctx.tokenizer().save_pretrained(ctx.out_dir)
     del graph
 
-    limits, reference = _limits(cfg, records)
-    budget = min(cfg.validation.tokens, ctx.plan.data.eval.max_tokens or cfg.validation.tokens)
-    eval_ids = ctx.eval_ids()[:budget]  # the run's tokenized eval stream
-    result = validate(TorchRunner(model, ctx.device), _validation_runner(cfg, onnx_path, ctx), eval_ids,
-                      ctx.plan.data.eval.seq_len, cfg.validation.windows, limits, reference)
-    (ctx.out_dir / "validation.json").write_text(json.dumps(result.as_dict(), indent=1) + "\n")
-    ctx.log.info("validation: %s", result.as_dict())
-    if not result.passed:
-        raise UserError(f"{ctx.name}: export validation failed: {'; '.join(result.problems)}")
+    validation = validate_file(cfg, onnx_path, model, records, ctx)
+    (ctx.out_dir / "validation.json").write_text(json.dumps(validation, indent=1) + "\n")
+    ctx.log.info("validation: %s", validation)
 
-    info = {"passes": done, "validation": result.as_dict(), "inputs": len(io["inputs"]), "opset": cfg.opset}
+    info = {"passes": done, "validation": validation, "inputs": len(io["inputs"]), "opset": cfg.opset}
     if cfg.format == "tensorrt":
         from export.tensorrt import finish_step
 
-        out = finish_step(cfg, onnx_path, ctx)
+        out = finish_step(cfg, onnx_path, ctx, qdq=done.get("qdq_for_tensorrt", {}))
         out.info = {"onnx": info, **out.info}
+        out.summary = f"{out.summary}; ONNX {_checked(validation)}"
         return out
     what = (f"int{'/'.join(sorted({str(q.bits) for q in records.values()}))} from the quantize step"
             if records else ("fp16" if cfg.fp16 else cfg.quantize if cfg.quantize != "none" else "fp32"))
     summary = (f"ONNX opset {cfg.opset} with KV cache, {what}"
-               f"{', ORT fusions' if fuses(cfg, records) else ''}; vs {reference}: max |dlogit| "
-               f"{max(result.max_abs_logit_diff, result.decode_max_abs_logit_diff):.2g}, top-1 "
-               f"{100 * result.top1_agreement:.1f}%, ppl {result.ppl_onnx:.4g} vs {result.ppl_torch:.4g}")
+               f"{', ORT fusions' if fuses(cfg, records) else ''}; {_checked(validation)}")
     return StepOutput(summary=summary, artifact=ONNX_FILE, backend="onnxruntime", info=info)

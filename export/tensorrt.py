@@ -1,18 +1,18 @@
 """TensorRT for the export step, and the commands a Jetson user runs on the device.
 
-For `- export: {format: tensorrt, precision: ...}` the ONNX step exports model.onnx and calls
-`finish_step`, which
-  1. writes the quantize step's integers as explicit Q/DQ (export.trt_qdq: int8 per-channel, int4
-     blocked weight-only),
-  2. checks the graph statically (export.trt_check) and fails the step on errors,
-  3. writes engine.json (precision, profile, per-input shapes, ONNX sha256, build settings) and
-     build_engine.sh (the trtexec command line that builds the same engine on the target),
-  4. builds model.engine with TensorRT's Python API when TensorRT and a GPU are here.
+For `- export: {format: tensorrt, precision: ...}` the export step (export.step) writes the quantize
+step's integers as explicit Q/DQ (export.trt_qdq: int8 per-channel, int4 blocked weight-only), saves
+model.onnx once, validates that file with ONNX Runtime on CPU, and then calls `finish_step`, which
+  1. checks the graph statically (export.trt_check) and fails the step on errors,
+  2. writes engine.json (precision, profile, per-input shapes, ONNX sha256, build settings) and
+     build_engine.sh (the trtexec command line that builds the same engine on the target;
+     export.trt_spec),
+  3. builds model.engine with TensorRT's Python API when TensorRT and a GPU are here.
 Without TensorRT the step's artifact is model.onnx with backend "tensorrt": the plan runner's
 evaluation then records "to be built on target".
 
-What ran where: steps 1-3, `plan_check` and the `check` / `audit` (of layers.json) commands run
-and are tested on CPU. Step 4 and the `build`, `run` and `stamp` commands need TensorRT
+What ran where: the Q/DQ, steps 1-2, `plan_check` and the `check` / `audit` (of layers.json) commands
+run and are tested on CPU. Step 3 and the `build`, `run` and `stamp` commands need TensorRT
 (export.trt_runner) and were never run: no machine this was written on has TensorRT.
 
     python -m export.tensorrt check STEP_DIR [--precision int8] [--target 8.6]
@@ -28,73 +28,28 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import onnx
-from onnx import TensorProto
-from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import UserError
-from export.engine_files import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, SCRIPT, TIMING_CACHE, read_spec,
-                                 sha256, write_step_files)
-from export.profiles import TensorRTProfile, input_shapes, plan_profile, profile_problems
-from export.trt_check import DEFAULT_TARGET, TARGETS, check_model, errors, graph_inputs
+from export.profiles import TensorRTProfile, plan_profile, profile_problems
+from export.trt_check import check_model, errors
+from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
+from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, SCRIPT, BuildOptions,
+                             Precision, engine_spec, read_spec, write_step_files)
 
 if TYPE_CHECKING:
     from compress.plan_state import PlanState, Problem
     from compress.steps import StepContext, StepOutput
 
-Precision = Literal["fp32", "fp16", "int8", "int4"]
-
-
-class BuildOptions(BaseModel):
-    """How the engine is built (written into engine.json and build_engine.sh)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    target: Literal[tuple(TARGETS)] = DEFAULT_TARGET  # type: ignore[valid-type]
-    workspace_mib: int = Field(1024, ge=64, le=65536, description="builder scratch memory (Orin Nano: keep small)")
-    optimization_level: int = Field(3, ge=0, le=5, description="builder optimization level (TensorRT default 3)")
-
-
-# -- engine.json (its files: export.engine_files) ------------------------------------------------------
-
-def strongly_typed(graph: onnx.ModelProto) -> bool:
-    """An fp16 graph is built strongly typed (types as in the ONNX); an fp32 one weakly typed with flags."""
-    return any(o.type.tensor_type.elem_type == TensorProto.FLOAT16 for o in graph.graph.output)
-
-
-def builder_flags(precision: Precision, typed: bool) -> list[str]:
-    """BuilderFlag names. Strongly typed networks take none (TensorRT rejects them); weakly typed int8
-    Q/DQ graphs also set FP16 so the layers left in float run in fp16, not fp32."""
-    if typed:
-        return []
-    return {"fp32": [], "fp16": ["FP16"], "int8": ["FP16", "INT8"], "int4": ["FP16"]}[precision]
-
-
-def engine_spec(graph: onnx.ModelProto, onnx_path: Path, precision: Precision, profile: TensorRTProfile,
-                options: BuildOptions, findings: list) -> dict[str, Any]:
-    """engine.json before the build: everything both build routes (Python API, trtexec) read."""
-    # Strong typing arrived in TensorRT 9: 8.x has no STRONGLY_TYPED network flag and no trtexec --stronglyTyped
-    typed = strongly_typed(graph) and TARGETS[options.target].version >= (9, 0)
-    return {
-        "onnx": onnx_path.name, "onnx_sha256": sha256(onnx_path), "engine": ENGINE_FILE,
-        "precision": precision, "strongly_typed": typed, "builder_flags": builder_flags(precision, typed),
-        "target": {"tensorrt": options.target, "ships_with": TARGETS[options.target].ships_with},
-        "profile": profile.model_dump(mode="json"),
-        "shapes": {name: {p: list(s) for p, s in pts.items()} for name, pts in
-                   input_shapes(graph_inputs(graph), profile).items()},
-        "workspace_mib": options.workspace_mib, "optimization_level": options.optimization_level,
-        "timing_cache": TIMING_CACHE,
-        "check": [str(f) for f in findings],
-        "built": None,  # {tensorrt, gpu, compute_capability, engine_sha256, by, built_at} once built
-    }
-
-
 # -- the export step's TensorRT part -------------------------------------------------------------------
 
-def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOptions | None = None) -> "StepOutput":
-    """Q/DQ, check, engine.json, build_engine.sh and (where TensorRT runs) the engine. See the module doc."""
+def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOptions | None = None,
+                qdq: dict[str, int] | None = None) -> "StepOutput":
+    """Check, engine.json, build_engine.sh and (where TensorRT runs) the engine. See the module doc.
+    The graph at onnx_path is final (Q/DQ already written by the export step, `qdq` its counts):
+    nothing here rewrites it, so engine.json's sha256 is that of the validated file."""
     from compress.steps import StepOutput
     from export.trt_runner import build_engine, unavailable_reason
 
@@ -104,13 +59,7 @@ def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOpt
     n_positions = int(json.loads((step_dir / "config.json").read_text())["n_positions"])
     profile = cfg.profile or plan_profile(ctx.plan, n_positions)
     graph = onnx.load(str(onnx_path))
-    qdq = {}
-    if precision in ("int8", "int4") and _is_quantized(ctx.input_dir):
-        from compress.quantization import quantized_linears
-        from export.trt_qdq import write_qdq
-
-        qdq = write_qdq(graph, quantized_linears(ctx.input_dir))
-        onnx.save(graph, str(onnx_path))
+    qdq = qdq or {}
     findings = check_model(graph, precision, profile, options.target)
     lat = ctx.plan.eval.latency
     problems = profile_problems(profile, n_positions, ctx.plan.data.eval.seq_len if ctx.plan.eval.perplexity else None,
@@ -164,12 +113,6 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
         out.append(Problem(f"TensorRT int8 weights are per-channel: {q.by} needs group_size: per-channel",
                            "precision"))
     return out
-
-
-def _is_quantized(model_dir: Path) -> bool:
-    from compress.quantization.handoff import is_quantized_dir
-
-    return is_quantized_dir(model_dir)
 
 
 # -- command line ----------------------------------------------------------------------------------------
@@ -264,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="static TensorRT check of model.onnx (runs anywhere)")
     c.add_argument("path", help="step directory or .onnx file")
     c.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default=None)
-    c.add_argument("--target", choices=list(TARGETS), default=DEFAULT_TARGET, help="TensorRT version on the device")
+    c.add_argument("--target", choices=list(TRT_VERSIONS), default=DEFAULT_TRT_VERSION, help="TensorRT version on the device")
     c.set_defaults(fn=cmd_check)
     b = sub.add_parser("build", help="build model.engine with the TensorRT Python API (on the device)")
     b.add_argument("path")

@@ -28,8 +28,8 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from export.profiles import InputSpec, TensorRTProfile, profile_problems, shape_problems
-from export.trt_ops import (DATA_INPUT, DEFAULT_TARGET, HINTS, LAYOUT_OPS, ONNX_TYPES, OP_SINCE, SUPPORTED_OPS,
-                            TARGETS, TrtTarget)
+from export.trt_ops import (DATA_INPUT, DEFAULT_TRT_VERSION, HINTS, LAYOUT_OPS, ONNX_TYPES, OP_SINCE, SUPPORTED_OPS,
+                            TRT_VERSIONS, TrtRelease)
 
 Severity = Literal["error", "warning", "info"]
 Precision = Literal["fp32", "fp16", "int8", "int4"]
@@ -125,7 +125,7 @@ def walk(graph: onnx.GraphProto, prefix: str = "", depth: int = 0) -> Iterator[t
 
 # -- the rules ---------------------------------------------------------------------------------------
 
-def check_opset(model: onnx.ModelProto, target: TrtTarget, index: GraphIndex) -> list[Finding]:
+def check_opset(model: onnx.ModelProto, target: TrtRelease, index: GraphIndex) -> list[Finding]:
     opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     v = opsets.get("ai.onnx", 0)
     has_int4 = "INT4" in index.types.values()
@@ -147,7 +147,7 @@ def check_opset(model: onnx.ModelProto, target: TrtTarget, index: GraphIndex) ->
     return out
 
 
-def check_ops(model: onnx.ModelProto, target: TrtTarget, index: GraphIndex) -> list[Finding]:
+def check_ops(model: onnx.ModelProto, target: TrtRelease, index: GraphIndex) -> list[Finding]:
     out = []
     ver = ".".join(map(str, target.version))
     for name, node in walk(model.graph):
@@ -166,7 +166,7 @@ def check_ops(model: onnx.ModelProto, target: TrtTarget, index: GraphIndex) -> l
     return out
 
 
-def _op_restrictions(name: str, node: onnx.NodeProto, target: TrtTarget, index: GraphIndex) -> list[Finding]:
+def _op_restrictions(name: str, node: onnx.NodeProto, target: TrtRelease, index: GraphIndex) -> list[Finding]:
     """Per-op rules of the parser (the Restrictions column of docs/operators.md)."""
     op, out = node.op_type, []
 
@@ -212,7 +212,7 @@ def _if_rules(name: str, node: onnx.NodeProto) -> list[Finding]:
     return out
 
 
-def check_dtypes(target: TrtTarget, index: GraphIndex) -> list[Finding]:
+def check_dtypes(target: TrtRelease, index: GraphIndex) -> list[Finding]:
     out = []
     for tensor, dtype in index.types.items():
         if dtype == "DOUBLE":
@@ -254,7 +254,7 @@ def _quantized_use_ok(tensor: str, dtype: str, index: GraphIndex) -> bool:
     return made_ok and used_ok and tensor not in index.io
 
 
-def check_qdq(target: TrtTarget, index: GraphIndex) -> list[Finding]:
+def check_qdq(target: TrtRelease, index: GraphIndex) -> list[Finding]:
     out = []
     for i, node in enumerate(index.graph.node):
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -285,7 +285,7 @@ def check_qdq(target: TrtTarget, index: GraphIndex) -> list[Finding]:
     return out
 
 
-def _weight_scale_rules(name: str, node: onnx.NodeProto, w: np.ndarray, scale: np.ndarray, target: TrtTarget,
+def _weight_scale_rules(name: str, node: onnx.NodeProto, w: np.ndarray, scale: np.ndarray, target: TrtRelease,
                         index: GraphIndex) -> list[Finding]:
     dtype = index.types.get(node.input[0])
     if dtype == "INT4":
@@ -302,7 +302,7 @@ def _weight_scale_rules(name: str, node: onnx.NodeProto, w: np.ndarray, scale: n
     return []
 
 
-def _int4_rules(name: str, w: np.ndarray, scale: np.ndarray, target: TrtTarget) -> list[Finding]:
+def _int4_rules(name: str, w: np.ndarray, scale: np.ndarray, target: TrtRelease) -> list[Finding]:
     if not target.int4:
         return [Finding("error", "qdq-int4", name, "INT4 needs TensorRT 10+ (JetPack 6.1 or later)")]
     if w.ndim != 2 or scale.ndim != 2:
@@ -345,7 +345,7 @@ def check_precision(precision: Precision, index: GraphIndex) -> list[Finding]:
     return out
 
 
-def check_inputs(model: onnx.ModelProto, profile: TensorRTProfile | None, target: TrtTarget,
+def check_inputs(model: onnx.ModelProto, profile: TensorRTProfile | None, target: TrtRelease,
                  n_positions: int | None) -> list[Finding]:
     out = []
     for spec in graph_inputs(model):
@@ -373,9 +373,9 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
 # -- entry points --------------------------------------------------------------------------------------
 
 def check_model(model: onnx.ModelProto, precision: Precision = "fp16", profile: TensorRTProfile | None = None,
-                target: str = DEFAULT_TARGET, n_positions: int | None = None) -> list[Finding]:
+                target: str = DEFAULT_TRT_VERSION, n_positions: int | None = None) -> list[Finding]:
     """Every finding for an in-memory model (errors first)."""
-    t = TARGETS[target]
+    t = TRT_VERSIONS[target]
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         note = []
@@ -391,7 +391,7 @@ def check_model(model: onnx.ModelProto, precision: Precision = "fp16", profile: 
 
 
 def check(onnx_path: str | Path, precision: Precision = "fp16", profile: TensorRTProfile | None = None,
-          target: str = DEFAULT_TARGET, n_positions: int | None = None) -> list[Finding]:
+          target: str = DEFAULT_TRT_VERSION, n_positions: int | None = None) -> list[Finding]:
     """Check an ONNX file (external weight data is read from beside it)."""
     return check_model(onnx.load(str(onnx_path)), precision, profile, target, n_positions)
 

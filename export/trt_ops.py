@@ -14,7 +14,10 @@ from onnx import TensorProto
 
 
 @dataclass(frozen=True)
-class TrtTarget:
+class TrtRelease:
+    """One TensorRT version a device may run (the keys of TRT_VERSIONS), not a device: those are
+    evalsuite.hardware's targets."""
+
     version: tuple[int, int]
     ships_with: str
     max_opset: int  # from the parser's docs/operators.md of that version
@@ -23,13 +26,13 @@ class TrtTarget:
     tensor_slice_axes: bool  # Slice `axes` may be a tensor from 10.3 (constant before)
 
 
-TARGETS = {
-    "8.5": TrtTarget((8, 5), "JetPack 5.1", 17, False, False, False),
-    "8.6": TrtTarget((8, 6), "JetPack 6.0", 17, False, False, False),
-    "10.3": TrtTarget((10, 3), "JetPack 6.1 / 6.2", 20, True, True, True),
-    "10.15": TrtTarget((10, 15), "x86 / SBSA", 24, True, True, True),
+TRT_VERSIONS = {
+    "8.5": TrtRelease((8, 5), "JetPack 5.1", 17, False, False, False),
+    "8.6": TrtRelease((8, 6), "JetPack 6.0", 17, False, False, False),
+    "10.3": TrtRelease((10, 3), "JetPack 6.1 / 6.2", 20, True, True, True),
+    "10.15": TrtRelease((10, 15), "x86 / SBSA", 24, True, True, True),
 }
-DEFAULT_TARGET = "10.3"
+DEFAULT_TRT_VERSION = "10.3"
 
 # Supported ops of the TensorRT ONNX parser and the types of their data input
 # (onnx-tensorrt docs/operators.md, TensorRT 10.15; "N" rows left out). Ops newer than an older

@@ -71,25 +71,18 @@ def qdq_for_tensorrt(ql: "QuantizedLinear", node: onnx.NodeProto) -> tuple[list[
 
 
 def write_qdq(graph: onnx.ModelProto, records: dict[str, "QuantizedLinear"]) -> dict[str, int]:
-    """Replace the MatMul of every quantized layer by Q/DQ + MatMul, in place. Returns counts by bits."""
-    from export.onnx_quant import weight_matmuls
-    from export.passes import set_nodes
+    """Replace the MatMul of every quantized layer by Q/DQ + MatMul, in place (the shared pass of
+    export.onnx_quant, which checks each weight first). Returns counts by bits."""
+    from export.onnx_quant import replace_weight_matmuls
 
-    matmuls = weight_matmuls(graph)
-    missing = sorted(set(records) - set(matmuls))
-    if missing:
-        raise UserError(f"no weight MatMul for {', '.join(missing[:3])} in the exported graph")
     if any(ql.bits == 4 for ql in records.values()):
         opset = next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
         if opset < 21:
             raise UserError(f"int4 for TensorRT needs INT4 DequantizeLinear with block_size (ONNX opset 21); "
                             f"the export used opset {opset}: set opset: 21 in the export step")
-        graph.ir_version = max(graph.ir_version, 10)
-    replace = {matmuls[name].name: qdq_for_tensorrt(ql, matmuls[name]) for name, ql in records.items()}
-    for _, inits in replace.values():
-        graph.graph.initializer.extend(inits)
-    nodes = [n for node in graph.graph.node for n in (replace[node.name][0] if node.name in replace else [node])]
-    set_nodes(graph, nodes)  # the replaced weights go
+    replace_weight_matmuls(graph, records, qdq_for_tensorrt)
+    if any(ql.bits == 4 for ql in records.values()):
+        graph.ir_version = max(graph.ir_version, 10)  # INT4 tensors
     counts: dict[str, int] = {}
     for ql in records.values():
         counts[f"int{ql.bits}"] = counts.get(f"int{ql.bits}", 0) + 1

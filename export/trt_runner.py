@@ -27,7 +27,7 @@ from compress.errors import UserError
 from evalsuite.backends import BackendUnavailable
 from evalsuite.errors import EvalInputError
 from export.profiles import BATCH, MASK_INPUTS, PAST, TOKEN_INPUTS, InputSpec, axis_roles
-from export.engine_files import ENGINE_JSON, LAYERS_JSON, read_spec, sha256, write_step_files
+from export.trt_spec import ENGINE_JSON, LAYERS_JSON, read_spec, sha256, write_step_files
 
 log = logging.getLogger(__name__)
 REBUILD = "rebuild it on this device with build_engine.sh (or python -m export.tensorrt build STEP_DIR)"

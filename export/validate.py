@@ -5,7 +5,10 @@ Runtime see the same ids:
   - max |logit diff| over the first `windows` eval windows (prefill), and over decode steps with the
     KV cache (prefill half a window, then one token at a time);
   - top-1 agreement: share of positions where both pick the same next token;
-  - perplexity of both with evalsuite.perplexity (same windows, same stride).
+  - the perplexity ratio of the two on the first `validation.tokens` eval tokens (windows of seq_len,
+    stride seq_len): a check only. The perplexity of the artifact is measured once, by the plan
+    runner on the whole eval text (metrics.json); validation.json records no absolute perplexity, so
+    the two files never show two numbers for one artifact.
 
 The check that decides pass/fail depends on what the graph is:
   exact       fp32 graph of an fp32 model, or of a quantized model with the same integers:
@@ -30,7 +33,7 @@ class Limits:
     """What must hold for the step to pass (None: not checked)."""
 
     max_abs_logit: float | None = None
-    max_ppl_rel: float | None = None  # |ppl_onnx / ppl_torch - 1|
+    max_ppl_rel: float | None = None  # |ppl of the export / ppl of torch - 1|
 
 
 @dataclass
@@ -39,12 +42,11 @@ class Validation:
     max_abs_logit_diff: float  # prefill, over the compared windows
     decode_max_abs_logit_diff: float  # decode steps with the KV cache
     top1_agreement: float
-    ppl_torch: float
-    ppl_onnx: float
-    ppl_rel_diff: float
+    ppl_ratio: float  # perplexity of the export / of the torch model, on `ppl_windows`
+    ppl_rel_diff: float  # |ppl_ratio - 1|
+    ppl_windows: str  # which tokens the ratio is on (a validation prefix, not the step's perplexity)
     seq_len: int
     windows_compared: int
-    tokens_scored: int
     limits: dict
     problems: list[str]
 
@@ -90,18 +92,20 @@ def validate(ref: Runner, test: Runner, eval_ids: torch.Tensor, seq_len: int, n_
     prefill, decode, top1, n = compare_logits(ref, test, eval_ids, seq_len, n_windows)
     p_ref = perplexity(ref, eval_ids, seq_len, progress=False)
     p_test = perplexity(test, eval_ids, seq_len, progress=False)
-    rel = abs(p_test.ppl / p_ref.ppl - 1)
+    ratio = p_test.ppl / p_ref.ppl
+    rel = abs(ratio - 1)
+    on = (f"first {eval_ids.numel():,} eval tokens, windows of {seq_len}, stride {seq_len}, "
+          f"{p_test.tokens_scored:,} scored (the step's perplexity is metrics.json's, on the whole eval text)")
     problems = []
     worst = max(prefill, decode)
     if limits.max_abs_logit is not None and not worst <= limits.max_abs_logit:
         problems.append(f"max |logit diff| {worst:.3g} (prefill {prefill:.3g}, decode {decode:.3g}) "
                         f"exceeds {limits.max_abs_logit:g} vs {reference}")
     if limits.max_ppl_rel is not None and not rel <= limits.max_ppl_rel:
-        problems.append(f"perplexity {p_test.ppl:.4g} vs {p_ref.ppl:.4g} of {reference}: "
+        problems.append(f"perplexity on the validation windows, ratio {ratio:.4g} to {reference}: "
                         f"{100 * rel:.2f}% apart, limit {100 * limits.max_ppl_rel:g}%")
     if not math.isfinite(p_test.ppl):
         problems.append(f"perplexity of the export is {p_test.ppl}")
     return Validation(reference=reference, max_abs_logit_diff=prefill, decode_max_abs_logit_diff=decode,
-                      top1_agreement=top1, ppl_torch=p_ref.ppl, ppl_onnx=p_test.ppl, ppl_rel_diff=rel,
-                      seq_len=seq_len, windows_compared=n, tokens_scored=p_test.tokens_scored,
-                      limits=asdict(limits), problems=problems)
+                      top1_agreement=top1, ppl_ratio=ratio, ppl_rel_diff=rel, ppl_windows=on, seq_len=seq_len,
+                      windows_compared=n, limits=asdict(limits), problems=problems)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -122,3 +123,26 @@ def test_graph_without_kv_cache_is_refused(tmp_path):
     assert "\n" not in str(e.value)
     assert kv_layout(load_onnx(tmp_path / "model.onnx")) is None
     assert describe_io(load_onnx(tmp_path / "model.onnx"))["kv_cache"] is None
+
+
+def test_optimum_ties_the_head_to_the_token_table_without_a_word(capfd):
+    """accelerate (a dev dependency) lets optimum's tied-weight deduplication run: no "requires
+    accelerate" line, none of its expected "likely duplicate" notes, and (the check ran) the traced
+    head reads the token table itself through a Transpose instead of a second copy of it."""
+    import logging
+
+    from compress.models import tiny_model
+
+    model = tiny_model(seed=5)
+    assert logging.getLogger("optimum").isEnabledFor(logging.WARNING)  # its warnings would show
+    graph = export_decoder(model, opset=18)
+    err = capfd.readouterr().err
+    assert "requires accelerate" not in err and "likely duplicate" not in err
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    head = producers["logits"]
+    table = producers[head.input[1]]
+    assert (head.op_type, table.op_type, list(table.input)) == ("MatMul", "Transpose", ["transformer.wte.weight"])
+    wte_t = model.transformer.wte.weight.detach().numpy().T  # (E, V)
+    copies = [t.name for t in graph.graph.initializer
+              if list(t.dims) == list(wte_t.shape) and np.array_equal(onnx.numpy_helper.to_array(t), wte_t)]
+    assert copies == []  # no second, transposed copy of the table

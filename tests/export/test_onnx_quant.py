@@ -52,7 +52,7 @@ def export_quantized(qmodel, records, tmp_path, accuracy_level=0):
     graph = export_decoder(dequantized_copy(qmodel, records), opset=18)
     passes.gemm_to_matmul(graph)
     passes.fold_transposes(graph)
-    kinds = onnx_quant.write_quantized_linears(graph, records, accuracy_level)
+    kinds = onnx_quant.write_for_ort(graph, records, accuracy_level)
     return save_onnx(graph, tmp_path / "model.onnx"), kinds, graph
 
 
@@ -134,9 +134,9 @@ def test_codes_that_do_not_match_the_graph_are_refused(model):
     graph = export_decoder(model, opset=18)  # the fp32 model, not the dequantized one
     passes.gemm_to_matmul(graph)
     with pytest.raises(UserError, match="differs from the dequantized codes"):
-        onnx_quant.write_quantized_linears(graph, records)
+        onnx_quant.write_for_ort(graph, records)
     with pytest.raises(UserError, match="no weight MatMul for transformer.h.9"):
-        onnx_quant.write_quantized_linears(graph, {"transformer.h.9.attn.c_attn": records[LINEARS[0]]})
+        onnx_quant.write_for_ort(graph, {"transformer.h.9.attn.c_attn": records[LINEARS[0]]})
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,9 @@ def test_export_step_in_a_plan(tmp_path, trained_tiny):
     v = json.loads((step / "validation.json").read_text())
     assert v["passed"] and v["max_abs_logit_diff"] < 1e-3 and v["decode_max_abs_logit_diff"] < 1e-3
     assert v["top1_agreement"] == 1.0 and v["ppl_rel_diff"] < 1e-4
+    # one perplexity per artifact: metrics.json's; validation.json has only a ratio on labelled windows
+    assert {k for k in v if "ppl" in k} == {"ppl_ratio", "ppl_rel_diff", "ppl_windows"}
+    assert v["ppl_windows"].startswith("first 300 eval tokens, windows of 64")
     m = json.loads((step / "metrics.json").read_text())
     base = json.loads((tmp_path / "run" / "00-base" / "metrics.json").read_text())
     assert (m["backend"], m["kind"]) == ("onnxruntime", "onnx")
@@ -182,3 +185,54 @@ def test_a_quantize_step_int4_head_is_stored_once(tmp_path, run_decoder):
     ort_logits, _ = OrtRunner(save_onnx(graph, tmp_path / "model.onnx")).forward(ids)
     torch_logits, _ = TorchRunner(qmodel).forward(ids)
     torch.testing.assert_close(ort_logits, torch_logits, atol=1e-4, rtol=0)
+
+
+def test_tensorrt_int8_validates_the_qdq_file_it_ships(tmp_path, trained_tiny):
+    """The Q/DQ graph is written before model.onnx is saved: validation.json (ONNX Runtime on CPU) is
+    measured on that very file, the one engine.json points TensorRT at."""
+    if "quantize" not in step_configs():
+        pytest.skip("the quantize step is not registered in this checkout")
+    import onnx
+
+    from export.trt_runner import unavailable_reason
+    from export.trt_spec import sha256
+
+    if unavailable_reason() is None:
+        pytest.skip("TensorRT and a GPU are here: the engine would be built (see test_tensorrt_gpu.py)")
+    plan = parse_plan(plan_dict(trained_tiny[0], [
+        {"quantize": {"method": "rtn", "bits": 8, "group_size": "per-channel"}},
+        {"export": {"format": "tensorrt", "precision": "int8", "validation": {"tokens": 256, "windows": 1}}}]))
+    run_plan(plan, tmp_path / "run", progress=False)
+    step = tmp_path / "run" / "02-export-tensorrt"
+    v = json.loads((step / "validation.json").read_text())
+    spec = json.loads((step / "engine.json").read_text())
+    assert v["ran"] and v["passed"] and v["file"] == "model.onnx" and v["runtime"] == "onnxruntime on cpu"
+    assert v["sha256"] == sha256(step / "model.onnx") == spec["onnx_sha256"]
+    assert v["reference"].startswith("torch quantized model (int8") and v["ppl_rel_diff"] < 1e-3
+    assert "ppl_onnx" not in v and "ppl_torch" not in v and "first 256 eval tokens" in v["ppl_windows"]
+    ops = [n.op_type for n in onnx.load(step / "model.onnx").graph.node]
+    assert ops.count("DequantizeLinear") == 8 and "MatMulNBits" not in ops  # the Q/DQ graph was validated
+    info = json.loads((step / "step.json").read_text())
+    assert info["info"]["qdq_layers"] == {"int8": 8}
+    assert "% apart on the validation windows" in info["summary"]  # a closeness, not a second perplexity
+
+
+def test_a_tensorrt_graph_ort_cannot_run_is_recorded_as_not_validated(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import export.step as step_module
+    from export.step import validate_file
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not read: the runner below refuses it")
+
+    def refuse(cfg, onnx_path, ctx):
+        raise UserError(f"{onnx_path}: ONNX Runtime cannot load this model (TensorRT-only op)")
+
+    monkeypatch.setattr(step_module, "_validation_runner", refuse)
+    ctx = SimpleNamespace(name="02-export-tensorrt")
+    v = validate_file(ExportConfig(format="tensorrt", precision="fp16"), path, None, {}, ctx)
+    assert (v["ran"], v["passed"], v["file"]) == (False, None, "model.onnx")
+    assert v["reason"].startswith("ONNX Runtime cannot run this TensorRT graph") and "TensorRT-only op" in v["reason"]
+    with pytest.raises(UserError, match="cannot load"):  # an ONNX Runtime export that ORT cannot load fails
+        validate_file(ExportConfig(), path, None, {}, ctx)

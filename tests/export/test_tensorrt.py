@@ -245,3 +245,14 @@ def test_plan_problems_before_any_model_loads(steps, export, problem):
     cfg = SimpleNamespace(**{"opset": 18, "profile": None, **export})
     found = [p.msg for p in plan_check(cfg, state)]
     assert (problem in " ".join(found)) if problem else found == []
+
+
+def test_tensorrt_qdq_checks_each_weight_like_the_ort_pass(fp_graph):
+    """The TensorRT Q/DQ goes through the same weight-replacement pass as MatMulNBits: codes of another
+    model do not match the graph's weights, and the refusal leaves the graph as it was."""
+    records = symmetric_records(tiny_model(seed=1), ["transformer.h.0.attn.c_attn"], 8)  # fp_graph is seed 0
+    graph = onnx.ModelProto()
+    graph.CopyFrom(fp_graph)
+    with pytest.raises(UserError, match="transformer.h.0.attn.c_attn: graph weight of .* differs from the dequantized"):
+        write_qdq(graph, records)
+    assert graph == fp_graph
