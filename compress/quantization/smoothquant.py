@@ -11,14 +11,21 @@ mlp.c_proj follows a GELU, where nothing can absorb a divisor; it is quantized u
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from pydantic import BaseModel, Field
 from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from compress.quantization.calibration import input_hooks, run_model
 from compress.quantization.handoff import QuantizedLinear
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
+from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import rtn
+
+if TYPE_CHECKING:
+    from compress.quantization.config import QuantizeConfig
 
 SMOOTHED = ("attn.c_attn", "attn.c_proj", "mlp.c_fc")
 
@@ -91,3 +98,19 @@ def quantize_smoothquant(model: GPT2LMHeadModel, windows: torch.Tensor, alpha: f
         w, _ = linear_weight(model.lm_head)
         records["lm_head"] = rtn("lm_head", w, None, head_bits, head_group, sym=True)
     return install(model, records)
+
+
+# -- the smoothquant method --------------------------------------------------------------------------
+
+class SmoothQuantOptions(BaseModel):
+    alpha: float = Field(0.5, ge=0, le=1, description="smoothquant: migration strength")
+
+
+def run_smoothquant(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) -> GPT2LMHeadModel:
+    head_bits = cfg.head_bits
+    return quantize_smoothquant(model, windows, cfg.alpha, head_bits, cfg.group_for(head_bits) if head_bits else None)
+
+
+METHODS = (QuantMethod("smoothquant", bits=(8,), grid=Grid.PER_CHANNEL, layout=Layout.INT8, onnx=OnnxForm.QDQ_W8A8,
+                       calibrates=True, run=run_smoothquant, options=SmoothQuantOptions, quantizes_head=True,
+                       summary="W8A8: activation outliers migrated into the weights, static int8 activations"),)

@@ -48,7 +48,7 @@ def test_method_defaults():
     ({"method": "bnb-int8", "group_size": 64}, "steps[0].quantize.group_size", "bitsandbytes' own blocks"),
     ({"method": "smoothquant", "sym": False}, "steps[0].quantize.sym", "asymmetric weights are for rtn/gptq"),
     ({"method": "dynamic-int8", "lm_head": "int8"}, "steps[0].quantize.lm_head", "rtn, gptq and smoothquant only"),
-    ({"method": "awq"}, "steps[0].quantize.method", "Input should be"),
+    ({"method": "int3"}, "steps[0].quantize.method", "Input should be"),
     ({"bitz": 4}, "steps[0].quantize.bitz", "unknown key"),
 ])
 def test_bad_values_name_their_key(step, where, text):
@@ -69,7 +69,7 @@ def test_group_size_check_covers_a_quantized_lm_head():
 
 
 def test_bnb_without_bitsandbytes_names_the_extra(monkeypatch):
-    monkeypatch.setattr(qconfig, "bnb_installed", lambda: False)
+    monkeypatch.setattr(qconfig, "package_installed", lambda module: False)
     (problem,) = _problems(_plan({"method": "bnb-nf4"}))
     assert problem.startswith("steps[0].quantize.method:") and "pip install -e '.[bnb]'" in problem
 
