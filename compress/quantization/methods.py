@@ -20,7 +20,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "compress.quantization.smoothquant",
     "compress.quantization.bnb_methods",
     "compress.quantization.dynamic",
-    # "compress.quantization.awq",
+    "compress.quantization.awq",
 )
 
 
