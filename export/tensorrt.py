@@ -201,7 +201,9 @@ def plan_problems(cfg: Any, plan: Any, index: int) -> list[str]:
         return out
     quant = [(j, s) for j, s in enumerate(plan.steps[:index]) if s.kind == "quantize"]
     if not quant:
-        return out + [f"precision {precision} needs a quantize step before the export (rtn, gptq or smoothquant, "
+        from compress.quantization.methods import exportable_methods
+
+        return out + [f"precision {precision} needs a quantize step before the export ({', '.join(exportable_methods())}; "
                       f"sym: true): TensorRT builds {precision} from the explicit Q/DQ of its integers"]
     j, q = quant[-1]
     bits = q.weight_bits

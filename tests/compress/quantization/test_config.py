@@ -47,7 +47,7 @@ def test_method_defaults():
     ({"method": "rtn", "act_order": True}, "steps[0].quantize.act_order", "applies to method gptq only"),
     ({"method": "bnb-int8", "group_size": 64}, "steps[0].quantize.group_size", "bitsandbytes' own blocks"),
     ({"method": "smoothquant", "sym": False}, "steps[0].quantize.sym", "asymmetric weights are for rtn/gptq"),
-    ({"method": "dynamic-int8", "lm_head": "int8"}, "steps[0].quantize.lm_head", "rtn, gptq and smoothquant only"),
+    ({"method": "dynamic-int8", "lm_head": "int8"}, "steps[0].quantize.lm_head", "rtn, gptq, smoothquant and awq only"),
     ({"method": "int3"}, "steps[0].quantize.method", "Input should be"),
     ({"bitz": 4}, "steps[0].quantize.bitz", "unknown key"),
 ])
@@ -86,7 +86,7 @@ def test_non_exportable_method_before_export_is_refused(method):
     q = QuantizeConfig(method=method)
     plan = SimpleNamespace(steps=[q, SimpleNamespace(kind="export")], data=SimpleNamespace(train=object()),
                            model="gpt2")
-    assert q.plan_problems(plan, 0) == [f"method {method} cannot be exported to ONNX; use rtn/gptq/smoothquant"]
+    assert q.plan_problems(plan, 0) == [f"method {method} cannot be exported to ONNX; use rtn/gptq/smoothquant/awq"]
     assert QuantizeConfig(method="gptq").plan_problems(plan, 0) == []
 
 
