@@ -203,8 +203,9 @@ def plan_problems(cfg: Any, plan: Any, index: int) -> list[str]:
     if not quant:
         from compress.quantization.methods import exportable_methods
 
-        return out + [f"precision {precision} needs a quantize step before the export ({', '.join(exportable_methods())}; "
-                      f"sym: true): TensorRT builds {precision} from the explicit Q/DQ of its integers"]
+        return out + [f"precision {precision} needs a quantize step before the export "
+                      f"({', '.join(exportable_methods())}; sym: true): TensorRT builds {precision} from the "
+                      "explicit Q/DQ of its integers"]
     j, q = quant[-1]
     bits = q.weight_bits
     if bits != int(precision[3:]):

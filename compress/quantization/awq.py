@@ -138,7 +138,7 @@ def scale_block(block: nn.Module, stats: InputStats, bits: int, group: int | Non
     scaled inputs (x / s)."""
     errors = {}
     for local, fold in FOLDS.items():
-        w, _ = linear_weight(block.get_submodule(local))
+        w = linear_weight(block.get_submodule(local))[0].cpu()  # searched on CPU, beside the statistics
         H, x_mean = stats.get(local)
         s, rtn_err, best_err = search_scale(w, H, x_mean, bits, group, sym, grid)
         fold(block, s)
@@ -177,6 +177,7 @@ def run_awq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) 
     def quantize_block(i: int, block: nn.Module, stats: InputStats) -> None:
         for local in BLOCK_LINEARS:
             w, bias = linear_weight(block.get_submodule(local))
+            w = w.cpu()  # beside the statistics
             if cfg.clip:
                 w = clip_weight(w, search_clip(w, stats.get(local)[0], bits, group, sym))
             name = f"transformer.h.{i}.{local}"

@@ -33,7 +33,8 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
 
     kind: ClassVar[str] = "quantize"
 
-    bits: Literal[4, 8] | None = Field(None, description="default: 4 for rtn/gptq/nf4/fp4, else 8")
+    bits: Literal[4, 8] | None = Field(
+        None, description="default: the method's first (4 for rtn/gptq/awq/nf4/fp4, else 8)")
     group_size: Literal[32, 64, 128, "per-channel"] | None = Field(
         None, description="input channels per scale; default 128 at 4 bits, per-channel at 8 bits")
     sym: bool = Field(True, description="symmetric grid (zero point 2**(bits-1)); false: asymmetric")

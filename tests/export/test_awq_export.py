@@ -21,7 +21,8 @@ def ort_logits(path, ids: np.ndarray) -> np.ndarray:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     B, T = ids.shape
-    feed = {"input_ids": ids, "attention_mask": np.ones((B, T), np.int64), "position_ids": np.tile(np.arange(T), (B, 1))}
+    feed = {"input_ids": ids, "attention_mask": np.ones((B, T), np.int64),
+            "position_ids": np.tile(np.arange(T), (B, 1))}
     for i in sess.get_inputs():
         if i.name.startswith("past_key_values."):
             feed[i.name] = np.zeros((B, i.shape[1], 0, i.shape[3]), np.float32)  # (B, nh, 0, hs)
