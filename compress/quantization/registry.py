@@ -88,3 +88,9 @@ class QuantMethod:
     @property
     def default_bits(self) -> int:
         return self.bits[0]
+
+    @property
+    def int8_activations(self) -> bool:
+        """Whether its activations are quantized to int8 per tensor (W8A8, dynamic int8): the methods
+        that activation outliers hurt."""
+        return self.layout in (Layout.INT8, Layout.INT8_DYNAMIC)

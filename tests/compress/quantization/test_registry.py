@@ -33,6 +33,7 @@ def test_entry_attributes_are_consistent(name):
     if m.onnx is OnnxForm.QDQ_W8A8:
         assert m.layout is Layout.INT8 and m.bits == (8,)
     assert (m.grid is Grid.OWN) == (m.layout is Layout.BITSANDBYTES)
+    assert m.int8_activations == (name in ("smoothquant", "dynamic-int8"))
     assert callable(m.run) and m.summary
     for field in m.options.model_fields:  # every option is a QuantizeConfig field
         assert field in QuantizeConfig.model_fields
