@@ -26,6 +26,7 @@ import torch
 
 from compress.models import load_model, load_tokenizer, save_model
 from compress.quantization import QuantizeConfig, quantize
+from compress.quantization.methods import method
 from evalsuite.data import read_text, tokenize
 from evalsuite.latency import measure_latency
 from evalsuite.perplexity import perplexity
@@ -41,6 +42,7 @@ ROWS: dict[str, dict | None] = {
     "rtn int4 g128": dict(method="rtn", bits=4, group_size=128),
     "gptq int4 g128": dict(method="gptq", bits=4, group_size=128),
     "gptq int4 g128 act-order": dict(method="gptq", bits=4, group_size=128, act_order=True),
+    "awq int4 g128": dict(method="awq", bits=4, group_size=128),
     "smoothquant W8A8": dict(method="smoothquant"),
     "dynamic int8 (torch.ao)": dict(method="dynamic-int8"),
     "bnb int8 (LLM.int8)": dict(method="bnb-int8"),
@@ -84,8 +86,8 @@ def main(argv=None) -> int:
             model = load_model(TEACHER)
             t0 = time.perf_counter()
             if ROWS[name] is not None:
-                cfg = QuantizeConfig(**ROWS[name], **({"calib_samples": calib_samples}
-                                                      if ROWS[name]["method"] in ("gptq", "smoothquant") else {}))
+                calib = {"calib_samples": calib_samples} if method(ROWS[name]["method"]).calibrates else {}
+                cfg = QuantizeConfig(**ROWS[name], **calib)
                 model = quantize(model, cfg, calib_ids)
             quant_s = time.perf_counter() - t0
             out = save_model(model, Path(tmp) / name.replace(" ", "_"))

@@ -107,8 +107,10 @@ class ExportConfig(StepConfig):
             problems.append(Problem(f"{self.quantize}: the model is already quantized by {done.by}; its own "
                                     "integers are exported (leave quantize unset)", "quantize"))
         if done is not None and not done.exportable:
+            from compress.quantization.methods import exportable_methods
+
             problems.append(Problem(f"the model quantized by {done.by} (method {done.method}) has no ONNX form; "
-                                    "use rtn/gptq/smoothquant before an export"))
+                                    f"use {'/'.join(exportable_methods())} before an export"))
         if self.format == "tensorrt":
             from export.tensorrt import plan_check
 

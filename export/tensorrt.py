@@ -102,7 +102,9 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
         return out
     q = state.quantized
     if q is None:
-        return out + [Problem(f"{precision} needs a quantize step before the export (rtn, gptq or smoothquant, "
+        from compress.quantization.methods import exportable_methods
+
+        return out + [Problem(f"{precision} needs a quantize step before the export ({', '.join(exportable_methods())}; "
                               f"sym: true): TensorRT builds {precision} from the explicit Q/DQ of its integers",
                               "precision")]
     if q.bits != int(precision[3:]):

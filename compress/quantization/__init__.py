@@ -1,4 +1,6 @@
-"""int8 / 4-bit quantization of GPT-2: rtn, gptq, smoothquant (W8A8), bitsandbytes, torch dynamic int8.
+"""int8 / 4-bit quantization of GPT-2: rtn, gptq, awq, smoothquant (W8A8), bitsandbytes, torch dynamic int8.
+
+Each method is one registry entry (registry.QuantMethod, the table in methods.py).
 
     from compress import quantize, QuantizeConfig
     q = quantize(model, QuantizeConfig(method="gptq", bits=4, group_size=128), calib_ids)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -10,17 +9,15 @@ from transformers import GPT2LMHeadModel
 
 from compress.errors import UserError
 from compress.quantization.calibration import calibration_windows
-from compress.quantization.config import CALIBRATED, QuantizeConfig, layer_widths
-from compress.quantization.modules import block_linear_names, install, linear_weight
-from compress.quantization.rtn import rtn
-
-log = logging.getLogger(__name__)
+from compress.quantization.config import QuantizeConfig, layer_widths
 
 
 def details(cfg: QuantizeConfig) -> dict[str, Any]:
-    """What config.json records about the quantization (the config with its defaults resolved)."""
+    """What config.json records about the quantization (the config with its defaults resolved, and
+    the storage layout that storage.py reads back)."""
     group = cfg.group_for(cfg.weight_bits)
-    return cfg.model_dump(mode="json") | {"bits": cfg.weight_bits, "group_size": group or "per-channel"}
+    return cfg.model_dump(mode="json") | {"bits": cfg.weight_bits, "group_size": group or "per-channel",
+                                          "layout": cfg.quant_method.layout.value}
 
 
 def check_widths(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> None:
@@ -29,59 +26,23 @@ def check_widths(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> None:
         raise UserError(f"quantize.group_size: {'; '.join(problems)}")
 
 
-def _rtn_all(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> GPT2LMHeadModel:
-    bits = cfg.weight_bits
-    records = {}
-    for name in block_linear_names(model):
-        w, bias = linear_weight(model.get_submodule(name))
-        records[name] = rtn(name, w, bias, bits, cfg.group_for(bits), cfg.sym)
-    return install(model, records | _rtn_head(model, cfg))
-
-
-def _rtn_head(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> dict:
-    if not cfg.head_bits:
-        return {}
-    w, _ = linear_weight(model.lm_head)
-    return {"lm_head": rtn("lm_head", w, None, cfg.head_bits, cfg.group_for(cfg.head_bits), cfg.sym)}
-
-
 @torch.no_grad()
 def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | None = None) -> GPT2LMHeadModel:
     """Quantize a GPT-2 in place and return it; save it with compress.models.save_model.
 
-    `calib`: token ids for gptq / smoothquant, a 1-D stream (random windows are drawn from it) or
-    (N, T) windows.
+    `calib`: token ids for the methods that calibrate (gptq, smoothquant, awq), a 1-D stream (random
+    windows are drawn from it) or (N, T) windows.
     """
     if getattr(model.config, "quantization_config", None) is not None:
         raise UserError("quantize: the model is already quantized; start from an fp32 model")
     check_widths(model, cfg)
     model.eval()
     windows = None
-    if cfg.method in CALIBRATED:
+    if cfg.quant_method.calibrates:
         if calib is None:
             raise UserError(f"quantize: method {cfg.method} needs calibration token ids (calib=...)")
         seq_len = min(cfg.calib_seq_len, model.config.n_positions)
         windows = calibration_windows(calib, cfg.calib_samples, seq_len, cfg.seed)
-    bits, head_bits = cfg.weight_bits, cfg.head_bits
-    head_group = cfg.group_for(head_bits) if head_bits else None
-    if cfg.method == "rtn":
-        _rtn_all(model, cfg)
-    elif cfg.method == "gptq":
-        from compress.quantization.gptq import quantize_gptq
-
-        quantize_gptq(model, windows, bits, cfg.group_for(bits), cfg.sym, cfg.damp, cfg.act_order,
-                      head_bits, head_group, log=log)
-    elif cfg.method == "smoothquant":
-        from compress.quantization.smoothquant import quantize_smoothquant
-
-        quantize_smoothquant(model, windows, cfg.alpha, head_bits, head_group)
-    elif cfg.method == "dynamic-int8":
-        from compress.quantization.dynamic import quantize_dynamic_int8
-
-        model, _ = quantize_dynamic_int8(model)
-    else:
-        from compress.quantization.bnb import quantize_bnb
-
-        model = quantize_bnb(model, cfg.method, cfg.threshold)
+    model = cfg.quant_method.run(model, cfg, windows)
     model.config.quantization_config = {"gpt2_edge": details(cfg)}
     return model.eval()

@@ -1,4 +1,8 @@
-"""QuantizeConfig: the `quantize` step's settings and every check that can run before a model loads."""
+"""QuantizeConfig: the `quantize` step's settings and every check that can run before a model loads.
+
+What each method accepts (bits, grid, options, calibration, export) comes from its registry entry
+(compress.quantization.methods); this file compares no method names.
+"""
 
 from __future__ import annotations
 
@@ -9,107 +13,104 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from compress.plan_state import Check, PlanState, Problem, Quantized
+from compress.quantization.methods import METHODS, exportable_methods, method, methods_reading, option_classes
+from compress.quantization.registry import Grid, QuantMethod
 from compress.steps import StepConfig
 
-Method = Literal["rtn", "gptq", "smoothquant", "bnb-int8", "bnb-nf4", "bnb-fp4", "dynamic-int8"]
-
-# Weight bits each method can produce; the first is its default.
-METHOD_BITS: dict[str, tuple[int, ...]] = {
-    "rtn": (4, 8), "gptq": (4, 8), "smoothquant": (8,), "bnb-int8": (8,), "bnb-nf4": (4,),
-    "bnb-fp4": (4,), "dynamic-int8": (8,),
-}
-# Methods whose result has a MatMulNBits / QDQ form (compressed-tensors layout, see storage.py).
-EXPORTABLE = ("rtn", "gptq", "smoothquant")
-CALIBRATED = ("gptq", "smoothquant")
-BNB_HINT = "bitsandbytes is not installed: pip install -e '.[bnb]'"
+Method = Literal[tuple(METHODS)]  # "rtn", "gptq", ... in table order
+# The fields of every method's options (QuantMethod.options), mixed into QuantizeConfig.
+OPTION_FIELDS: tuple[str, ...] = tuple(f for cls in option_classes() for f in cls.model_fields)
 
 
-class QuantizeConfig(StepConfig):
+class _MethodChoice(StepConfig):
+    # First in field order, so that every later field's validator sees the method.
+    method: Method = "rtn"
+
+
+class QuantizeConfig(*option_classes(), _MethodChoice):
     """Quantize the attention and MLP projections (and optionally the LM head) of a GPT-2."""
 
     kind: ClassVar[str] = "quantize"
     changes_weights: ClassVar[bool] = True
 
-    method: Method = "rtn"
-    bits: Literal[4, 8] | None = Field(None, description="default: 4 for rtn/gptq/nf4/fp4, else 8")
+    bits: Literal[4, 8] | None = Field(
+        None, description="default: the method's first (4 for rtn/gptq/awq/nf4/fp4, else 8)")
     group_size: Literal[32, 64, 128, "per-channel"] | None = Field(
         None, description="input channels per scale; default 128 at 4 bits, per-channel at 8 bits")
     sym: bool = Field(True, description="symmetric grid (zero point 2**(bits-1)); false: asymmetric")
     lm_head: Literal["keep", "int8", "int4"] = Field(
         "keep", description="quantize the LM head; a tied head quantizes the tied matrix (the token lookup "
                             "reads the same dequantized codes)")
-    # gptq
-    damp: float = Field(0.01, gt=0, le=1, description="gptq: damping, a fraction of mean(diag(H))")
-    act_order: bool = Field(False, description="gptq: quantize columns by decreasing Hessian diagonal")
-    # smoothquant
-    alpha: float = Field(0.5, ge=0, le=1, description="smoothquant: migration strength")
-    # bnb-int8
-    threshold: float = Field(6.0, ge=0, le=1000, description="bnb-int8: outlier threshold (LLM.int8)")
-    # calibration (gptq, smoothquant)
+    # calibration (methods with calibrates=True)
     calib_samples: int = Field(64, ge=1, le=4096, description="calibration windows from data.train")
     calib_seq_len: int = Field(256, ge=8, le=8192, description="tokens per window (capped at n_positions)")
     seed: int = 0
 
     @field_validator("method")
     @classmethod
-    def _bnb_installed(cls, v: str) -> str:
-        if v.startswith("bnb-") and not bnb_installed():
-            raise ValueError(f"method {v}: {BNB_HINT}")
+    def _requirement_installed(cls, v: str) -> str:
+        needs = method(v).requires
+        if needs and not package_installed(needs[0]):
+            raise ValueError(f"method {v}: {needs[0]} is not installed: pip install -e '.[{needs[1]}]'")
         return v
 
     @field_validator("bits")
     @classmethod
     def _bits_supported(cls, v: int, info: ValidationInfo) -> int:
-        method = info.data.get("method")
-        if method and v not in METHOD_BITS[method]:
-            raise ValueError(f"method {method} supports bits {' or '.join(map(str, METHOD_BITS[method]))}, "
-                             f"not {v}")
+        m = _method_of(info)
+        if m and v not in m.bits:
+            raise ValueError(f"method {m.name} supports bits {' or '.join(map(str, m.bits))}, not {v}")
         return v
 
     @field_validator("group_size")
     @classmethod
     def _group_applies(cls, v: int | str, info: ValidationInfo) -> int | str:
-        method = info.data.get("method")
-        if method in ("smoothquant", "dynamic-int8") and v != "per-channel":
-            raise ValueError(f"method {method} quantizes weights per channel; leave group_size unset")
-        if method and method.startswith("bnb-"):
-            raise ValueError(f"method {method} uses bitsandbytes' own blocks; leave group_size unset")
+        m = _method_of(info)
+        if m and m.grid is Grid.PER_CHANNEL and v != "per-channel":
+            raise ValueError(f"method {m.name} quantizes weights per channel; leave group_size unset")
+        if m and m.grid is Grid.OWN:
+            owner = f"{m.requires[0]}'" if m.requires else "its"
+            raise ValueError(f"method {m.name} uses {owner} own blocks; leave group_size unset")
         return v
 
     @field_validator("sym")
     @classmethod
     def _sym_applies(cls, v: bool, info: ValidationInfo) -> bool:
-        if not v and info.data.get("method") not in ("rtn", "gptq"):
-            raise ValueError(f"asymmetric weights are for rtn/gptq, not {info.data.get('method')}")
+        m = _method_of(info)
+        if not v and m and not m.asymmetric:
+            allowed = "/".join(x.name for x in METHODS.values() if x.asymmetric)
+            raise ValueError(f"asymmetric weights are for {allowed}, not {m.name}")
         return v
 
-    @field_validator("damp", "act_order")
+    @field_validator(*OPTION_FIELDS)
     @classmethod
-    def _gptq_only(cls, v, info: ValidationInfo):
-        return _only_for(v, info, ("gptq",))
-
-    @field_validator("alpha")
-    @classmethod
-    def _smoothquant_only(cls, v, info: ValidationInfo):
-        return _only_for(v, info, ("smoothquant",))
-
-    @field_validator("threshold")
-    @classmethod
-    def _bnb_int8_only(cls, v, info: ValidationInfo):
-        return _only_for(v, info, ("bnb-int8",))
+    def _option_applies(cls, v, info: ValidationInfo):
+        """Reject an option the chosen method ignores (runs only when the user set the option)."""
+        m = _method_of(info)
+        if m and info.field_name not in m.options.model_fields:
+            raise ValueError(f"{info.field_name} applies to method {' / '.join(methods_reading(info.field_name))} "
+                             f"only, not {m.name}")
+        return v
 
     @field_validator("lm_head")
     @classmethod
     def _lm_head_supported(cls, v: str, info: ValidationInfo) -> str:
-        if v != "keep" and info.data.get("method") not in ("rtn", "gptq", "smoothquant"):
-            raise ValueError(f"lm_head: {v} is supported with rtn, gptq and smoothquant only")
+        m = _method_of(info)
+        if v != "keep" and m and not m.quantizes_head:
+            allowed = [x.name for x in METHODS.values() if x.quantizes_head]
+            raise ValueError(f"lm_head: {v} is supported with {', '.join(allowed[:-1])} and {allowed[-1]} only")
         return v
 
     # -- derived settings ----------------------------------------------------------------------------
 
     @property
+    def quant_method(self) -> QuantMethod:
+        """The registry entry of `method`."""
+        return method(self.method)
+
+    @property
     def weight_bits(self) -> int:
-        return self.bits or METHOD_BITS[self.method][0]
+        return self.bits or self.quant_method.default_bits
 
     def group_for(self, bits: int) -> int | None:
         """Input channels per scale at `bits` (None: per-channel)."""
@@ -117,8 +118,8 @@ class QuantizeConfig(StepConfig):
             return None
         if self.group_size is not None:
             return self.group_size
-        if self.method.startswith("bnb-"):
-            return None  # bitsandbytes' own blocks, not ours
+        if self.quant_method.grid is Grid.OWN:
+            return None  # the library's own blocks (bitsandbytes), not ours
         return 128 if bits == 4 else None
 
     @property
@@ -136,13 +137,13 @@ class QuantizeConfig(StepConfig):
         problems = []
         if state.quantized is not None:
             problems.append(Problem(f"the model is already quantized by {state.quantized.by}"))
-        if self.method in CALIBRATED and not state.train_data:
+        if self.quant_method.calibrates and not state.train_data:
             problems.append(Problem(f"{self.method} calibrates on data.train; set data.train in the plan", "method"))
         if state.shape is not None:
             problems += self.shape_problems(state)
         bits = self.weight_bits
         done = Quantized(by=state.at, method=self.method, bits=bits, group_size=self.group_for(bits), sym=self.sym,
-                         exportable=self.method in EXPORTABLE)
+                         exportable=self.quant_method.exportable)
         return replace(state, quantized=done), problems
 
     def shape_problems(self, state: PlanState) -> list[Problem]:
@@ -185,16 +186,14 @@ class QuantizeConfig(StepConfig):
                 for (g, w), names in self.bad_groups(widths).items()]
 
 
-def bnb_installed() -> bool:
-    return importlib.util.find_spec("bitsandbytes") is not None
+def package_installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
-def _only_for(value, info: ValidationInfo, methods: tuple[str, ...]):
-    """Reject an option the chosen method ignores (runs only when the user set the option)."""
-    method = info.data.get("method")
-    if method and method not in methods:
-        raise ValueError(f"{info.field_name} applies to method {' / '.join(methods)} only, not {method}")
-    return value
+def _method_of(info: ValidationInfo) -> QuantMethod | None:
+    """The entry of the method validated before this field (None when the method itself was invalid)."""
+    name = info.data.get("method")
+    return method(name) if name else None
 
 
 def layer_widths(n_embd: int, n_inner: int | None) -> dict[str, int]:

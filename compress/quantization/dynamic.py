@@ -10,6 +10,7 @@ saved model reloads to exactly the same int8 weights.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
@@ -17,7 +18,11 @@ from transformers import GPT2LMHeadModel
 
 from compress.quantization.handoff import QuantizedLinear
 from compress.quantization.modules import block_linear_names, linear_weight, set_module
+from compress.quantization.registry import Grid, Layout, QuantMethod
 from compress.quantization.rtn import rtn
+
+if TYPE_CHECKING:
+    from compress.quantization.config import QuantizeConfig
 
 
 def dynamic_linear(ql: QuantizedLinear) -> DynamicLinear:
@@ -64,3 +69,12 @@ def dynamic_records_of(model: GPT2LMHeadModel) -> dict[str, QuantizedLinear]:
             out[name] = QuantizedLinear(name, 8, w.shape[1], q, scales, torch.full_like(q[:, :1], 128),
                                         None if m.bias() is None else m.bias().detach().float())
     return out
+
+
+def run_dynamic_int8(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: None = None) -> GPT2LMHeadModel:
+    return quantize_dynamic_int8(model)[0]
+
+
+METHODS = (QuantMethod("dynamic-int8", bits=(8,), grid=Grid.PER_CHANNEL, layout=Layout.INT8_DYNAMIC, onnx=None,
+                       calibrates=False, run=run_dynamic_int8, cpu_only=True,
+                       summary="torch.ao dynamic int8: activations quantized per tensor at run time (CPU)"),)

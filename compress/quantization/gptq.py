@@ -8,14 +8,24 @@ i+1's inputs, so only one block's activations are held at a time.
 
 from __future__ import annotations
 
+import logging
+from typing import TYPE_CHECKING
+
 import torch
+from pydantic import BaseModel, Field
 from transformers import GPT2LMHeadModel
 
 from compress.errors import UserError
 from compress.quantization.calibration import capture_block_inputs, input_hooks, run_block
 from compress.quantization.handoff import QuantizedLinear
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
+from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import fit_groups, fit_grid, to_codes
+
+if TYPE_CHECKING:
+    from compress.quantization.config import QuantizeConfig
+
+log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 128  # columns updated together (lazy batch updates); a multiple of every group size
 
@@ -119,3 +129,21 @@ def quantize_gptq(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, grou
         install(model, {"lm_head": gptq("lm_head", w, None, hs.get("lm_head"), head_bits, head_group,
                                          sym, damp, act_order)})
     return model
+
+
+# -- the gptq method ---------------------------------------------------------------------------------
+
+class GptqOptions(BaseModel):
+    damp: float = Field(0.01, gt=0, le=1, description="gptq: damping, a fraction of mean(diag(H))")
+    act_order: bool = Field(False, description="gptq: quantize columns by decreasing Hessian diagonal")
+
+
+def run_gptq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) -> GPT2LMHeadModel:
+    bits, head_bits = cfg.weight_bits, cfg.head_bits
+    return quantize_gptq(model, windows, bits, cfg.group_for(bits), cfg.sym, cfg.damp, cfg.act_order,
+                         head_bits, cfg.group_for(head_bits) if head_bits else None, log=log)
+
+
+METHODS = (QuantMethod("gptq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
+                       calibrates=True, run=run_gptq, options=GptqOptions, asymmetric=True, quantizes_head=True,
+                       summary="GPTQ: rounding errors spread by the inverse Hessian of the inputs"),)

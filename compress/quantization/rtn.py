@@ -7,9 +7,17 @@ range widened to include 0 so that a zero weight stays exactly zero.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from transformers import GPT2LMHeadModel
 
 from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.modules import block_linear_names, install, linear_weight
+from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
+
+if TYPE_CHECKING:
+    from compress.quantization.config import QuantizeConfig
 
 
 def fit_grid(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,3 +60,28 @@ def rtn(name: str, w: torch.Tensor, bias: torch.Tensor | None, bits: int, group_
     return QuantizedLinear(name=name, bits=bits, group_size=g, q=codes.to(torch.uint8),
                            scales=scales.float().contiguous(), zeros=zeros.to(torch.uint8),
                            bias=None if bias is None else bias.detach().float().clone())
+
+
+# -- the rtn method ----------------------------------------------------------------------------------
+
+def rtn_head(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> dict[str, QuantizedLinear]:
+    """The LM head's record when cfg.lm_head asks for it (round-to-nearest), else {}."""
+    if not cfg.head_bits:
+        return {}
+    w, _ = linear_weight(model.lm_head)
+    return {"lm_head": rtn("lm_head", w, None, cfg.head_bits, cfg.group_for(cfg.head_bits), cfg.sym)}
+
+
+def quantize_rtn(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: None = None) -> GPT2LMHeadModel:
+    """Round-to-nearest every block projection (and the head when asked), in place."""
+    bits = cfg.weight_bits
+    records = {}
+    for name in block_linear_names(model):
+        w, bias = linear_weight(model.get_submodule(name))
+        records[name] = rtn(name, w, bias, bits, cfg.group_for(bits), cfg.sym)
+    return install(model, records | rtn_head(model, cfg))
+
+
+METHODS = (QuantMethod("rtn", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
+                       calibrates=False, run=quantize_rtn, asymmetric=True, quantizes_head=True,
+                       summary="round-to-nearest on the integer grid"),)

@@ -3,22 +3,28 @@
 Activation outlier channels make per-tensor int8 activations coarse. Dividing input channel j by
 s_j = max|X_j|**alpha / max|W_j|**(1 - alpha) and multiplying the weight's column j by s_j leaves the
 product unchanged but moves the difficulty from activations to weights. The division is folded into
-what produces X, so the saved model is a stock GPT-2 with different numbers:
-    attn.c_attn <- ln_1 (weight and bias / s);  mlp.c_fc <- ln_2;
-    attn.c_proj <- the value rows of c_attn (attention mixes tokens, never channels, so it commutes).
-mlp.c_proj follows a GELU, where nothing can absorb a divisor; it is quantized unsmoothed.
+what produces X (folding.py: ln_1, ln_2, the value outputs of c_attn), so the saved model is a stock
+GPT-2 with different numbers. mlp.c_proj follows a GELU, where nothing can absorb a divisor; it is
+quantized unsmoothed.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+from pydantic import BaseModel, Field
 from transformers import GPT2LMHeadModel
-from transformers.pytorch_utils import Conv1D
 
 from compress.quantization.calibration import input_hooks, run_model
+from compress.quantization.folding import fold_into_layernorm, fold_into_values
 from compress.quantization.handoff import QuantizedLinear
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
+from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import rtn
+
+if TYPE_CHECKING:
+    from compress.quantization.config import QuantizeConfig
 
 SMOOTHED = ("attn.c_attn", "attn.c_proj", "mlp.c_fc")
 
@@ -44,29 +50,18 @@ def smoothing_factors(x_amax: torch.Tensor, w: torch.Tensor, alpha: float) -> to
 
 
 @torch.no_grad()
-def _scale_input_columns(conv: Conv1D, s: torch.Tensor) -> None:
-    conv.weight.mul_(s.to(conv.weight).unsqueeze(1))  # Conv1D weight is (in, out): scale row j
-
-
-@torch.no_grad()
 def smooth(model: GPT2LMHeadModel, windows: torch.Tensor, alpha: float) -> None:
     """Fold the smoothing factors into the model, in place (its fp32 outputs do not change)."""
     names = [f"transformer.h.{i}.{n}" for i in range(model.config.n_layer) for n in SMOOTHED]
     amax = channel_absmax(model, windows, names)
-    E = model.config.n_embd
     for i, block in enumerate(model.transformer.h):
         for ln, local in ((block.ln_1, "attn.c_attn"), (block.ln_2, "mlp.c_fc")):
             layer = block.get_submodule(local)
             s = smoothing_factors(amax[f"transformer.h.{i}.{local}"], linear_weight(layer)[0], alpha)
-            ln.weight.div_(s.to(ln.weight))
-            ln.bias.div_(s.to(ln.bias))
-            _scale_input_columns(layer, s)
-        # attn.c_proj's input channel j is value channel j: divide c_attn's value outputs by s.
+            fold_into_layernorm(ln, layer, s)
         c_attn, c_proj = block.attn.c_attn, block.attn.c_proj
         s = smoothing_factors(amax[f"transformer.h.{i}.attn.c_proj"], linear_weight(c_proj)[0], alpha)
-        c_attn.weight[:, 2 * E:].div_(s.to(c_attn.weight))
-        c_attn.bias[2 * E:].div_(s.to(c_attn.bias))
-        _scale_input_columns(c_proj, s)
+        fold_into_values(c_attn, c_proj, s)
 
 
 def tensor_absmax(model: GPT2LMHeadModel, windows: torch.Tensor, names: list[str]) -> dict[str, float]:
@@ -91,3 +86,19 @@ def quantize_smoothquant(model: GPT2LMHeadModel, windows: torch.Tensor, alpha: f
         w, _ = linear_weight(model.lm_head)
         records["lm_head"] = rtn("lm_head", w, None, head_bits, head_group, sym=True)
     return install(model, records)
+
+
+# -- the smoothquant method --------------------------------------------------------------------------
+
+class SmoothQuantOptions(BaseModel):
+    alpha: float = Field(0.5, ge=0, le=1, description="smoothquant: migration strength")
+
+
+def run_smoothquant(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) -> GPT2LMHeadModel:
+    head_bits = cfg.head_bits
+    return quantize_smoothquant(model, windows, cfg.alpha, head_bits, cfg.group_for(head_bits) if head_bits else None)
+
+
+METHODS = (QuantMethod("smoothquant", bits=(8,), grid=Grid.PER_CHANNEL, layout=Layout.INT8, onnx=OnnxForm.QDQ_W8A8,
+                       calibrates=True, run=run_smoothquant, options=SmoothQuantOptions, quantizes_head=True,
+                       summary="W8A8: activation outliers migrated into the weights, static int8 activations"),)

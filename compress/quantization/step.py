@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compress.quantization.api import quantize
-from compress.quantization.config import CALIBRATED, QuantizeConfig
+from compress.quantization.config import QuantizeConfig
 from compress.steps import StepContext, StepOutput, register_step
 from evalsuite.size import bytes_on_disk
 
@@ -11,11 +11,12 @@ from evalsuite.size import bytes_on_disk
 @register_step(QuantizeConfig)
 def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
     model = ctx.load_input()
-    calib = ctx.train_ids() if cfg.method in CALIBRATED else None
-    if cfg.method == "dynamic-int8" and ctx.device.type != "cpu":
-        ctx.log.info("dynamic-int8 runs on CPU only; quantizing on CPU")
+    m = cfg.quant_method
+    calib = ctx.train_ids() if m.calibrates else None
+    if m.cpu_only and ctx.device.type != "cpu":
+        ctx.log.info("%s runs on CPU only; quantizing on CPU", m.name)
     model = quantize(model, cfg, calib)
-    out = ctx.save_model(model.cpu() if cfg.method == "dynamic-int8" else model)
+    out = ctx.save_model(model.cpu() if m.cpu_only else model)
     before = bytes_on_disk(ctx.input_dir, weights_only=True)
     after = bytes_on_disk(out, weights_only=True)
     g = cfg.group_for(cfg.weight_bits)

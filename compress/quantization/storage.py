@@ -28,6 +28,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from compress.errors import UserError
 from compress.quantization.handoff import WEIGHTS_FILE, QuantizedLinear, read_quant_config
 from compress.quantization.modules import install, quant_linears
+from compress.quantization.registry import Layout
 
 BLOCK_TARGET = r"re:.*\.(c_attn|c_proj|c_fc)$"
 
@@ -65,7 +66,8 @@ def _weights_scheme(bits: int, group_size: int, in_features: int, sym: bool) -> 
 def quant_config(records: dict[str, QuantizedLinear], details: dict[str, Any]) -> dict[str, Any]:
     """The compressed-tensors quantization_config for these records (one scheme per group)."""
     groups, ignore = {}, []
-    w8a8 = details["method"] in ("smoothquant", "dynamic-int8")
+    layout = Layout(details["layout"])
+    w8a8 = layout in (Layout.INT8, Layout.INT8_DYNAMIC)
     for key, target in (("group_0", BLOCK_TARGET), ("group_1", "lm_head")):
         members = [r for n, r in records.items() if (n == "lm_head") == (target == "lm_head")]
         if not members:
@@ -77,7 +79,7 @@ def quant_config(records: dict[str, QuantizedLinear], details: dict[str, Any]) -
                   "input_activations": None, "output_activations": None}
         if w8a8 and target != "lm_head":
             scheme["input_activations"] = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor",
-                                           "dynamic": details["method"] == "dynamic-int8"}
+                                           "dynamic": layout is Layout.INT8_DYNAMIC}
         groups[key] = scheme
     fmt = "int-quantized" if w8a8 else "pack-quantized"
     return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
@@ -91,7 +93,20 @@ def _details(model_dir: Path) -> dict[str, Any]:
     if "gpt2_edge" not in qc:
         raise UserError(f"{model_dir}: quantization_config was not written by gpt2-edge "
                         f"(quant_method {qc.get('quant_method')!r}); cannot load it")
-    return qc["gpt2_edge"]
+    return qc["gpt2_edge"] | {"layout": stored_layout(qc).value}
+
+
+def stored_layout(qc: dict[str, Any]) -> Layout:
+    """The layout a saved quantization_config describes (read from its format in dirs written before
+    gpt2_edge recorded the layout)."""
+    if "layout" in qc["gpt2_edge"]:
+        return Layout(qc["gpt2_edge"]["layout"])
+    if qc.get("quant_method") == "bitsandbytes":
+        return Layout.BITSANDBYTES
+    if qc.get("format") == "pack-quantized":
+        return Layout.PACKED
+    acts = qc["config_groups"]["group_0"]["input_activations"]
+    return Layout.INT8_DYNAMIC if acts and acts["dynamic"] else Layout.INT8
 
 
 # -- tensors of one layer --------------------------------------------------------------------------
@@ -153,7 +168,7 @@ def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = records if records is not None else {n: m.record() for n, m in quant_linears(model).items()}
-    int_quantized = details["method"] in ("smoothquant", "dynamic-int8")
+    int_quantized = Layout(details["layout"]) in (Layout.INT8, Layout.INT8_DYNAMIC)
     owned = tuple(n + "." for n in records)  # tensors of the quantized layers are written below
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(owned)}
     if model.config.tie_word_embeddings:
@@ -170,11 +185,12 @@ def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any
 def save_quantized_model(model: GPT2LMHeadModel, out_dir: Path) -> Path:
     """Save any model made by compress.quantization.quantize (the method is in its config)."""
     details = model.config.quantization_config["gpt2_edge"]
-    if details["method"].startswith("bnb-"):
+    layout = Layout(details["layout"])
+    if layout is Layout.BITSANDBYTES:
         from compress.quantization.bnb import save_bnb
 
         return save_bnb(model, out_dir, details)
-    if details["method"] == "dynamic-int8":
+    if layout is Layout.INT8_DYNAMIC:
         from compress.quantization.dynamic import dynamic_records_of
 
         return save_quantized(model, out_dir, details, dynamic_records_of(model))
@@ -193,10 +209,9 @@ def read_quantized_linears(model_dir: Path) -> dict[str, QuantizedLinear]:
     bitsandbytes and dynamic-int8 dirs raise UserError: their codes have no MatMulNBits/QDQ form)."""
     model_dir = Path(model_dir)
     details = _details(model_dir)
-    method = details["method"]
-    if method not in ("rtn", "gptq", "smoothquant"):
-        raise UserError(f"{model_dir}: {method} models have no MatMulNBits/QDQ form; "
-                        "use rtn/gptq/smoothquant to export")
+    if not Layout(details["layout"]).has_handoff:
+        raise UserError(f"{model_dir}: {details['method']} models ({details['layout']}) have no MatMulNBits/QDQ "
+                        "form; quantize with a method that exports (docs/quantization.md) to export")
     qc = read_quant_config(model_dir)
     tensors = _read_tensors(model_dir)
     out = {}
@@ -210,7 +225,8 @@ def load_quantized(model_dir: Path) -> GPT2LMHeadModel:
     """Rebuild a quantized GPT-2 from its directory (fp32 everywhere except the quantized layers)."""
     model_dir = Path(model_dir)
     details = _details(model_dir)
-    if details["method"].startswith("bnb-"):
+    layout = Layout(details["layout"])
+    if layout is Layout.BITSANDBYTES:
         from compress.quantization.bnb import load_bnb
 
         return load_bnb(model_dir)
@@ -230,7 +246,7 @@ def load_quantized(model_dir: Path) -> GPT2LMHeadModel:
         raise UserError(f"{model_dir}: weights do not match config.json "
                         f"(missing {sorted(set(missing) - expected)[:3]}, unexpected {unexpected[:3]})")
     model.config.quantization_config = {"gpt2_edge": details}  # so that save_model writes it back
-    if details["method"] == "dynamic-int8":
+    if layout is Layout.INT8_DYNAMIC:
         from compress.quantization.dynamic import install_dynamic
 
         return install_dynamic(model, records).eval()

@@ -45,8 +45,8 @@ def test_method_defaults():
     ({"method": "rtn", "act_order": True}, "steps[0].quantize.act_order", "applies to method gptq only"),
     ({"method": "bnb-int8", "group_size": 64}, "steps[0].quantize.group_size", "bitsandbytes' own blocks"),
     ({"method": "smoothquant", "sym": False}, "steps[0].quantize.sym", "asymmetric weights are for rtn/gptq"),
-    ({"method": "dynamic-int8", "lm_head": "int8"}, "steps[0].quantize.lm_head", "rtn, gptq and smoothquant only"),
-    ({"method": "awq"}, "steps[0].quantize.method", "Input should be"),
+    ({"method": "dynamic-int8", "lm_head": "int8"}, "steps[0].quantize.lm_head", "rtn, gptq, smoothquant and awq only"),
+    ({"method": "int3"}, "steps[0].quantize.method", "Input should be"),
     ({"bitz": 4}, "steps[0].quantize.bitz", "unknown key"),
 ])
 def test_bad_values_name_their_key(step, where, text):
@@ -69,7 +69,7 @@ def test_group_size_check_covers_a_quantized_lm_head():
 
 
 def test_bnb_without_bitsandbytes_names_the_extra(monkeypatch):
-    monkeypatch.setattr(qconfig, "bnb_installed", lambda: False)
+    monkeypatch.setattr(qconfig, "package_installed", lambda module: False)
     (problem,) = _problems(_plan({"method": "bnb-nf4"}))
     assert problem.startswith("steps[0].quantize.method:") and "pip install -e '.[bnb]'" in problem
 
@@ -83,12 +83,12 @@ def test_calibrated_methods_need_training_text():
 
 @pytest.mark.parametrize("method", ["bnb-int8", "bnb-nf4", "dynamic-int8"])
 def test_non_exportable_method_before_export_is_refused(method):
-    if method.startswith("bnb-") and not qconfig.bnb_installed():
-        pytest.skip(qconfig.BNB_HINT)
+    if method.startswith("bnb-") and not qconfig.package_installed("bitsandbytes"):
+        pytest.skip("bitsandbytes is not installed")
     raw = _plan({"method": method})
     raw["steps"].append({"export": {"format": "onnx"}})
     assert _problems(raw) == [f"steps[1].export: the model quantized by steps[0].quantize (method {method}) has "
-                              "no ONNX form; use rtn/gptq/smoothquant before an export"]
+                              "no ONNX form; use rtn/gptq/smoothquant/awq before an export"]
     raw["steps"][0] = {"quantize": {"method": "gptq", "group_size": 32}}
     assert parse_plan(raw).steps[1].format == "onnx"
 

@@ -21,6 +21,7 @@ METHODS = [  # (config, the largest perplexity ratio to fp32 we accept)
     pytest.param(dict(method="rtn", bits=4, group_size=32), 1.3, id="rtn-w4g32"),
     pytest.param(dict(method="gptq", bits=4, group_size=32, act_order=True, lm_head="int8", **CALIB), 1.3,
                  id="gptq-w4g32-act-order"),
+    pytest.param(dict(method="awq", bits=4, group_size=32, **CALIB), 1.3, id="awq-w4g32"),
     pytest.param(dict(method="bnb-nf4"), 1.3, id="bnb-nf4"),
     pytest.param(dict(method="bnb-fp4"), 1.5, id="bnb-fp4", marks=SLOW),
 ]

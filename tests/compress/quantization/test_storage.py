@@ -21,6 +21,8 @@ CONFIGS = {
     "rtn-w4-asym-head4": dict(method="rtn", bits=4, group_size=32, sym=False, lm_head="int4"),
     "gptq-w4-head8": dict(method="gptq", bits=4, group_size=32, lm_head="int8", calib_samples=4, calib_seq_len=64),
     "smoothquant": dict(method="smoothquant", calib_samples=4, calib_seq_len=64),
+    "awq-w4-asym-head4": dict(method="awq", bits=4, group_size=32, sym=False, lm_head="int4", calib_samples=4,
+                              calib_seq_len=64),
     "dynamic-int8": dict(method="dynamic-int8"),
     "bnb-int8": dict(method="bnb-int8"),
     "bnb-nf4": dict(method="bnb-nf4"),

@@ -1,0 +1,96 @@
+"""What a quantization method is: one `QuantMethod` entry per method, looked up by the config's
+`method` (compress.quantization.methods holds the table).
+
+An entry says everything the rest of the toolkit asks about a method — the bits it makes, what
+`group_size` means for it, whether it calibrates, how it is stored and exported, which options it
+reads — so no code outside the method's own module compares method names. This module only defines
+the types (it imports no method), so storage and the exporters can read layouts without importing
+the algorithms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Callable
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from compress.quantization.config import QuantizeConfig
+
+
+class Layout(str, Enum):
+    """How a quantized model is written to disk (compress.quantization.storage switches on this)."""
+
+    PACKED = "pack-quantized"  # compressed-tensors weight-only: packed int codes + group scales
+    INT8 = "int-quantized"  # compressed-tensors int8 weights + a static per-tensor input scale (W8A8)
+    INT8_DYNAMIC = "int-quantized-dynamic"  # int8 weights, activations quantized per call (torch.ao)
+    BITSANDBYTES = "bitsandbytes"  # bitsandbytes' own state-dict serialization
+
+    @property
+    def has_handoff(self) -> bool:
+        """Whether the saved codes read back as hand-off records (QuantizedLinear) for the exporters."""
+        return self in (Layout.PACKED, Layout.INT8)
+
+
+class OnnxForm(str, Enum):
+    """What the export step writes for the quantize step's integers."""
+
+    MATMUL_NBITS = "MatMulNBits"  # weight-only: ORT MatMulNBits; TensorRT int4/int8 weight Q/DQ
+    QDQ_W8A8 = "QDQ W8A8"  # Q/DQ of the activation and of the int8 weight (ORT and TensorRT int8)
+
+
+class Grid(str, Enum):
+    """What `group_size` means for a method."""
+
+    GROUPS = "groups"  # our integer grid: groups of 32/64/128 input channels, or per channel
+    PER_CHANNEL = "per-channel"  # our grid, one scale per output channel only
+    OWN = "own"  # the library's own blocks (bitsandbytes): group_size must stay unset
+
+
+# run(model, cfg, windows) -> the quantized model; windows: (N, T) calibration ids, or None when the
+# method does not calibrate.
+RunFn = Callable[["GPT2LMHeadModel", "QuantizeConfig", "torch.Tensor | None"], "GPT2LMHeadModel"]
+
+
+class NoOptions(BaseModel):
+    """A method without options of its own."""
+
+
+@dataclass(frozen=True)
+class QuantMethod:
+    """One quantization method, as the config, the step, storage and the exporters see it."""
+
+    name: str  # the plan's `method:` value
+    bits: tuple[int, ...]  # weight bits it can make; the first is the default
+    grid: Grid
+    layout: Layout
+    onnx: OnnxForm | None  # None: no ONNX form (a plan exporting it is refused)
+    calibrates: bool  # reads calib_samples x calib_seq_len tokens of data.train
+    run: RunFn
+    # Fields of QuantizeConfig only this method reads (a pydantic model whose fields are mixed into
+    # QuantizeConfig; setting one with another method is a plan error).
+    options: type[BaseModel] = NoOptions
+    asymmetric: bool = False  # accepts sym: false
+    quantizes_head: bool = False  # accepts lm_head: int8 | int4
+    cpu_only: bool = False  # runs (and its model stays) on CPU
+    requires: tuple[str, str] | None = None  # (module, pip extra) of an optional package it needs
+    summary: str = ""  # one line for docs and --dry-run
+
+    @property
+    def exportable(self) -> bool:
+        return self.onnx is not None
+
+    @property
+    def default_bits(self) -> int:
+        return self.bits[0]
+
+    @property
+    def int8_activations(self) -> bool:
+        """Whether its activations are quantized to int8 per tensor (W8A8, dynamic int8): the methods
+        that activation outliers hurt."""
+        return self.layout in (Layout.INT8, Layout.INT8_DYNAMIC)
