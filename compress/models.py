@@ -33,10 +33,13 @@ def check_gpt2_dir(path: str | Path) -> Path:
     if not config_file.is_file():
         raise UserError(f"{path}: not a model directory (no {CONFIG_FILE})")
     try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{config_file}: invalid JSON ({e})") from None
-    if model_type != "gpt2":
+    model_type = config.get("model_type")
+    from compress.quantization.bigcode_layout import is_quantized_gpt2
+
+    if model_type != "gpt2" and not is_quantized_gpt2(config):  # quantized GPT-2 is stored as GPTBigCode
         raise UserError(f"{config_file}: model_type is {model_type!r}, expected 'gpt2'")
     if not any(path.glob("*.safetensors")) and not (path / "pytorch_model.bin").exists():
         raise UserError(f"{path}: no weights (*.safetensors) next to {CONFIG_FILE}")

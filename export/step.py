@@ -11,7 +11,6 @@ export must match the torch quantized model's perplexity within validation.ppl_r
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
@@ -186,6 +185,7 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     from compress.data import source_text
     from evalsuite.data import tokenize
     from evalsuite.runner import TorchRunner
+    from compress.quantization.storage import write_gpt2_config
     from export.onnx import save_onnx, write_io_json
     from export.validate import validate
 
@@ -196,7 +196,7 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     graph, done = build_graph(cfg, model, records, ctx.log)
     onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)
     io = write_io_json(graph, ctx.out_dir / "io.json")
-    shutil.copy(ctx.input_dir / "config.json", ctx.out_dir / "config.json")  # the plan runner reads it
+    write_gpt2_config(ctx.input_dir, ctx.out_dir)  # the plan runner (and optimum) read it
     ctx.tokenizer().save_pretrained(ctx.out_dir)
     del graph
 
