@@ -2,25 +2,26 @@
 
 rtn / gptq / smoothquant / dynamic-int8 are written in the compressed-tensors layout (the format that
 llm-compressor writes and vLLM loads), described by `quantization_config` in config.json, on the
-GPTBigCode form of the model (bigcode_layout.py: GPT-2 with nn.Linear projections, which is what
-compressed-tensors decompresses), so stock `AutoModelForCausalLM.from_pretrained(dir)` reads the
-exact weights:
+GPTBigCode form of the model (bigcode_layout.py: GPT-2 with nn.Linear projections, the only form
+compressed-tensors decompresses), so stock `AutoModelForCausalLM.from_pretrained(dir)` reads the exact
+weights. Each config group names its format, chosen from the layout (bits, sym, activations):
 
-    weight-only ("pack-quantized"): <layer>.weight_packed int32 [out, in*bits/32] (codes packed along
-        the input dim, element k of each 32/bits at bit k*bits, stored with offset 2**(bits-1)),
-        <layer>.weight_scale fp32 [out, groups], <layer>.weight_shape int64 [2],
-        <layer>.weight_zero_point int32 [ceil(out*bits/32), groups] (asymmetric only, packed along out)
-    W8A8 / dynamic ("int-quantized"): <layer>.weight int8 [out, in], <layer>.weight_scale fp32 [out, 1],
-        <layer>.input_scale fp32 [1] (static W8A8 only)
+    symmetric weight-only ("pack-quantized"): <layer>.weight_packed int32 [out, in*bits/32] (codes
+        packed along the input dim, element k of each 32/bits at bit k*bits, offset 2**(bits-1)),
+        <layer>.weight_scale fp32 [out, groups], <layer>.weight_shape int64 [2]
+    asymmetric weight-only ("naive-quantized"): <layer>.weight int8 [out, in] (signed codes),
+        <layer>.weight_scale, <layer>.weight_zero_point int8 [out, groups] (signed)
+    W8A8 ("int-quantized"): <layer>.weight int8 [out, in], <layer>.weight_scale fp32 [out, 1],
+        <layer>.input_scale fp32 [1] (static W8A8; dynamic-int8 has none)
 
 Everything else (embeddings, LayerNorms, biases) is fp32 as save_pretrained writes it. A quantized
-tied head is stored once: its codes, with `tie_word_embeddings: true` and no `transformer.wte.weight`,
-so every loader rebuilds the token table from the decompressed head (quantize_tied_table). Our own
-settings (method, lm_head, gptq options) sit beside, under quantization_config.gpt2_edge.
-dynamic-int8 (torch.ao's activation rounding has no compressed-tensors form) is written with a
-`format` that compressed-tensors rejects, so stock loaders refuse it. bitsandbytes models use
+tied head is stored once: its codes, with `tie_word_embeddings: true` and no `transformer.wte.weight`;
+load_model rebuilds the token table from them (quantize_tied_table). Stock loaders cannot (TIED_FORMAT)
+and cannot express dynamic-int8 (REFUSED_FORMAT): those groups name a format compressed-tensors
+rejects, so from_pretrained raises instead of loading random weights. Our own settings (method,
+lm_head, gptq options) sit beside, under quantization_config.gpt2_edge. bitsandbytes models use
 bitsandbytes' serialization instead (see bnb.py). Directories written before the GPTBigCode form
-(model_type gpt2, Conv1D names) still load here.
+(model_type gpt2, Conv1D row order, packed zero points) still load here.
 """
 
 from __future__ import annotations
