@@ -203,19 +203,11 @@ def _layer_names(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 # -- directories -----------------------------------------------------------------------------------
 
-def _stock_record(r: QuantizedLinear, n_embd: int, n_head: int) -> QuantizedLinear:
-    """A record with c_attn's rows in GPTBigCode order (other layers are already [out, in])."""
+def _reorder_qkv(r: QuantizedLinear, n_embd: int, n_head: int, to_stock: bool) -> QuantizedLinear:
+    """c_attn's rows between GPT-2 and GPTBigCode order (other layers are already [out, in] in both)."""
     if not stock.is_qkv(r.name):
         return r
-    rows = partial(stock.rows_to_stock, n_embd=n_embd, n_head=n_head)
-    return replace(r, q=rows(r.q), scales=rows(r.scales), zeros=rows(r.zeros),
-                   bias=None if r.bias is None else rows(r.bias))
-
-
-def _gpt2_record(r: QuantizedLinear, n_embd: int, n_head: int) -> QuantizedLinear:
-    if not stock.is_qkv(r.name):
-        return r
-    rows = partial(stock.rows_to_gpt2, n_embd=n_embd, n_head=n_head)
+    rows = partial(stock.rows_to_stock if to_stock else stock.rows_to_gpt2, n_embd=n_embd, n_head=n_head)
     return replace(r, q=rows(r.q), scales=rows(r.scales), zeros=rows(r.zeros),
                    bias=None if r.bias is None else rows(r.bias))
 
@@ -246,8 +238,8 @@ def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any
     if model.config.tie_word_embeddings or tied_head:
         tensors.pop("lm_head.weight", None)
     for r in records.values():
-        tensors.update(layer_tensors(_stock_record(r, E, H), stores_int8(details, r.name == "lm_head"), details["sym"]))
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+        as_int8 = stores_int8(details, head=r.name == "lm_head")
+        tensors.update(layer_tensors(_reorder_qkv(r, E, H, to_stock=True), as_int8, details["sym"]))
     config = model.config.to_dict()
     config["tie_word_embeddings"] = model.config.tie_word_embeddings or tied_head
     try:
@@ -255,6 +247,7 @@ def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any
     except ValueError as e:
         raise UserError(f"{out_dir}: {e}") from None
     config["quantization_config"] = quant_config(records, details, tied_head)
+    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
 
@@ -305,7 +298,7 @@ def _records(model_dir: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Qua
     for name in _layer_names(tensors):
         local = {k[len(name) + 1:]: tensors.pop(k) for k in list(tensors) if k.startswith(name + ".")}
         r = layer_record(name, local, _bits_of(qc, name))
-        records[name] = _gpt2_record(r, config["n_embd"], config["n_head"]) if bigcode else r
+        records[name] = _reorder_qkv(r, config["n_embd"], config["n_head"], to_stock=False) if bigcode else r
     if bigcode:  # fp32 projections (none today: every method quantizes all four) back to Conv1D
         for k in list(tensors):
             tensors[k] = stock.fp32_tensor_to_gpt2(k, tensors[k], config["n_embd"], config["n_head"])
