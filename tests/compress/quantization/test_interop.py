@@ -14,8 +14,6 @@ from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 from compress import QuantizeConfig, quantize
 from compress.models import load_model, save_model, tiny_config, tiny_model
-from compress.quantization.bigcode_layout import gpt2_config, rows_to_gpt2
-from compress.quantization.storage import pack_int32, unpack_int32
 
 pytest.importorskip("compressed_tensors", reason="compressed-tensors not installed: pip install -e '.[dev]'")
 
@@ -75,8 +73,8 @@ def test_stock_transformers_reads_the_exact_weights(name, tmp_path):
     cfg, shape, tied = READABLE[name]
     _saved(cfg, shape, tied, tmp_path)
     stock = stock_load(tmp_path)
-    assert type(stock).__name__ == "GPTBigCodeForCausalLM"
     assert max_logit_diff(stock, load_model(tmp_path)) <= 1e-5
+    assert type(stock).__name__ == "GPTBigCodeForCausalLM"
 
 
 @pytest.mark.parametrize("name", list(REFUSED))
@@ -104,6 +102,9 @@ def test_a_quantized_tied_head_stores_the_matrix_once(tmp_path):
 
 def test_a_pre_gptbigcode_directory_still_loads(tmp_path):
     """Directories written before the GPTBigCode form (model_type gpt2, GPT-2 row order) still load."""
+    from compress.quantization.bigcode_layout import gpt2_config, rows_to_gpt2
+    from compress.quantization.storage import pack_int32, unpack_int32
+
     model = quantize(tiny_model(), QuantizeConfig(method="rtn", bits=4, group_size=32), CALIB)
     save_model(model, tmp_path)
     t = load_file(tmp_path / "model.safetensors")
