@@ -23,27 +23,21 @@ GPTQ = dict(method="gptq", calib_samples=4, calib_seq_len=64)
 SQ = dict(method="smoothquant", calib_samples=4, calib_seq_len=64)
 PRUNED = dict(n_embd=32, n_head=2, n_inner=96)  # what prune leaves: narrower, MLP not 4x
 
-READABLE = {  # name: (quantize config, model shape, tied embeddings)
+READABLE = {  # name: (quantize config, model shape, tied embeddings); together: every axis of the grid
     "rtn-w4g32": (dict(method="rtn", bits=4, group_size=32), {}, True),
-    "rtn-w4g32-asym": (dict(method="rtn", bits=4, group_size=32, sym=False), {}, True),
-    "rtn-w4-per-channel": (dict(method="rtn", bits=4, group_size="per-channel"), {}, True),
+    "rtn-w4-per-channel-asym": (dict(method="rtn", bits=4, group_size="per-channel", sym=False), {}, True),
     "rtn-w8": (dict(method="rtn", bits=8), {}, True),
-    "rtn-w8-asym": (dict(method="rtn", bits=8, sym=False), {}, True),
-    "rtn-w8g32": (dict(method="rtn", bits=8, group_size=32), {}, True),
-    "gptq-w4g32": (dict(GPTQ, bits=4, group_size=32), {}, True),
+    "rtn-w8g32-asym": (dict(method="rtn", bits=8, group_size=32, sym=False), {}, True),
     "gptq-w4g32-asym-act-order": (dict(GPTQ, bits=4, group_size=32, sym=False, act_order=True), {}, True),
-    "gptq-w8-asym": (dict(GPTQ, bits=8, sym=False), {}, True),
-    "smoothquant-w8a8": (SQ, {}, True),
-    "rtn-w4g32-pruned": (dict(method="rtn", bits=4, group_size=32), PRUNED, True),
     "gptq-w8-pruned": (dict(GPTQ, bits=8), PRUNED, True),
-    "rtn-w4-head4-untied": (dict(method="rtn", bits=4, group_size=32, lm_head="int4"), {}, False),
+    "smoothquant-w8a8": (SQ, {}, True),
+    "rtn-w4g32-head4-pruned-untied": (dict(method="rtn", bits=4, group_size=32, lm_head="int4"), PRUNED, False),
     "gptq-w4-head8-asym-untied": (dict(GPTQ, bits=4, group_size=32, sym=False, lm_head="int8"), {}, False),
     "smoothquant-head8-untied": (dict(SQ, lm_head="int8"), {}, False),
 }
 REFUSED = {  # name: (quantize config, tied embeddings, what the refusal names)
     "dynamic-int8": (dict(method="dynamic-int8"), True, "gpt2-edge-torch-dynamic-int8"),
     "rtn-w4-head4-tied": (dict(method="rtn", bits=4, group_size=32, lm_head="int4"), True, "gpt2-edge-tied-head"),
-    "gptq-w8-head8-tied": (dict(GPTQ, bits=8, lm_head="int8"), True, "gpt2-edge-tied-head"),
     "smoothquant-head8-tied": (dict(SQ, lm_head="int8"), True, "gpt2-edge-tied-head"),
 }
 
