@@ -44,8 +44,11 @@ def check_gpt2_dir(path: str | Path) -> Path:
     config_file = path / CONFIG_FILE
     if not config_file.is_file():
         raise UserError(f"{path}: not a model directory (no {CONFIG_FILE})")
-    model_type = read_config(path).get("model_type")
-    if model_type != "gpt2":
+    config = read_config(path)
+    model_type = config.get("model_type")
+    from compress.quantization.bigcode_layout import is_quantized_gpt2
+
+    if model_type != "gpt2" and not is_quantized_gpt2(config):  # quantized GPT-2 is stored as GPTBigCode
         raise UserError(f"{config_file}: model_type is {model_type!r}, expected 'gpt2'")
     weights = sorted(path.glob("*.safetensors"))
     if not weights:

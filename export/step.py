@@ -13,7 +13,6 @@ sha256 is recorded), with ONNX Runtime, the TensorRT Q/DQ graph included (on CPU
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from dataclasses import replace
@@ -242,6 +241,7 @@ def _checked(v: dict) -> str:
 
 @register_step(ExportConfig)
 def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
+    from compress.quantization.storage import write_gpt2_config
     from export.onnx import save_onnx, write_io_json
 
     records = _quantized_records(ctx.input_dir)
@@ -251,7 +251,7 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     graph, done = build_graph(cfg, model, records, ctx.log)
     onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)  # the file that ships: nothing rewrites it after
     io = write_io_json(graph, ctx.out_dir / "io.json")
-    shutil.copy(ctx.input_dir / "config.json", ctx.out_dir / "config.json")  # the plan runner reads it
+    write_gpt2_config(ctx.input_dir, ctx.out_dir)  # the plan runner (and optimum) read it
     ctx.tokenizer().save_pretrained(ctx.out_dir)
     del graph
 

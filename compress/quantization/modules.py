@@ -73,8 +73,9 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 def quantize_tied_table(model: GPT2LMHeadModel, head: QuantizedLinear) -> None:
     """Quantizing a tied head quantizes the tied matrix: the token lookup reads the head's dequantized
     codes, as the head multiplies by them (llama.cpp's token_embd does the same). The model is untied
-    in form (the head becomes a QuantLinear) but not in values, so the ONNX export stores the matrix
-    once (export.tied_embedding). An untied head is quantized alone."""
+    in form (the head becomes a QuantLinear) but not in values, so the ONNX export (export.tied_embedding)
+    and the torch checkpoint (storage.table_is_the_head) store the matrix once, as the codes. An untied
+    head is quantized alone."""
     wte = model.transformer.wte.weight
     if model.lm_head.weight is wte:
         with torch.no_grad():

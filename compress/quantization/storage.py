@@ -1,23 +1,34 @@
 """Save and load quantized GPT-2 directories.
 
 rtn / gptq / smoothquant / dynamic-int8 are written in the compressed-tensors layout (the format that
-llm-compressor writes and vLLM loads), described by `quantization_config` in config.json:
+llm-compressor writes and vLLM loads), described by `quantization_config` in config.json, on the
+GPTBigCode form of the model (bigcode_layout.py: GPT-2 with nn.Linear projections, the only form
+compressed-tensors decompresses), so stock `AutoModelForCausalLM.from_pretrained(dir)` reads the exact
+weights. Each config group names its format, chosen from the layout (bits, sym, activations):
 
-    weight-only ("pack-quantized"): <layer>.weight_packed int32 [out, in*bits/32] (codes packed along
-        the input dim, element k of each 32/bits at bit k*bits, stored with offset 2**(bits-1)),
-        <layer>.weight_scale fp32 [out, groups], <layer>.weight_shape int64 [2],
-        <layer>.weight_zero_point int32 [ceil(out*bits/32), groups] (asymmetric only, packed along out)
-    W8A8 / dynamic ("int-quantized"): <layer>.weight int8 [out, in], <layer>.weight_scale fp32 [out, 1],
-        <layer>.input_scale fp32 [1] (static W8A8 only)
+    symmetric weight-only ("pack-quantized"): <layer>.weight_packed int32 [out, in*bits/32] (codes
+        packed along the input dim, element k of each 32/bits at bit k*bits, offset 2**(bits-1)),
+        <layer>.weight_scale fp32 [out, groups], <layer>.weight_shape int64 [2]
+    asymmetric weight-only ("naive-quantized"): <layer>.weight int8 [out, in] (signed codes),
+        <layer>.weight_scale, <layer>.weight_zero_point int8 [out, groups] (signed)
+    W8A8 ("int-quantized"): <layer>.weight int8 [out, in], <layer>.weight_scale fp32 [out, 1],
+        <layer>.input_scale fp32 [1] (static W8A8; dynamic-int8 has none)
 
-Everything else (embeddings, LayerNorms, biases) is fp32 as save_pretrained writes it. Our own
-settings (method, lm_head, gptq options) sit beside, under quantization_config.gpt2_edge.
-bitsandbytes models use bitsandbytes' serialization instead (see bnb.py).
+Everything else (embeddings, LayerNorms, biases) is fp32 as save_pretrained writes it. A quantized
+tied head is stored once: its codes, with `tie_word_embeddings: true` and no `transformer.wte.weight`;
+load_model rebuilds the token table from them (quantize_tied_table). Stock loaders cannot (TIED_FORMAT)
+and cannot express dynamic-int8 (REFUSED_FORMAT): those groups name a format compressed-tensors
+rejects, so from_pretrained raises instead of loading random weights. Our own settings (method,
+lm_head, gptq options) sit beside, under quantization_config.gpt2_edge. bitsandbytes models use
+bitsandbytes' serialization instead (see bnb.py). Directories written before the GPTBigCode form
+(model_type gpt2, Conv1D row order, packed zero points) still load here.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +37,19 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress.errors import UserError
+from compress.quantization import bigcode_layout as stock
 from compress.quantization.handoff import WEIGHTS_FILE, QuantizedLinear, read_quant_config
 from compress.quantization.modules import install, quant_linears
 from compress.quantization.registry import Layout
 
 BLOCK_TARGET = r"re:.*\.(c_attn|c_proj|c_fc)$"
+# torch.ao dynamic int8 rounds activations as compressed-tensors cannot (reduce_range, asymmetric uint8):
+# a format name it does not know makes compressed-tensors (and so transformers) raise instead of loading.
+REFUSED_FORMAT = "gpt2-edge-torch-dynamic-int8"
+# A tied head stored once (codes only, no token table): transformers 4.57 ties lm_head to wte before
+# compressed-tensors decompresses the head into a new Parameter, so the table would stay random.
+TIED_FORMAT = "gpt2-edge-tied-head-codes"
+TABLE = "transformer.wte.weight"
 
 
 # -- packing ---------------------------------------------------------------------------------------
@@ -56,32 +75,58 @@ def unpack_int32(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
 
 # -- quantization_config ---------------------------------------------------------------------------
 
-def _weights_scheme(bits: int, group_size: int, in_features: int, sym: bool) -> dict[str, Any]:
-    per_channel = group_size == in_features
-    return {"num_bits": bits, "type": "int", "symmetric": sym, "dynamic": False,
+def _weights_scheme(members: list[QuantizedLinear], sym: bool) -> dict[str, Any]:
+    """Weights of one config group: per channel when every layer has one group per row."""
+    per_channel = all(r.group_size == r.in_features for r in members)
+    return {"num_bits": members[0].bits, "type": "int", "symmetric": sym, "dynamic": False,
             "strategy": "channel" if per_channel else "group",
-            "group_size": None if per_channel else group_size}
+            "group_size": None if per_channel else members[0].group_size}
 
 
-def quant_config(records: dict[str, QuantizedLinear], details: dict[str, Any]) -> dict[str, Any]:
-    """The compressed-tensors quantization_config for these records (one scheme per group)."""
+def _activations(details: dict[str, Any]) -> str | None:
+    """How the block projections' inputs are quantized: None (weight-only), "static" or "dynamic"."""
+    return {Layout.INT8: "static", Layout.INT8_DYNAMIC: "dynamic"}.get(Layout(details["layout"]))
+
+
+def stores_int8(details: dict[str, Any], head: bool) -> bool:
+    """Codes stored one per int8 ("int-/naive-quantized"): W8A8 blocks, and asymmetric grids (the packed
+    zero points of "pack-quantized" do not load through transformers with compressed-tensors 0.20).
+    Else packed into int32 ("pack-quantized")."""
+    return (_activations(details) is not None and not head) or not details["sym"]
+
+
+def _group_format(details: dict[str, Any], head: bool, tied_head: bool) -> str:
+    """The compressed-tensors format of one group; one stock loaders reject where they would misread."""
+    if head and tied_head:
+        return TIED_FORMAT
+    if not head and _activations(details) == "dynamic":
+        return REFUSED_FORMAT
+    if not head and _activations(details) == "static":
+        return "int-quantized"
+    return "naive-quantized" if stores_int8(details, head) else "pack-quantized"
+
+
+def quant_config(records: dict[str, QuantizedLinear], details: dict[str, Any],
+                 tied_head: bool = False) -> dict[str, Any]:
+    """The compressed-tensors quantization_config for these records (one scheme per group, each naming
+    its format: compressed-tensors would infer one per module otherwise)."""
     groups, ignore = {}, []
-    layout = Layout(details["layout"])
-    w8a8 = layout in (Layout.INT8, Layout.INT8_DYNAMIC)
+    activations = _activations(details)
     for key, target in (("group_0", BLOCK_TARGET), ("group_1", "lm_head")):
-        members = [r for n, r in records.items() if (n == "lm_head") == (target == "lm_head")]
+        head = target == "lm_head"
+        members = [r for n, r in records.items() if (n == "lm_head") == head]
         if not members:
-            ignore += ["lm_head"] if target == "lm_head" else []
+            ignore += ["lm_head"] if head else []
             continue
-        r = members[0]
-        scheme = {"targets": [target],
-                  "weights": _weights_scheme(r.bits, r.group_size, r.in_features, details["sym"]),
-                  "input_activations": None, "output_activations": None}
-        if w8a8 and target != "lm_head":
+        scheme = {"targets": [target], "weights": _weights_scheme(members, details["sym"]),
+                  "input_activations": None, "output_activations": None,
+                  "format": _group_format(details, head, tied_head)}
+        if activations and not head:
             scheme["input_activations"] = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor",
-                                           "dynamic": layout is Layout.INT8_DYNAMIC}
+                                           "dynamic": activations == "dynamic"}
         groups[key] = scheme
-    fmt = "int-quantized" if w8a8 else "pack-quantized"
+    formats = {g["format"] for g in groups.values()}
+    fmt = formats.pop() if len(formats) == 1 else "mixed-precision"
     return {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
             "config_groups": groups, "ignore": ignore, "gpt2_edge": details}
 
@@ -103,7 +148,7 @@ def stored_layout(qc: dict[str, Any]) -> Layout:
         return Layout(qc["gpt2_edge"]["layout"])
     if qc.get("quant_method") == "bitsandbytes":
         return Layout.BITSANDBYTES
-    if qc.get("format") == "pack-quantized":
+    if qc.get("format") in ("pack-quantized", "naive-quantized"):
         return Layout.PACKED
     acts = qc["config_groups"]["group_0"]["input_activations"]
     return Layout.INT8_DYNAMIC if acts and acts["dynamic"] else Layout.INT8
@@ -120,7 +165,9 @@ def layer_tensors(r: QuantizedLinear, int_quantized: bool, sym: bool) -> dict[st
     else:
         out[f"{r.name}.weight_packed"] = pack_int32(r.q, r.bits)
         out[f"{r.name}.weight_shape"] = torch.tensor([r.out_features, r.in_features], dtype=torch.int64)
-    if not sym:
+    if not sym and int_quantized:  # signed, one per group, as the int8 codes
+        out[f"{r.name}.weight_zero_point"] = (r.zeros.to(torch.int16) - half).to(torch.int8)
+    elif not sym:  # packed along the output dim
         out[f"{r.name}.weight_zero_point"] = pack_int32(r.zeros.t(), r.bits).t().contiguous()
     if r.input_scale is not None:
         out[f"{r.name}.input_scale"] = torch.tensor([r.input_scale], dtype=torch.float32)
@@ -140,7 +187,9 @@ def layer_record(name: str, t: dict[str, torch.Tensor], bits: int) -> QuantizedL
         q = (t["weight"].to(torch.int16) + half).to(torch.uint8)
         out_f, in_f = q.shape
     n_groups = scales.shape[1]
-    if "weight_zero_point" in t:
+    if "weight_zero_point" in t and t["weight_zero_point"].dtype == torch.int8:
+        zeros = (t["weight_zero_point"].to(torch.int16) + half).to(torch.uint8)
+    elif "weight_zero_point" in t:  # packed (pack-quantized)
         zeros = unpack_int32(t["weight_zero_point"].t(), bits, out_f).t().contiguous()
     else:
         zeros = torch.full((out_f, n_groups), half, dtype=torch.uint8)
@@ -160,6 +209,23 @@ def _layer_names(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 # -- directories -----------------------------------------------------------------------------------
 
+def _reorder_qkv(r: QuantizedLinear, n_embd: int, n_head: int, to_stock: bool) -> QuantizedLinear:
+    """c_attn's rows between GPT-2 and GPTBigCode order (other layers are already [out, in] in both)."""
+    if not stock.is_qkv(r.name):
+        return r
+    rows = partial(stock.rows_to_stock if to_stock else stock.rows_to_gpt2, n_embd=n_embd, n_head=n_head)
+    return replace(r, q=rows(r.q), scales=rows(r.scales), zeros=rows(r.zeros),
+                   bias=None if r.bias is None else rows(r.bias))
+
+
+def table_is_the_head(model: GPT2LMHeadModel, records: dict[str, QuantizedLinear]) -> bool:
+    """The token table holds exactly the quantized head's dequantized codes (a quantized tied head), so
+    the codes alone store both."""
+    head = records.get("lm_head")
+    wte = model.transformer.wte.weight
+    return head is not None and wte.shape == head.q.shape and torch.equal(wte.detach().cpu(), head.dequantize())
+
+
 def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any],
                    records: dict[str, QuantizedLinear] | None = None) -> Path:
     """Write config.json (with quantization_config) and model.safetensors for a quantized model.
@@ -168,16 +234,26 @@ def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = records if records is not None else {n: m.record() for n, m in quant_linears(model).items()}
-    int_quantized = Layout(details["layout"]) in (Layout.INT8, Layout.INT8_DYNAMIC)
+    E, H = model.config.n_embd, model.config.n_head
     owned = tuple(n + "." for n in records)  # tensors of the quantized layers are written below
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(owned)}
-    if model.config.tie_word_embeddings:
-        tensors.pop("lm_head.weight", None)  # tied to transformer.wte.weight, restored on load
+    tensors = {k: stock.fp32_tensor_to_stock(k, v.detach().cpu(), E, H).contiguous()
+               for k, v in model.state_dict().items() if not k.startswith(owned)}
+    tied_head = table_is_the_head(model, records)
+    if tied_head:
+        tensors.pop(TABLE)  # rebuilt from the head's codes on load
+    if model.config.tie_word_embeddings or tied_head:
+        tensors.pop("lm_head.weight", None)
     for r in records.values():
-        tensors.update(layer_tensors(r, int_quantized and r.name != "lm_head", details["sym"]))
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+        as_int8 = stores_int8(details, head=r.name == "lm_head")
+        tensors.update(layer_tensors(_reorder_qkv(r, E, H, to_stock=True), as_int8, details["sym"]))
     config = model.config.to_dict()
-    config["quantization_config"] = quant_config(records, details)
+    config["tie_word_embeddings"] = model.config.tie_word_embeddings or tied_head
+    try:
+        config = stock.stock_config(config)
+    except ValueError as e:
+        raise UserError(f"{out_dir}: {e}") from None
+    config["quantization_config"] = quant_config(records, details, tied_head)
+    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
 
@@ -204,6 +280,38 @@ def _read_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _gpt2_config_dict(model_dir: Path) -> dict[str, Any]:
+    """config.json as a GPT-2 config dict (either layout), without its quantization_config."""
+    config = json.loads((model_dir / "config.json").read_text())
+    config.pop("quantization_config")
+    return stock.gpt2_config(config) if config.get("model_type") == stock.STOCK_MODEL_TYPE else config
+
+
+def write_gpt2_config(model_dir: Path, out_dir: Path) -> None:
+    """Copy config.json, in its GPT-2 form (model_type gpt2) where it was stored as GPTBigCode: what
+    sits beside an ONNX export describes the GPT-2 graph (optimum reads model_type from it)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if stock.is_quantized_gpt2(config):
+        config = stock.gpt2_config(config)
+    (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _records(model_dir: Path, tensors: dict[str, torch.Tensor]) -> dict[str, QuantizedLinear]:
+    """Pop every quantized layer's tensors from `tensors`; records in GPT-2 row order."""
+    qc = read_quant_config(model_dir)
+    bigcode = json.loads((model_dir / "config.json").read_text()).get("model_type") == stock.STOCK_MODEL_TYPE
+    config = _gpt2_config_dict(model_dir)
+    records = {}
+    for name in _layer_names(tensors):
+        local = {k[len(name) + 1:]: tensors.pop(k) for k in list(tensors) if k.startswith(name + ".")}
+        r = layer_record(name, local, _bits_of(qc, name))
+        records[name] = _reorder_qkv(r, config["n_embd"], config["n_head"], to_stock=False) if bigcode else r
+    if bigcode:  # fp32 projections (none today: every method quantizes all four) back to Conv1D
+        for k in list(tensors):
+            tensors[k] = stock.fp32_tensor_to_gpt2(k, tensors[k], config["n_embd"], config["n_head"])
+    return records
+
+
 def read_quantized_linears(model_dir: Path) -> dict[str, QuantizedLinear]:
     """Every quantized linear layer of a saved model dir, by module path (weight-only and W8A8 only;
     bitsandbytes and dynamic-int8 dirs raise UserError: their codes have no MatMulNBits/QDQ form)."""
@@ -212,13 +320,7 @@ def read_quantized_linears(model_dir: Path) -> dict[str, QuantizedLinear]:
     if not Layout(details["layout"]).has_handoff:
         raise UserError(f"{model_dir}: {details['method']} models ({details['layout']}) have no MatMulNBits/QDQ "
                         "form; quantize with a method that exports (docs/quantization.md) to export")
-    qc = read_quant_config(model_dir)
-    tensors = _read_tensors(model_dir)
-    out = {}
-    for name in _layer_names(tensors):
-        local = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-        out[name] = layer_record(name, local, _bits_of(qc, name))
-    return out
+    return _records(model_dir, _read_tensors(model_dir))
 
 
 def load_quantized(model_dir: Path) -> GPT2LMHeadModel:
@@ -230,18 +332,15 @@ def load_quantized(model_dir: Path) -> GPT2LMHeadModel:
         from compress.quantization.bnb import load_bnb
 
         return load_bnb(model_dir)
-    qc = read_quant_config(model_dir)
-    config_dict = json.loads((model_dir / "config.json").read_text())
-    config_dict.pop("quantization_config")
+    config_dict = _gpt2_config_dict(model_dir)
     model = GPT2LMHeadModel(GPT2Config.from_dict(config_dict))
     tensors = _read_tensors(model_dir)
-    names = _layer_names(tensors)
-    records = {}
-    for name in names:
-        local = {k[len(name) + 1:]: tensors.pop(k) for k in list(tensors) if k.startswith(name + ".")}
-        records[name] = layer_record(name, local, _bits_of(qc, name))
+    records = _records(model_dir, tensors)
+    names = list(records)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     expected = {f"{n}.{p}" for n in names for p in ("weight", "bias")} | {"lm_head.weight"}
+    if "lm_head" in records and config_dict.get("tie_word_embeddings", True):
+        expected.add(TABLE)  # stored once, as the head's codes
     if unexpected or set(missing) - expected:
         raise UserError(f"{model_dir}: weights do not match config.json "
                         f"(missing {sorted(set(missing) - expected)[:3]}, unexpected {unexpected[:3]})")

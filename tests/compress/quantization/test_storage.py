@@ -11,6 +11,7 @@ from compress import QuantizeConfig, quantize
 from compress.errors import UserError
 from compress.models import load_model, save_model, tiny_config, tiny_model
 from compress.quantization import is_quantized_dir, quantized_linears
+from compress.quantization.bigcode_layout import rows_to_stock
 from compress.quantization.modules import quant_linears
 
 CALIB = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(0))
@@ -66,11 +67,13 @@ def test_a_quantized_tied_head_quantizes_the_lookup_table_too(tmp_path):
     assert not torch.equal(head, wte) and torch.equal(quantized.transformer.wte.weight, head)
     save_model(quantized, tmp_path)
     t = load_file(tmp_path / "model.safetensors")
-    assert torch.equal(t["transformer.wte.weight"], head)  # the lookup reads the dequantized codes
+    assert "transformer.wte.weight" not in t  # stored once: the lookup is rebuilt from the head's codes
     assert t["lm_head.weight_packed"].shape == (256, 64 * 4 // 32)
+    assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"]
     reloaded = load_model(tmp_path)
     assert not reloaded.config.tie_word_embeddings
-    assert torch.equal(reloaded.transformer.wte.weight, reloaded.lm_head.record().dequantize())
+    assert torch.equal(reloaded.transformer.wte.weight, head)
+    assert torch.equal(reloaded.lm_head.record().dequantize(), head)
 
 
 def test_an_untied_head_is_quantized_alone():
@@ -121,4 +124,7 @@ def test_outside_tool_decompresses_our_layout(cfg, tmp_path):
     for name, m in quant_linears(model).items():
         local = {k[len(name) + 1:]: v for k, v in t.items() if k.startswith(name + ".")}
         w = compressor.decompress(local, scheme)["weight"]
-        torch.testing.assert_close(w.float(), m.record().dequantize(), rtol=0, atol=1e-6)
+        expected = m.record().dequantize()  # (out, in); c_attn's rows in GPTBigCode's per-head order
+        if name.endswith("c_attn"):
+            expected = rows_to_stock(expected, model.config.n_embd, model.config.n_head)
+        torch.testing.assert_close(w.float(), expected, rtol=0, atol=1e-6)
