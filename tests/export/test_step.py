@@ -50,9 +50,13 @@ def test_bad_config_is_reported_at_its_key_path(tmp_path, trained_tiny, body, me
 
 
 def test_tensorrt_fields_accepted_with_format_tensorrt(trained_tiny):
+    profile = {"batch": [1, 1, 2], "prompt": [1, 64, 64], "past": [0, 32, 96]}  # fits the 128 positions
     plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"format": "tensorrt", "precision": "fp16",
-                                                              "profile": {"batch": [1, 1, 2]}}}]))
+                                                              "profile": profile}}]))
     assert plan.steps[0].precision == "fp16" and plan.steps[0].profile.batch == (1, 1, 2)
+    with pytest.raises(PlanError, match=r"steps\[0\]\.export\.profile: profile.prompt max 512 exceeds the "
+                                        r"model's 128 positions"):
+        parse_plan(plan_dict(trained_tiny[0], [{"export": {"format": "tensorrt", "profile": {"batch": [1, 1, 2]}}}]))
 
 
 def test_ort_quantizer_after_a_quantize_step_is_a_plan_problem(trained_tiny):

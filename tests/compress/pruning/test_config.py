@@ -10,7 +10,8 @@ from compress.plan import parse_plan
 
 def plan_dict(*steps, model=None):
     return {"name": "t", "model": model or {"pretrain": {"n_layer": 4, "n_embd": 64, "n_head": 4}},
-            "data": {"train": {"builtin": "python-docs"}, "eval": {"builtin": "python-docs", "split": "heldout"}},
+            "data": {"train": {"builtin": "python-docs"},
+                     "eval": {"builtin": "python-docs", "split": "heldout", "seq_len": 64}},
             "steps": [{"prune": s} for s in steps]}
 
 
