@@ -33,6 +33,7 @@ from compress.data import source_text
 from compress.errors import UserError
 from compress.models import is_local_source, load_model, load_tokenizer, save_model
 from compress.plan import Plan, PretrainModel, dump_plan
+from compress.speculative_eval import attach_speculative
 from compress.steps import StepConfig, StepContext, StepOutput, handler_for
 from evalsuite.backends import BackendUnavailable, open_runner
 from evalsuite.data import tokenize
@@ -111,9 +112,10 @@ def step_hash(prev: str, step: StepConfig, plan: Plan) -> str:
 
 
 def eval_hash(plan: Plan) -> str:
-    # ppl_budget only changes how the report reads the metrics, so it re-measures nothing.
-    return _digest(plan.data.eval.model_dump(mode="json"), plan.eval.model_dump(mode="json", exclude={"ppl_budget"}),
-                   plan.device)
+    # ppl_budget only changes how the report reads the metrics, so it re-measures nothing; speculative
+    # is measured once for the pair (compress.speculative_eval), not per step.
+    return _digest(plan.data.eval.model_dump(mode="json"),
+                   plan.eval.model_dump(mode="json", exclude={"ppl_budget", "speculative"}), plan.device)
 
 
 def step_names(plan: Plan) -> list[str]:
@@ -178,6 +180,8 @@ def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True) -> RunResul
     if not main:  # rank 0 writes the report
         return RunResult(run_dir, run_dir / "report.md", records, [], time.perf_counter() - t0)
     rows = [json.loads((run_dir / n / "metrics.json").read_text()) for n in names]
+    if plan.eval.speculative is not None:  # one step as another's draft, after all of them are done
+        attach_speculative(plan, run_dir, rows, str(device), lambda: _eval_ids(run))
     wall = time.perf_counter() - t0
     compute = sum(json.loads((run_dir / n / "step.json").read_text()).get("wall_s", 0.0) for n in names)
     notes = [f"Run wall time: {wall:.1f} s for this invocation "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html import escape
 from typing import Any
 
 from evalsuite.summary import fmt
@@ -53,3 +54,31 @@ def section(s: dict[str, Any]) -> list[str]:
            "pays k times). Greedy text must equal the target's; a **no** above is a numerical difference of the "
            "batched verification (k+1 positions in one call) from one-at-a-time decoding."]
     return md
+
+
+def speculative_html(rows: list[dict[str, Any]]) -> str:
+    """The same section for report.html: its markdown's headings, tables and bullets as HTML."""
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            head = "".join(f"<th>{escape(c)}</th>" for c in table[0])
+            body = "".join("<tr>" + "".join(f"<td>{escape(c.replace('**', ''))}</td>" for c in r) + "</tr>"
+                           for r in table[2:])  # table[1] is the |---| line
+            out.append(f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>')
+            table.clear()
+
+    for line in speculative_lines(rows):
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip("|").split(" | ")])
+            continue
+        flush()
+        if line.startswith("## "):
+            out.append(f"<h2>{escape(line[3:])}</h2>")
+        elif line.startswith("- "):
+            out.append(f'<p class="muted">{escape(line[2:].replace("**", ""))}</p>')
+        elif line:
+            out.append(f"<p>{escape(line)}</p>")
+    flush()
+    return "\n".join(out)
