@@ -34,15 +34,20 @@ log = logging.getLogger(__name__)
 RESULT_FILE = "speculative.json"
 
 
+def artifact_facts(artifact: Path, runner: Runner) -> ModelFacts:
+    """Roofline facts of an artifact (a model dir, or a file with config.json beside it) and its runner."""
+    config_dir = artifact if artifact.is_dir() else artifact.parent
+    facts = gpt2_facts(json.loads((config_dir / "config.json").read_text()), bytes_on_disk(config_dir, weights_only=True))
+    return replace(facts, gathered_bytes=int(getattr(runner, "gathered_weight_bytes", 0)))
+
+
 def open_step(step_dir: Path, device: str) -> tuple[Runner, ModelFacts]:
     """The runner of a finished step's artifact and the roofline facts of it."""
     info = json.loads((step_dir / "step.json").read_text())
     artifact = step_dir / (info.get("artifact") or info.get("model_dir"))
-    config_dir = artifact if artifact.is_dir() else artifact.parent
-    facts = gpt2_facts(json.loads((config_dir / "config.json").read_text()), bytes_on_disk(config_dir, weights_only=True))
     backend = info.get("backend", "torch")
     runner = TorchRunner(load_model(artifact), device) if backend == "torch" else open_runner(backend, artifact, device)
-    return runner, replace(facts, gathered_bytes=int(getattr(runner, "gathered_weight_bytes", 0)))
+    return runner, artifact_facts(artifact, runner)
 
 
 def measurement_settings(plan: Plan) -> SpeculativeMeasureSettings:
