@@ -1,10 +1,7 @@
 """`python -m export.generate TARGET --draft DRAFT`: the same text as the target alone, and the
 acceptance and speed printed at the end."""
 
-import copy
-
 import pytest
-import torch
 
 from compress.models import load_model, load_tokenizer, save_model, tiny_model
 from export import generate as gen_mod
@@ -14,20 +11,14 @@ ARGS = ["def main(", "--max-new-tokens", "16", "--no-stop-at-eos"]
 
 
 @pytest.fixture(scope="module")
-def dirs(trained_tiny, tmp_path_factory):
+def dirs(trained_tiny, tmp_path_factory, perturbed):
     model_dir, _ = trained_tiny
     model = load_model(model_dir)
     onnx_dir = tmp_path_factory.mktemp("target-onnx")
     save_onnx(export_decoder(model, opset=18), onnx_dir / "model.onnx")
     (onnx_dir / "config.json").write_text((model_dir / "config.json").read_text())
     load_tokenizer(model_dir).save_pretrained(onnx_dir)
-    draft = copy.deepcopy(model)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # a draft that agrees with the target often, not always
-        for p in draft.parameters():
-            if p.dim() > 1:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.3 * p.std())
-    return model_dir, onnx_dir, save_model(draft, tmp_path_factory.mktemp("draft"))
+    return model_dir, onnx_dir, save_model(perturbed(model, 0.3, seed=0), tmp_path_factory.mktemp("draft"))
 
 
 def test_draft_gives_the_targets_text_and_reports_acceptance(dirs, capsys):

@@ -1,8 +1,6 @@
 """Speculative decoding with ONNX Runtime runners (target, draft, or both): greedy output is the
 target's own greedy output for every k, and OrtRunner's cache rollback is exact."""
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -25,14 +23,9 @@ def _export(model, out):
 
 
 @pytest.fixture(scope="module")
-def runners(tmp_path_factory):
+def runners(tmp_path_factory, perturbed):
     target = tiny_model(seed=0, n_positions=64)
-    draft = copy.deepcopy(target)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # a draft that agrees with the target often, not always
-        for p in draft.parameters():
-            if p.dim() > 1:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.3 * p.std())
+    draft = perturbed(target, 0.3)
     tmp = tmp_path_factory.mktemp("spec")
     return {"torch": (TorchRunner(target), TorchRunner(draft)),
             "ort": (_export(target, tmp / "target"), _export(draft, tmp / "draft"))}
