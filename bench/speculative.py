@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -32,6 +32,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from compress.models import load_model, load_tokenizer  # noqa: E402
+from compress.plan import load_plan  # noqa: E402
+from compress.runner import run_plan  # noqa: E402
 from evalsuite import hardware  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402
 from evalsuite.metrics import ModelFacts  # noqa: E402
@@ -39,6 +41,7 @@ from evalsuite.size import gpt2_param_count  # noqa: E402
 from evalsuite.speculative_measure import (WORTH_IT, SpeculativeMeasureSettings, measure_speculative,  # noqa: E402
                                            projected_speedup, prompts_from)
 from compress.speculative_eval import artifact_facts  # noqa: E402
+from export.ort_runner import OrtRunner  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data"
 TEACHER = DATA / "teachers" / "gpt2-6x384-corpus"
@@ -113,11 +116,20 @@ def gpt2_small_table(teacher_pair: dict, context: int) -> list[str]:
     return lines
 
 
-def run_pipeline(bench_run, plan: Path, quick: bool, work: Path):
-    """(runner, facts, ppl, summary) of a pipeline plan's final ONNX step, run by the plan runner."""
-    runner, path, summary = bench_run.pipeline(plan, quick, work)
-    metrics = json.loads((path.parent / "metrics.json").read_text())
-    return runner, artifact_facts(path, runner), metrics.get("ppl"), summary
+def run_pipeline(plan: Path, quick: bool, out: Path, reuse: Path | None = None):
+    """(runner, facts, ppl, summary) of a pipeline plan's final ONNX step, run by the plan runner. The
+    steps measure perplexity only (latency is what this script measures); `reuse` is another run of
+    the same plan head whose finished steps are copied in, so steps with equal hashes are not redone."""
+    overrides = [f"data.eval.max_tokens={8192 if quick else 'null'}", "eval.samples=null", "eval.latency=null"]
+    if quick:
+        overrides += ["steps.1.distill.tokens=16384"]
+    if reuse is not None and reuse != out and reuse.is_dir():
+        shutil.copytree(reuse, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+    result = run_plan(load_plan(plan, overrides), out, progress=False)
+    last = [m for m in result.metrics if m["backend"] == "onnxruntime"][-1]
+    path = out / last["step"] / "model.onnx"
+    runner = OrtRunner(path)
+    return runner, artifact_facts(path, runner), last["ppl"], {m["step"]: m["summary"] for m in result.metrics}
 
 
 def main(argv=None) -> int:
@@ -132,7 +144,7 @@ def main(argv=None) -> int:
         print(f"teacher not found at {TEACHER} (the reference needs ../shared/data beside the repo)", file=sys.stderr)
         return 1
     started = datetime.datetime.now()
-    bench_run = _bench_module("run")
+    bench_onnx = _bench_module("onnx")
     settings = (SpeculativeMeasureSettings(ks=(2, 4, 6), prompts=2, repeats=1, warmup=1) if args.quick else
                 SpeculativeMeasureSettings(ks=tuple(range(1, 9)), prompts=8, repeats=5, warmup=1, adaptive=True))
     heldout = tokenize(read_text(DATA / "corpus" / "heldout"), load_tokenizer(TEACHER))
@@ -140,7 +152,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-spec-") as tmp:
         work = args.work or Path(tmp)
         (work / "target").mkdir(parents=True, exist_ok=True)
-        target = bench_run.bench_onnx.ours(load_model(TEACHER), bench_run.bench_onnx.ExportConfig(), {}, work / "target")
+        target = bench_onnx.ours(load_model(TEACHER), bench_onnx.ExportConfig(), {}, work / "target")
         target_facts = artifact_facts(target.path, target)
         drafts = {"pipeline (T=1, KL)": args.pipeline}
         if not args.skip_variant:
@@ -148,7 +160,8 @@ def main(argv=None) -> int:
         results, notes = {}, []
         for label, plan in drafts.items():
             print(f"building draft {label} ...", file=sys.stderr, flush=True)
-            draft, facts, ppl, summary = run_pipeline(bench_run, plan, args.quick, work / label.split()[0])
+            draft, facts, ppl, summary = run_pipeline(plan, args.quick, work / label.split()[0],
+                                                      reuse=work / "pipeline")
             notes.append(f"- {label}: {facts.weight_bytes / 1e6:.1f} MB, ppl {ppl:.2f} on the held-out tokens; "
                          + "; ".join(f"{k}: {v}" for k, v in summary.items()))
             print(f"measuring {label} ...", file=sys.stderr, flush=True)
