@@ -155,8 +155,7 @@ def speculative_generate(target: Runner, draft: Runner, prompt_ids: list[int], s
     stats.prefill_s = time.perf_counter() - t0
     draft_prefill_calls = d.calls
     seq, out, k = list(prompt_ids), [], settings.k
-    done = False
-    while not done:
+    while True:
         # Room: the verification feeds positions len(seq)-1 .. len(seq)-1+k; the draft one fewer.
         k_now = max(0, min(k, settings.max_new_tokens - len(out) - 1, target.max_positions - len(seq),
                            draft.max_positions - len(seq) + 1))
@@ -178,6 +177,8 @@ def speculative_generate(target: Runner, draft: Runner, prompt_ids: list[int], s
                     or token == settings.eos_token_id)
             if done:
                 break
+        if done:
+            break
         # Caches keep seq[:-1]: the accepted proposals stay, the rejected ones and the target's own
         # token (not fed yet) do not.
         t.rollback(len(seq) - 1)
