@@ -42,6 +42,8 @@ def test_draft_errors_are_one_line(dirs, tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith(f"error: {tmp_path / 'nope'}: no such file or directory")
     assert gen_mod.main([str(model_dir), *ARGS, "--draft", str(draft_dir), "-k", "0"]) == 2
     assert "error: -k: must be in 1..64 (got 0)" in capsys.readouterr().err
+    assert gen_mod.main([str(model_dir), *ARGS, "-k", "3"]) == 2
+    assert "error: -k, --adaptive: only used with --draft DRAFT" in capsys.readouterr().err
     other = save_model(tiny_model(vocab_size=300), tmp_path / "other")
     assert gen_mod.main([str(model_dir), *ARGS, "--draft", str(other)]) == 2
     err = capsys.readouterr().err
