@@ -166,7 +166,13 @@ def main(argv=None) -> int:
                          + "; ".join(f"{k}: {v}" for k, v in summary.items()))
             print(f"measuring {label} ...", file=sys.stderr, flush=True)
             results[label] = measure_speculative(target, draft, prompts, target_facts, facts, settings, DEVICES)
-    context = settings.prompt + settings.new_tokens
+            # written after every draft, so a run stopped during the next one keeps what it measured
+            path = write_results(args, started, settings, target_facts, results, notes)
+    print(f"\nwritten to {path}")
+    return 0
+
+
+def write_results(args, started, settings, target_facts: ModelFacts, results: dict, notes: list[str]) -> Path:
     first = next(iter(results.values()))
     text = "\n".join([
         f"# bench/speculative.py{' --quick' if args.quick else ''}, {started:%Y-%m-%d %H:%M}", "",
@@ -179,15 +185,14 @@ def main(argv=None) -> int:
         *[line for label, s in results.items() for line in pair_table(label, s)], "",
         "Verdict (worth it: speedup > 1.1x; measured on this host, projected elsewhere):",
         *[line for label, s in results.items() for line in verdict_lines(label, s)], "",
-        *gpt2_small_table(first, context), "",
+        *gpt2_small_table(first, settings.prompt + settings.new_tokens), "",
         f"Wall time: {(datetime.datetime.now() - started).total_seconds() / 60:.1f} min.",
     ])
-    print("\n" + text)
+    print("\n" + text, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{started:%Y-%m-%d}-speculative{'-quick' if args.quick else ''}.md"
     path.write_text(text + "\n")
-    print(f"\nwritten to {path}")
-    return 0
+    return path
 
 
 if __name__ == "__main__":
