@@ -101,6 +101,31 @@ class SamplesConfig(Strict):
     new_tokens: int = Field(DEFAULT_NEW_TOKENS, ge=1, le=512)
 
 
+class SpeculativeEvalConfig(Strict):
+    """Measure one step's artifact as the speculative-decoding draft of another (docs/speculative.md)."""
+
+    draft: str = Field(min_length=1, description="step directory name of the draft, e.g. 04-export-onnx")
+    target: str = Field("00-base", min_length=1, description="step directory name of the target")
+    k: list[Annotated[int, Field(ge=1, le=16)]] = Field(default_factory=lambda: [2, 4, 6], min_length=1,
+                                                        max_length=16)
+    adaptive: bool = Field(False, description="also measure adaptive k, starting at each k")
+    prompts: int = Field(4, ge=1, le=64, description="prompts taken from the eval text")
+    repeats: int = Field(3, ge=1, le=100, description="round-robin timing rounds (median)")
+
+
+def speculative_problems(plan: "Plan") -> list[tuple[tuple, str]]:
+    """(key path, message) for eval.speculative steps that are not in the plan."""
+    spec = plan.eval.speculative
+    if spec is None:
+        return []
+    names = ["00-base"] + [f"{i:02d}-{s.slug()}" for i, s in enumerate(plan.steps, 1)]  # = runner.step_names
+    out = [(("eval", "speculative", key), f"no step named {value!r} (steps: {', '.join(names)})")
+           for key, value in (("draft", spec.draft), ("target", spec.target)) if value not in names]
+    if spec.draft == spec.target:
+        out.append((("eval", "speculative", "draft"), "the draft must be another step than the target"))
+    return out
+
+
 class EvalConfig(Strict):
     perplexity: bool = True
     latency: LatencyConfig | None = Field(default_factory=LatencyConfig, description="null: skip latency")
@@ -112,6 +137,7 @@ class EvalConfig(Strict):
     max_ppl_ratio: float = Field(50.0, gt=1.0, le=1e6,
                                  description="a step that changes weights (prune, distill, quantize) and ends "
                                              "with ppl above this multiple of its input's stops the run")
+    speculative: SpeculativeEvalConfig | None = Field(None, description="measure a step as another's draft")
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -206,6 +232,8 @@ def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | No
     if plan is not None and not problems:
         plan = plan.model_copy(update={"steps": steps})
         for loc, msg in check_steps(plan).problems:  # the steps' checks, with the model's real shapes
+            add(loc, msg)
+        for loc, msg in speculative_problems(plan):
             add(loc, msg)
     if problems:
         raise PlanError(problems, source=source)

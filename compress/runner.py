@@ -40,6 +40,7 @@ from compress.hashing import digest
 from compress.models import load_model, load_tokenizer
 from compress.plan import Plan, dump_plan
 from compress.plan_check import check_steps
+from compress.speculative_eval import attach_speculative
 from compress.steps import StepConfig, StepContext, handler_for
 from evalsuite.backends import BackendUnavailable, open_runner
 from evalsuite.data import tokenize
@@ -108,9 +109,9 @@ def step_hashes(plan: Plan) -> list[str]:
 
 def eval_hash(plan: Plan) -> str:
     # ppl_budget only changes how the report reads the metrics and max_ppl_ratio only what is accepted,
-    # so neither re-measures anything.
+    # so neither re-measures anything; speculative is measured once for the pair (compress.speculative_eval).
     return digest(plan.data.eval.model_dump(mode="json"),
-                  plan.eval.model_dump(mode="json", exclude={"ppl_budget", "max_ppl_ratio"}), plan.device)
+                  plan.eval.model_dump(mode="json", exclude={"ppl_budget", "max_ppl_ratio", "speculative"}), plan.device)
 
 
 def step_names(plan: Plan) -> list[str]:
@@ -171,6 +172,8 @@ def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True) -> RunResul
     if not main:  # rank 0 writes the report
         return RunResult(run_dir, run_dir / "report.md", records, [], time.perf_counter() - t0)
     rows = [d.metrics for d in done]
+    if plan.eval.speculative is not None:  # one step as another's draft, after all of them are done
+        attach_speculative(plan, run_dir, rows, str(run.device), lambda: _eval_ids(run))
     wall = time.perf_counter() - t0
     compute = sum(r.wall_s for r in records)
     notes = [f"Run wall time: {wall:.1f} s for this invocation "

@@ -8,6 +8,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from evalsuite.speculative_report import speculative_html
 from evalsuite.summary import (BEST_MARK, DEFAULT_PPL_BUDGET, FRONT_MARK, legend, protocol_lines, sample_prompts,
                                sample_text, table, target_rows, verdict)
 
@@ -41,7 +42,7 @@ def render_html(rows: list[dict[str, Any]], title: str, svg: str, notes: list[st
                               for r in rows) + "</ul>",
              "<h2>How it was measured</h2>",
              "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in protocol_lines(rows)) + "</ul>",
-             _samples(rows), _targets(rows)]
+             _samples(rows), speculative_html(rows), _targets(rows)]
     if notes:
         parts += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"]
     body = "\n".join(p for p in parts if p)

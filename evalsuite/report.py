@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from evalsuite.html_page import render_html
+from evalsuite.speculative_report import speculative_lines
 from evalsuite.summary import (DEFAULT_PPL_BUDGET, fmt, get, human_bytes, legend, markdown_table,  # noqa: F401
                                protocol_lines, sample_prompts, sample_text, target_rows, verdict)
 
 METRICS_FILE = "metrics.json"
-CSV_SKIP = ("samples",)  # free text, shown in the report; a CSV cell is no place for it
+# free text and nested tables, shown in the report; a CSV cell is no place for them
+CSV_SKIP = ("samples", "speculative")
 # (tag, dotted key) of the scalars written to TensorBoard; projections are added per target.
 SCALARS = [("ppl", "ppl"), ("ppl_ratio_to_base", "ppl_ratio_to_base"), ("params", "params"),
            ("bytes_on_disk", "bytes_on_disk"), ("prefill_ms/p50", "prefill_ms.p50"),
@@ -65,6 +67,7 @@ def markdown_report(rows: list[dict[str, Any]], title: str, notes: list[str] = (
     md += [f"- **{r['step']}**: {r.get('summary') or '(no summary)'}" for r in rows]
     md += ["", "## How it was measured", ""] + [f"- {line}" for line in protocol_lines(rows)]
     md += _markdown_samples(rows)
+    md += speculative_lines(rows)
     targets = target_rows(rows)
     if targets:
         md += ["", "## Target devices (projections use their published memory bandwidth)", "",

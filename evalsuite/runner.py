@@ -21,6 +21,10 @@ class Runner(Protocol):
     max_positions: int
     # Optional: bytes of weight tables that are only looked up (embeddings), for the roofline.
     # gathered_weight_bytes: int
+    # Optional, for speculative decoding (evalsuite.speculative): forward() scores any number of new
+    # positions after a cache, and
+    #   truncate_past(past, length) -> past
+    # cuts a cache back to its first `length` positions (it may reuse or modify `past`).
 
     def forward(self, input_ids: torch.Tensor, past: Any | None = None) -> tuple[torch.Tensor, Any]:
         ...
@@ -43,6 +47,13 @@ class TorchRunner:
     def forward(self, input_ids: torch.Tensor, past: Any | None = None) -> tuple[torch.Tensor, Any]:
         out = self.model(input_ids=input_ids.to(self.device), past_key_values=past, use_cache=True)
         return out.logits, out.past_key_values
+
+    def truncate_past(self, past: Any, length: int) -> Any:
+        """Cut the cache to `length` positions: a transformers Cache in place, or a legacy tuple."""
+        if hasattr(past, "crop"):
+            past.crop(length)
+            return past
+        return tuple(tuple(t[:, :, :length] for t in layer) for layer in past)  # each (B, nh, length, hs)
 
 
 def gathered_bytes(model: torch.nn.Module) -> int:

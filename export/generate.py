@@ -2,6 +2,7 @@
 
     python -m export.generate runs/quickstart/05-export-onnx "Once upon a time" --max-new-tokens 50
     python -m export.generate runs/quickstart/00-base/model "Once upon a time" --sample --top-p 0.9
+    python -m export.generate runs/x/00-base/model --draft runs/x/04-export-onnx "Once upon a time" -k 4
 
 The same `generate()` drives every backend, so a torch checkpoint and its ONNX export can be compared
 token by token (greedy decoding must agree).
@@ -157,6 +158,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="intra-op threads (default: torch's setting)")
+    p.add_argument("--draft", help="speculative decoding: a smaller model with the same tokenizer (any of the "
+                                   "forms MODEL takes) proposes tokens that MODEL verifies (docs/speculative.md)")
+    p.add_argument("-k", type=int, help="draft tokens per target call (with --draft; default 4)")
+    p.add_argument("--adaptive", action="store_true", help="with --draft: adapt k to the acceptance as it goes")
     return p.parse_args(argv)
 
 
@@ -186,14 +191,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{runner.backend} on {runner.device}, {threads} threads: {args.model}]", file=sys.stderr)
         sys.stdout.write(args.prompt)
         t0 = time.perf_counter()
-        out = generate(runner, ids, cfg, TextStream(tokenizer))
+        if not args.draft and (args.k is not None or args.adaptive):
+            raise UserError("-k, --adaptive: only used with --draft DRAFT")
+        if args.draft:
+            out, stats = generate_with_draft(runner, args, ids, cfg, TextStream(tokenizer))
+        else:
+            out, stats = generate(runner, ids, cfg, TextStream(tokenizer)), None
         wall = time.perf_counter() - t0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
     print(f"[{len(out)} tokens in {wall:.2f} s, {len(out) / wall:.1f} tokens/s incl. prefill]", file=sys.stderr)
+    if stats is not None:
+        print(f"[draft: {stats.accepted} of {stats.proposed} proposed tokens accepted "
+              f"({stats.acceptance_rate:.0%}), {stats.tokens_per_target_call:.2f} tokens per target call, "
+              f"{stats.target_calls} target and {stats.draft_calls} draft calls, "
+              f"{stats.new_tokens / max(stats.decode_s, 1e-9):.1f} tokens/s after the prefill]", file=sys.stderr)
     return 0
+
+
+def generate_with_draft(runner: Runner, args: argparse.Namespace, ids: list[int], cfg: GenerationConfig,
+                        on_token: Callable[[int], None]):
+    """Speculative decoding of `runner` with the --draft model: the same tokens as generate() when
+    greedy, the same distribution when sampling (evalsuite.speculative)."""
+    from evalsuite.errors import EvalInputError
+    from evalsuite.speculative import SpeculativeSettings, speculative_generate
+
+    k = 4 if args.k is None else args.k
+    if not 1 <= k <= 64:
+        raise UserError(f"-k: must be in 1..64 (got {k})")
+    draft, _ = open_any(args.draft, args.device, args.threads)
+    print(f"[draft: {draft.backend} on {draft.device}: {args.draft}, k={k}"
+          f"{' (adaptive)' if args.adaptive else ''}]", file=sys.stderr)
+    try:
+        settings = SpeculativeSettings(k=k, max_new_tokens=cfg.max_new_tokens, sample=cfg.do_sample,
+                                       seed=cfg.seed, eos_token_id=cfg.eos_token_id if cfg.stop_at_eos else None,
+                                       adaptive=args.adaptive, max_k=max(8, k))
+        result = speculative_generate(runner, draft, ids, settings, lambda logits, seen: next_token_logits(
+            logits, seen, cfg), on_token)
+    except EvalInputError as e:
+        raise UserError(f"--draft {args.draft}: {e}") from None
+    return result.tokens, result.stats
 
 
 if __name__ == "__main__":

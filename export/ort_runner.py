@@ -119,6 +119,10 @@ class OrtRunner:
         logits = torch.from_numpy(outputs[0]).float()  # (B, T, V)
         return logits, OrtPast(outputs[1:], mask)
 
+    def truncate_past(self, past: OrtPast, length: int) -> OrtPast:
+        """The cache's first `length` positions (for speculative decoding's rollback)."""
+        return OrtPast([np.ascontiguousarray(a[:, :, :length]) for a in past.arrays], past.mask[:, :length].copy())
+
 
 def gathered_bytes(path: Path) -> int:
     """Bytes of initializers used only as the table of a Gather (embeddings): a decode step reads one

@@ -281,6 +281,11 @@ class TrtRunner:
             chunks.append(logits)
         return torch.cat(chunks, dim=1), past
 
+    def truncate_past(self, past: TrtPast, length: int) -> TrtPast:
+        """The cache's first `length` positions (speculative decoding's rollback). NEVER RUN, like
+        the rest of this runner: written against the same protocol as the tested ORT and torch ones."""
+        return TrtPast({n: t[:, :, :length].contiguous() for n, t in past.tensors.items()})
+
     def _feeds(self, ids: torch.Tensor, past: TrtPast | None) -> dict[str, torch.Tensor]:
         B, T = ids.shape
         P = past.length if past is not None else 0

@@ -72,3 +72,21 @@ def reference_teacher(shared_data) -> Path:
         pytest.skip(f"reference teacher not found at {path}")
     return path
 
+
+
+@pytest.fixture(scope="session")
+def perturbed():
+    """perturbed(model, scale, seed=1): a copy with Gaussian noise of `scale` x each matrix's std, a
+    speculative-decoding draft that agrees with `model` often, not always."""
+    import copy
+
+    def make(model, scale: float, seed: int = 1):
+        out = copy.deepcopy(model)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in out.parameters():
+                if p.dim() > 1:
+                    p.add_(torch.randn(p.shape, generator=gen) * scale * p.std())
+        return out
+
+    return make
