@@ -69,6 +69,11 @@ class ExportConfig(StepConfig):
         4, description="MatMulNBits compute on CPU: 4 = activations quantized to int8 per block (fast "
                        "decode), 0 = fp32 (bit-matches torch; 8-bit weights then run a slow fallback)")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    # quantize: dynamic-int8 only: activation outliers (compress/quantization/outlier_guard.py, smooth_dynamic.py)
+    smooth: float | None = Field(None, ge=0, le=1, description="SmoothQuant alpha folded into the torch model "
+                                                               "before ORT's dynamic int8 (needs data.train)")
+    allow_outliers: bool = Field(False, description="run ORT's dynamic int8 even when calibration on data.train "
+                                                    "finds activation outliers above the limit")
     # TensorRT only
     precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(None, description="tensorrt: engine precision")
     profile: TensorRTProfile | None = Field(None, description="tensorrt: min/opt/max shapes (default: from the plan)")
@@ -89,8 +94,19 @@ class ExportConfig(StepConfig):
             raise ValueError(f"fp16 and quantize: {self.quantize} exclude each other")
         return self
 
+    @model_validator(mode="after")
+    def _outlier_options_fit(self) -> "ExportConfig":
+        given = [k for k in ("smooth", "allow_outliers") if k in self.model_fields_set]
+        if given and self.quantize != "dynamic-int8":
+            raise ValueError(f"{', '.join(given)}: only with quantize: dynamic-int8")
+        return self
+
     def plan_problems(self, plan: "Plan", index: int) -> list[str]:
         problems = self._quantized_input_problems(plan, index)
+        if self.quantize == "dynamic-int8" and plan.data.train is None and (self.smooth is not None
+                                                                             or not self.allow_outliers):
+            problems.append("quantize: dynamic-int8 measures activation outliers (and smooths) on data.train; "
+                            "set data.train in the plan, or allow_outliers: true without smooth")
         if self.format == "tensorrt":
             from export import tensorrt
 
@@ -193,6 +209,15 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     if records and cfg.quantize != "none":
         raise UserError(f"{ctx.name}: quantize: {cfg.quantize} on a model already quantized ({ctx.input_dir})")
     model = ctx.load_input()
+    outliers = None
+    if cfg.quantize == "dynamic-int8" and ctx.plan.data.train is not None:  # check, then smooth, in torch
+        from compress.quantization.outlier_guard import OutlierRefusal, step_key
+        from compress.quantization.smooth_dynamic import prepare_ort_dynamic
+
+        try:
+            outliers = prepare_ort_dynamic(model, ctx.train_ids(), cfg.smooth, cfg.allow_outliers, "export")
+        except OutlierRefusal as e:
+            raise e.at(step_key(ctx.plan, cfg, ctx.name)) from None
     graph, done = build_graph(cfg, model, records, ctx.log)
     onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)
     io = write_io_json(graph, ctx.out_dir / "io.json")
@@ -211,6 +236,8 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
         raise UserError(f"{ctx.name}: export validation failed: {'; '.join(result.problems)}")
 
     info = {"passes": done, "validation": result.as_dict(), "inputs": len(io["inputs"]), "opset": cfg.opset}
+    if outliers:
+        info["outliers"] = outliers
     if cfg.format == "tensorrt":
         from export.tensorrt import finish_step
 
@@ -223,4 +250,6 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
                f"{', ORT fusions' if fuses(cfg, records) else ''}; vs {reference}: max |dlogit| "
                f"{max(result.max_abs_logit_diff, result.decode_max_abs_logit_diff):.2g}, top-1 "
                f"{100 * result.top1_agreement:.1f}%, ppl {result.ppl_onnx:.4g} vs {result.ppl_torch:.4g}")
+    if outliers:
+        summary += f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}" + (f", smooth {cfg.smooth}" if cfg.smooth else "")
     return StepOutput(summary=summary, artifact=ONNX_FILE, backend="onnxruntime", info=info)

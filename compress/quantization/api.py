@@ -12,6 +12,7 @@ from compress.errors import UserError
 from compress.quantization.calibration import calibration_windows
 from compress.quantization.config import CALIBRATED, QuantizeConfig, layer_widths
 from compress.quantization.modules import block_linear_names, install, linear_weight
+from compress.quantization.outlier_guard import calibrates_for_outliers, record_outliers
 from compress.quantization.rtn import rtn
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,13 @@ def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | 
     check_widths(model, cfg)
     model.eval()
     windows = None
-    if cfg.method in CALIBRATED:
+    if cfg.method in CALIBRATED or calibrates_for_outliers(cfg, calib):
         if calib is None:
             raise UserError(f"quantize: method {cfg.method} needs calibration token ids (calib=...)")
         seq_len = min(cfg.calib_seq_len, model.config.n_positions)
         windows = calibration_windows(calib, cfg.calib_samples, seq_len, cfg.seed)
+    # activation outliers measured on the fp32 model: recorded, and refused for per-tensor int8
+    outliers = record_outliers(model, cfg, windows) if windows is not None else None
     bits, head_bits = cfg.weight_bits, cfg.head_bits
     head_group = cfg.group_for(head_bits) if head_bits else None
     if cfg.method == "rtn":
@@ -76,12 +79,12 @@ def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | 
 
         quantize_smoothquant(model, windows, cfg.alpha, head_bits, head_group)
     elif cfg.method == "dynamic-int8":
-        from compress.quantization.dynamic import quantize_dynamic_int8
+        from compress.quantization.smooth_dynamic import quantize_dynamic_smoothed
 
-        model, _ = quantize_dynamic_int8(model)
+        model, _ = quantize_dynamic_smoothed(model, windows, cfg.smooth)
     else:
         from compress.quantization.bnb import quantize_bnb
 
         model = quantize_bnb(model, cfg.method, cfg.threshold)
-    model.config.quantization_config = {"gpt2_edge": details(cfg)}
+    model.config.quantization_config = {"gpt2_edge": details(cfg) | ({"outliers": outliers} if outliers else {})}
     return model.eval()

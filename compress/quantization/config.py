@@ -45,6 +45,13 @@ class QuantizeConfig(StepConfig):
     alpha: float = Field(0.5, ge=0, le=1, description="smoothquant: migration strength")
     # bnb-int8
     threshold: float = Field(6.0, ge=0, le=1000, description="bnb-int8: outlier threshold (LLM.int8)")
+    # activation outliers (outlier_guard.py, smooth_dynamic.py)
+    smooth: float | None = Field(
+        None, ge=0, le=1, description="dynamic-int8: SmoothQuant alpha; fold per-channel scales from calibration "
+                                      "into the LayerNorms before quantizing (needs data.train)")
+    allow_outliers: bool = Field(
+        False, description="dynamic-int8 / smoothquant: run even when calibration finds an input quantized per "
+                           "tensor with max/median above outlier_guard.OUTLIER_LIMIT")
     # calibration (gptq, smoothquant)
     calib_samples: int = Field(64, ge=1, le=4096, description="calibration windows from data.train")
     calib_seq_len: int = Field(256, ge=8, le=8192, description="tokens per window (capped at n_positions)")
@@ -92,6 +99,16 @@ class QuantizeConfig(StepConfig):
     @classmethod
     def _smoothquant_only(cls, v, info: ValidationInfo):
         return _only_for(v, info, ("smoothquant",))
+
+    @field_validator("smooth")
+    @classmethod
+    def _dynamic_only(cls, v, info: ValidationInfo):
+        return _only_for(v, info, ("dynamic-int8",))
+
+    @field_validator("allow_outliers")
+    @classmethod
+    def _per_tensor_only(cls, v, info: ValidationInfo):
+        return _only_for(v, info, ("dynamic-int8", "smoothquant"))
 
     @field_validator("threshold")
     @classmethod
@@ -141,6 +158,9 @@ class QuantizeConfig(StepConfig):
             problems.append(f"method {self.method} cannot be exported to ONNX; use rtn/gptq/smoothquant")
         if self.method in CALIBRATED and plan.data.train is None:
             problems.append(f"method {self.method} calibrates on data.train; set data.train in the plan")
+        if self.method == "dynamic-int8" and plan.data.train is None and (self.smooth is not None or not self.allow_outliers):
+            problems.append("method dynamic-int8 measures activation outliers (and smooths) on data.train; set "
+                            "data.train in the plan, or allow_outliers: true without smooth")
         from compress.pruning.config import input_shape
 
         shape = input_shape(plan, index)  # through earlier prune steps; None after a distil or for a hub id

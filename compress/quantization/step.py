@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from compress.quantization.api import quantize
 from compress.quantization.config import CALIBRATED, QuantizeConfig
+from compress.quantization.outlier_guard import OutlierRefusal, step_key
 from compress.steps import StepContext, StepOutput, register_step
 from evalsuite.size import bytes_on_disk
 
@@ -11,17 +12,24 @@ from evalsuite.size import bytes_on_disk
 @register_step(QuantizeConfig)
 def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
     model = ctx.load_input()
-    calib = ctx.train_ids() if cfg.method in CALIBRATED else None
+    calib = ctx.train_ids() if cfg.method in CALIBRATED or (
+        cfg.method == "dynamic-int8" and ctx.plan.data.train is not None) else None  # the outlier check
     if cfg.method == "dynamic-int8" and ctx.device.type != "cpu":
         ctx.log.info("dynamic-int8 runs on CPU only; quantizing on CPU")
-    model = quantize(model, cfg, calib)
+    try:
+        model = quantize(model, cfg, calib)
+    except OutlierRefusal as e:  # name the plan key path; the step is not marked DONE
+        raise e.at(step_key(ctx.plan, cfg, ctx.name)) from None
+    outliers = model.config.quantization_config["gpt2_edge"].get("outliers")
     out = ctx.save_model(model.cpu() if cfg.method == "dynamic-int8" else model)
     before = bytes_on_disk(ctx.input_dir, weights_only=True)
     after = bytes_on_disk(out, weights_only=True)
     g = cfg.group_for(cfg.weight_bits)
     grid = f"int{cfg.weight_bits} " + (f"g{g}" if g else "per-channel")
     summary = (f"{cfg.method} {grid}, lm_head {cfg.lm_head}: weights {before / 1e6:.1f} MB -> "
-               f"{after / 1e6:.1f} MB on disk ({before / max(after, 1):.2f}x smaller)")
+               f"{after / 1e6:.1f} MB on disk ({before / max(after, 1):.2f}x smaller)"
+               + (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}" if outliers else ""))
     return StepOutput(summary=summary, model_dir="model",
                       info={"bytes_before": before, "bytes_after": after, "method": cfg.method,
-                            "bits": cfg.weight_bits, "group_size": g or "per-channel"})
+                            "bits": cfg.weight_bits, "group_size": g or "per-channel"}
+                      | ({"outliers": outliers} if outliers else {}))
