@@ -63,7 +63,7 @@ class InputProfile:
                 "median": self.median, "top_channels": [[i, round(r, 2)] for i, r in self.top()]}
 
     def describe(self) -> str:
-        return f"{self.layer} input: max/median {self.ratio:.0f}x"
+        return f"{self.layer} input: max/median {self.ratio:.{0 if self.ratio >= 10 else 1}f}x"
 
 
 @dataclass

@@ -100,15 +100,11 @@ class QuantizeConfig(StepConfig):
     def _smoothquant_only(cls, v, info: ValidationInfo):
         return _only_for(v, info, ("smoothquant",))
 
-    @field_validator("smooth")
+    @field_validator("smooth", "allow_outliers")
     @classmethod
-    def _dynamic_only(cls, v, info: ValidationInfo):
-        return _only_for(v, info, ("dynamic-int8",))
-
-    @field_validator("allow_outliers")
-    @classmethod
-    def _per_tensor_only(cls, v, info: ValidationInfo):
-        return _only_for(v, info, ("dynamic-int8", "smoothquant"))
+    def _outlier_options(cls, v, info: ValidationInfo):
+        return _only_for(v, info, {"smooth": ("dynamic-int8",), "allow_outliers": ("dynamic-int8", "smoothquant")}
+                         [info.field_name])
 
     @field_validator("threshold")
     @classmethod
