@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     teacher = load_model(TEACHER)
     print(f"teacher {TEACHER.name}, outliers in channels {list(HARD_CHANNELS)} of every block; eval "
           f"{min(eval_ids.numel(), tokens or 10**12):,} held-out tokens, calibration {calib['calib_samples']} x 256")
-    print(f"\n| {'factor':>6} | {'worst max/median':>16} | {'fp32 ppl':>8} | {'dynamic int8':>12} | {'smooth 0.5':>10} |")
+    print(f"\n| {'factor':>6} | {'worst max/median':>16} | {'fp32 ppl':>8} | {'dynamic int8':>12} | "
+          f"{'smooth 0.5':>10} |")
     print("|" + "|".join("-" * (w + 2) for w in (6, 16, 8, 12, 10)) + "|")
     for f in args.factors:
         hard = plant_outliers(copy.deepcopy(teacher), HARD_CHANNELS, f)

@@ -139,7 +139,8 @@ def main(argv=None) -> int:
     reference = load_model(TEACHER)
     teachers = {"reference teacher": reference, f"hard teacher (outliers x{HARD_FACTOR:g})": hard_teacher(reference)}
     for label, model in teachers.items():
-        print(f"  {label}: worst projection input {outlier_profile(model, calib_ids, 256, calib_samples).worst().describe()}")
+        worst = outlier_profile(model, calib_ids, 256, calib_samples).worst()
+        print(f"  {label}: worst projection input {worst.describe()}")
     rows = ["fp32"] + [r for r in args.rows if r != "fp32"]
     if any(ROWS[r] and ROWS[r]["method"] == "awq" for r in rows) and not awq_available():
         print("  awq: not available in this build (QuantizeConfig has no method awq); its row is skipped")

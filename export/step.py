@@ -251,5 +251,6 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
                f"{max(result.max_abs_logit_diff, result.decode_max_abs_logit_diff):.2g}, top-1 "
                f"{100 * result.top1_agreement:.1f}%, ppl {result.ppl_onnx:.4g} vs {result.ppl_torch:.4g}")
     if outliers:
-        summary += f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}" + (f", smooth {cfg.smooth}" if cfg.smooth else "")
+        summary += (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}"
+                    + (f", smooth {cfg.smooth}" if cfg.smooth is not None else ""))
     return StepOutput(summary=summary, artifact=ONNX_FILE, backend="onnxruntime", info=info)

@@ -154,7 +154,8 @@ class QuantizeConfig(StepConfig):
             problems.append(f"method {self.method} cannot be exported to ONNX; use rtn/gptq/smoothquant")
         if self.method in CALIBRATED and plan.data.train is None:
             problems.append(f"method {self.method} calibrates on data.train; set data.train in the plan")
-        if self.method == "dynamic-int8" and plan.data.train is None and (self.smooth is not None or not self.allow_outliers):
+        if self.method == "dynamic-int8" and plan.data.train is None and (
+                self.smooth is not None or not self.allow_outliers):
             problems.append("method dynamic-int8 measures activation outliers (and smooths) on data.train; set "
                             "data.train in the plan, or allow_outliers: true without smooth")
         from compress.pruning.config import input_shape
