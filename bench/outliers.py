@@ -61,8 +61,8 @@ def main(argv=None) -> int:
             ratios.append(_ppl(q, eval_ids, tokens) / base)
         print(f"| {f:>6g} | {worst.ratio:>15.1f}x | {base:>8.2f} | {ratios[0]:>11.4f}x | {ratios[1]:>9.4f}x |",
               flush=True)
-    print("\nppl columns: quantized / fp32 of the same (planted) model. worst: over all 4 projection inputs "
-          "of every block (evalsuite.outliers).")
+    print("\nppl columns: quantized / fp32 of the same (planted) model. worst: over the 4 projection inputs "
+          "of every block and the LM head's input (evalsuite.outliers).")
     return 0
 
 
