@@ -34,6 +34,8 @@ from evalsuite.outliers import PROJECTIONS, OutlierProfile, outlier_profile
 OUTLIER_LIMIT = 10.0
 SUGGESTION = ("smooth first (`smooth: 0.5`), or use method smoothquant, bnb-int8 or a weight-only method "
               "(rtn / gptq)")
+EXPORT_SUGGESTION = ("smooth first (`smooth: 0.5`), or quantize before the export with method smoothquant or a "
+                     "weight-only method (rtn / gptq)")
 
 
 def per_tensor_inputs(smoothed: bool) -> tuple[str, ...]:
@@ -58,7 +60,8 @@ class OutlierRefusal(UserError):
     def __init__(self, what: str, worst: str, where: str = "quantize"):
         self.what, self.worst, self.where = what, worst, where
         super().__init__(f"{where}: {what} quantizes activations per tensor and calibration finds {worst} "
-                         f"(limit {OUTLIER_LIMIT:.0f}x: a large perplexity loss is expected); {SUGGESTION}; "
+                         f"(limit {OUTLIER_LIMIT:.0f}x: a large perplexity loss is expected); "
+                         f"{EXPORT_SUGGESTION if where.endswith('export') else SUGGESTION}; "
                          f"or set {where}.allow_outliers: true")
 
     def at(self, where: str) -> "OutlierRefusal":

@@ -90,7 +90,7 @@ def test_export_step_refuses_with_the_step_key(tmp_path, byte_tokenizer):
 
     plan = _export_plan(tmp_path, byte_tokenizer)
     with pytest.raises(UserError, match=r"^steps\[0\]\.export: ONNX Runtime dynamic int8 quantizes activations per "
-                                        r"tensor .* or set steps\[0\]\.export\.allow_outliers: true$"):
+                                        r"tensor .* quantize before the export .* or set steps\[0\]\.export\.allow_outliers: true$"):
         run_plan(plan({}, "refused"), tmp_path / "run", progress=False)
     assert not list((tmp_path / "run").glob("01-*/DONE"))
 
