@@ -71,6 +71,11 @@ class ExportConfig(StepConfig):
         4, description="MatMulNBits compute on CPU: 4 = activations quantized to int8 per block (fast "
                        "decode), 0 = fp32 (bit-matches torch; 8-bit weights then run a slow fallback)")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    # quantize: dynamic-int8 only: activation outliers (compress/quantization/outlier_guard.py, smooth_dynamic.py)
+    smooth: float | None = Field(None, ge=0, le=1, description="SmoothQuant alpha folded into the torch model "
+                                                               "before ORT's dynamic int8 (needs data.train)")
+    allow_outliers: bool = Field(False, description="run ORT's dynamic int8 even when calibration on data.train "
+                                                    "finds activation outliers above the limit")
     # TensorRT only
     precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(None, description="tensorrt: engine precision")
     profile: TensorRTProfile | None = Field(None, description="tensorrt: min/opt/max shapes (default: from the plan)")
@@ -99,6 +104,13 @@ class ExportConfig(StepConfig):
             raise ValueError(f"fp16 and quantize: {self.quantize} exclude each other")
         return self
 
+    @model_validator(mode="after")
+    def _outlier_options_fit(self) -> "ExportConfig":
+        given = [k for k in ("smooth", "allow_outliers") if k in self.model_fields_set]
+        if given and self.quantize != "dynamic-int8":
+            raise ValueError(f"{', '.join(given)}: only with quantize: dynamic-int8")
+        return self
+
     def check(self, state: PlanState) -> Check:
         problems = []
         done = state.quantized
@@ -110,6 +122,10 @@ class ExportConfig(StepConfig):
 
             problems.append(Problem(f"the model quantized by {done.by} (method {done.method}) has no ONNX form; "
                                     f"use {'/'.join(exportable_methods())} before an export"))
+        if self.quantize == "dynamic-int8" and not state.train_data and (self.smooth is not None
+                                                                          or not self.allow_outliers):
+            problems.append(Problem("dynamic-int8 measures activation outliers (and smooths) on data.train; set "
+                                    "data.train in the plan, or allow_outliers: true without smooth", "quantize"))
         if self.format == "tensorrt":
             from export.tensorrt import plan_check
 
@@ -248,6 +264,15 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     if records and cfg.quantize != "none":
         raise UserError(f"{ctx.name}: quantize: {cfg.quantize} on a model already quantized ({ctx.input_dir})")
     model = ctx.load_input()
+    outliers = None
+    if cfg.quantize == "dynamic-int8" and ctx.plan.data.train is not None:  # check, then smooth, in torch
+        from compress.quantization.outlier_guard import OutlierRefusal, step_key
+        from compress.quantization.smooth_dynamic import prepare_ort_dynamic
+
+        try:
+            outliers = prepare_ort_dynamic(model, ctx.train_ids(), cfg.smooth, cfg.allow_outliers, "export")
+        except OutlierRefusal as e:
+            raise e.at(step_key(ctx.plan, cfg, ctx.name)) from None
     graph, done = build_graph(cfg, model, records, ctx.log)
     onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)  # the file that ships: nothing rewrites it after
     io = write_io_json(graph, ctx.out_dir / "io.json")
@@ -260,6 +285,8 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     ctx.log.info("validation: %s", validation)
 
     info = {"passes": done, "validation": validation, "inputs": len(io["inputs"]), "opset": cfg.opset}
+    if outliers:
+        info["outliers"] = outliers
     if cfg.format == "tensorrt":
         from export.tensorrt import finish_step
 
@@ -271,4 +298,7 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
             if records else ("fp16" if cfg.fp16 else cfg.quantize if cfg.quantize != "none" else "fp32"))
     summary = (f"ONNX opset {cfg.opset} with KV cache, {what}"
                f"{', ORT fusions' if fuses(cfg, records) else ''}; {_checked(validation)}")
+    if outliers:
+        summary += (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}"
+                    + (f", smooth {cfg.smooth}" if cfg.smooth is not None else ""))
     return StepOutput(summary=summary, artifact=ONNX_FILE, backend="onnxruntime", info=info)

@@ -10,6 +10,7 @@ from transformers import GPT2LMHeadModel
 from compress.errors import UserError
 from compress.quantization.calibration import calibration_windows
 from compress.quantization.config import QuantizeConfig, layer_widths
+from compress.quantization.outlier_guard import calibrates_for_outliers, record_outliers
 
 
 def details(cfg: QuantizeConfig) -> dict[str, Any]:
@@ -38,11 +39,13 @@ def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | 
     check_widths(model, cfg)
     model.eval()
     windows = None
-    if cfg.quant_method.calibrates:
+    if cfg.quant_method.calibrates or calibrates_for_outliers(cfg, calib):
         if calib is None:
             raise UserError(f"quantize: method {cfg.method} needs calibration token ids (calib=...)")
         seq_len = min(cfg.calib_seq_len, model.config.n_positions)
         windows = calibration_windows(calib, cfg.calib_samples, seq_len, cfg.seed)
+    # activation outliers measured on the fp32 model: recorded, and refused for per-tensor int8
+    outliers = record_outliers(model, cfg, windows) if windows is not None else None
     model = cfg.quant_method.run(model, cfg, windows)
-    model.config.quantization_config = {"gpt2_edge": details(cfg)}
+    model.config.quantization_config = {"gpt2_edge": details(cfg) | ({"outliers": outliers} if outliers else {})}
     return model.eval()

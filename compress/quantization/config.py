@@ -13,13 +13,14 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from compress.plan_state import Check, PlanState, Problem, Quantized
+from compress.quantization.outlier_guard import needs_outlier_windows
 from compress.quantization.methods import METHODS, exportable_methods, method, methods_reading, option_classes
 from compress.quantization.registry import Grid, QuantMethod
 from compress.steps import StepConfig
 
 Method = Literal[tuple(METHODS)]  # "rtn", "gptq", ... in table order
 # The fields of every method's options (QuantMethod.options), mixed into QuantizeConfig.
-OPTION_FIELDS: tuple[str, ...] = tuple(f for cls in option_classes() for f in cls.model_fields)
+OPTION_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(f for cls in option_classes() for f in cls.model_fields))
 
 
 class _MethodChoice(StepConfig):
@@ -139,6 +140,9 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
             problems.append(Problem(f"the model is already quantized by {state.quantized.by}"))
         if self.quant_method.calibrates and not state.train_data:
             problems.append(Problem(f"{self.method} calibrates on data.train; set data.train in the plan", "method"))
+        if needs_outlier_windows(self) and not state.train_data:
+            problems.append(Problem(f"{self.method} measures activation outliers (and smooths) on data.train; set "
+                                    "data.train in the plan, or allow_outliers: true without smooth", "method"))
         if state.shape is not None:
             problems += self.shape_problems(state)
         bits = self.weight_bits

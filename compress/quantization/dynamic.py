@@ -13,11 +13,13 @@ import warnings
 from typing import TYPE_CHECKING
 
 import torch
+from pydantic import Field
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from transformers import GPT2LMHeadModel
 
 from compress.quantization.handoff import QuantizedLinear
 from compress.quantization.modules import block_linear_names, linear_weight, set_module
+from compress.quantization.outlier_guard import OutlierOptions
 from compress.quantization.registry import Grid, Layout, QuantMethod
 from compress.quantization.rtn import rtn
 
@@ -71,10 +73,30 @@ def dynamic_records_of(model: GPT2LMHeadModel) -> dict[str, QuantizedLinear]:
     return out
 
 
-def run_dynamic_int8(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: None = None) -> GPT2LMHeadModel:
-    return quantize_dynamic_int8(model)[0]
+@torch.no_grad()
+def quantize_dynamic_smoothed(model: GPT2LMHeadModel, windows: torch.Tensor | None,
+                              alpha: float | None) -> tuple[GPT2LMHeadModel, dict[str, QuantizedLinear]]:
+    """Fold SmoothQuant factors (alpha; None: no smoothing) into the model, then torch dynamic int8
+    (smooth_dynamic.py says why)."""
+    if alpha is not None:
+        from compress.quantization.smoothquant import smooth
+
+        if windows is None:
+            raise ValueError("smoothing needs calibration windows")
+        smooth(model, windows, alpha)
+    return quantize_dynamic_int8(model)
+
+
+class DynamicOptions(OutlierOptions):
+    smooth: float | None = Field(
+        None, ge=0, le=1, description="dynamic-int8: SmoothQuant alpha; fold per-channel scales from calibration "
+                                      "into the LayerNorms before quantizing (needs data.train)")
+
+
+def run_dynamic_int8(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor | None) -> GPT2LMHeadModel:
+    return quantize_dynamic_smoothed(model, windows, cfg.smooth)[0]
 
 
 METHODS = (QuantMethod("dynamic-int8", bits=(8,), grid=Grid.PER_CHANNEL, layout=Layout.INT8_DYNAMIC, onnx=None,
-                       calibrates=False, run=run_dynamic_int8, cpu_only=True,
+                       calibrates=False, run=run_dynamic_int8, options=DynamicOptions, cpu_only=True,
                        summary="torch.ao dynamic int8: activations quantized per tensor at run time (CPU)"),)

@@ -79,6 +79,8 @@ class QuantMethod:
     quantizes_head: bool = False  # accepts lm_head: int8 | int4
     cpu_only: bool = False  # runs (and its model stays) on CPU
     requires: tuple[str, str] | None = None  # (module, pip extra) of an optional package it needs
+    smooths: bool = False  # folds SmoothQuant factors into the model itself (the outlier check then skips
+    #                        the inputs those factors divide: outlier_guard.py)
     summary: str = ""  # one line for docs and --dry-run
 
     @property
@@ -88,6 +90,12 @@ class QuantMethod:
     @property
     def default_bits(self) -> int:
         return self.bits[0]
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether it reads calibration windows at all: to calibrate, or (int8 activations per tensor) to
+        measure activation outliers first (outlier_guard.py)."""
+        return self.calibrates or self.int8_activations
 
     @property
     def int8_activations(self) -> bool:

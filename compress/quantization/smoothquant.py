@@ -20,6 +20,7 @@ from compress.quantization.calibration import input_hooks, run_model
 from compress.quantization.folding import fold_into_layernorm, fold_into_values
 from compress.quantization.handoff import QuantizedLinear
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
+from compress.quantization.outlier_guard import OutlierOptions
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import rtn
 
@@ -90,7 +91,7 @@ def quantize_smoothquant(model: GPT2LMHeadModel, windows: torch.Tensor, alpha: f
 
 # -- the smoothquant method --------------------------------------------------------------------------
 
-class SmoothQuantOptions(BaseModel):
+class SmoothQuantOptions(OutlierOptions):
     alpha: float = Field(0.5, ge=0, le=1, description="smoothquant: migration strength")
 
 
@@ -100,5 +101,5 @@ def run_smoothquant(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.
 
 
 METHODS = (QuantMethod("smoothquant", bits=(8,), grid=Grid.PER_CHANNEL, layout=Layout.INT8, onnx=OnnxForm.QDQ_W8A8,
-                       calibrates=True, run=run_smoothquant, options=SmoothQuantOptions, quantizes_head=True,
+                       calibrates=True, run=run_smoothquant, options=SmoothQuantOptions, quantizes_head=True, smooths=True,
                        summary="W8A8: activation outliers migrated into the weights, static int8 activations"),)

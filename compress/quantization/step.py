@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from compress.quantization.api import quantize
 from compress.quantization.config import QuantizeConfig
+from compress.quantization.outlier_guard import OutlierRefusal, step_key
 from compress.steps import StepContext, StepOutput, register_step
 from evalsuite.size import bytes_on_disk
 
@@ -12,17 +13,24 @@ from evalsuite.size import bytes_on_disk
 def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
     model = ctx.load_input()
     m = cfg.quant_method
-    calib = ctx.train_ids() if m.calibrates else None
+    # int8 activations per tensor: calibration also feeds the activation-outlier check (outlier_guard.py)
+    calib = ctx.train_ids() if m.calibrates or (m.int8_activations and ctx.plan.data.train is not None) else None
     if m.cpu_only and ctx.device.type != "cpu":
         ctx.log.info("%s runs on CPU only; quantizing on CPU", m.name)
-    model = quantize(model, cfg, calib)
+    try:
+        model = quantize(model, cfg, calib)
+    except OutlierRefusal as e:  # name the plan key path; the step is not marked DONE
+        raise e.at(step_key(ctx.plan, cfg, ctx.name)) from None
+    outliers = model.config.quantization_config["gpt2_edge"].get("outliers")
     out = ctx.save_model(model.cpu() if m.cpu_only else model)
     before = bytes_on_disk(ctx.input_dir, weights_only=True)
     after = bytes_on_disk(out, weights_only=True)
     g = cfg.group_for(cfg.weight_bits)
     grid = f"int{cfg.weight_bits} " + (f"g{g}" if g else "per-channel")
     summary = (f"{cfg.method} {grid}, lm_head {cfg.lm_head}: weights {before / 1e6:.1f} MB -> "
-               f"{after / 1e6:.1f} MB on disk ({before / max(after, 1):.2f}x smaller)")
+               f"{after / 1e6:.1f} MB on disk ({before / max(after, 1):.2f}x smaller)"
+               + (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}" if outliers else ""))
     return StepOutput(summary=summary, model_dir="model",
                       info={"bytes_before": before, "bytes_after": after, "method": cfg.method,
-                            "bits": cfg.weight_bits, "group_size": g or "per-channel"})
+                            "bits": cfg.weight_bits, "group_size": g or "per-channel"}
+                      | ({"outliers": outliers} if outliers else {}))

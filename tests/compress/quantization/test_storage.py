@@ -100,7 +100,7 @@ def test_handoff_records_match_the_model(tmp_path):
 
 
 def test_handoff_refuses_methods_without_an_onnx_form(tmp_path):
-    save_model(quantize(tiny_model(), QuantizeConfig(method="dynamic-int8")), tmp_path)
+    save_model(quantize(tiny_model(), QuantizeConfig(method="dynamic-int8"), CALIB), tmp_path)
     with pytest.raises(UserError, match="no MatMulNBits/QDQ form"):
         quantized_linears(tmp_path)
 
