@@ -1,7 +1,6 @@
 """The outlier check inside a plan: refused with one line naming the step, not DONE; allowed and recorded."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -9,6 +8,7 @@ import yaml
 from compress.errors import UserError
 from compress.models import save_model, tiny_model
 from compress.plan import load_plan
+from compress.plan_state import PlanState
 from compress.quantization import QuantizeConfig
 from compress.runner import run_plan
 from evalsuite.outliers import plant_outliers
@@ -49,9 +49,12 @@ def test_refused_in_a_plan_then_allowed(tmp_path, byte_tokenizer):
 
 
 def test_plan_without_training_text_needs_allow_outliers():
-    plan = SimpleNamespace(steps=[], data=SimpleNamespace(train=None), model="gpt2")
-    problems = QuantizeConfig(method="dynamic-int8").plan_problems(plan, 0)
-    assert problems == ["method dynamic-int8 measures activation outliers (and smooths) on data.train; set "
-                        "data.train in the plan, or allow_outliers: true without smooth"]
-    assert QuantizeConfig(method="dynamic-int8", allow_outliers=True).plan_problems(plan, 0) == []
-    assert QuantizeConfig(method="dynamic-int8", smooth=0.5, allow_outliers=True).plan_problems(plan, 0) == problems
+    state = PlanState(train_data=False, eval_seq_len=None, at="steps[0].quantize")
+
+    def problems(**kw):
+        return [p.msg for p in QuantizeConfig(method="dynamic-int8", **kw).check(state)[1]]
+
+    assert problems() == ["dynamic-int8 measures activation outliers (and smooths) on data.train; set "
+                          "data.train in the plan, or allow_outliers: true without smooth"]
+    assert problems(allow_outliers=True) == []
+    assert problems(smooth=0.5, allow_outliers=True) == problems()
