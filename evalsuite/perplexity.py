@@ -88,5 +88,8 @@ def perplexity(runner: Runner, ids: torch.Tensor, seq_len: int = 1024, stride: i
         i += len(group)
         bar.update(len(group))
     bar.close()
-    return PerplexityResult(ppl=math.exp(nll_sum / scored), nll_sum=nll_sum, tokens_scored=scored,
+    mean_nll = nll_sum / scored
+    # a broken model's mean NLL can pass ln(float max) ~ 709: its ppl is inf, not an OverflowError
+    ppl = math.exp(mean_nll) if mean_nll < 709.0 else math.inf
+    return PerplexityResult(ppl=ppl, nll_sum=nll_sum, tokens_scored=scored,
                             tokens_total=int(ids.numel()), windows=len(wins), seq_len=seq_len, stride=stride)

@@ -25,6 +25,20 @@ def test_uniform_model_has_perplexity_equal_to_vocab():
     assert r.tokens_scored == 299  # every token but the first is predicted exactly once
 
 
+class ConfidentlyWrongRunner(UniformRunner):
+    """All mass on token 0 by a margin of 2000 nats: the mean NLL is past exp's range for the others."""
+
+    def forward(self, ids, past=None):
+        logits = torch.zeros(*ids.shape, self.vocab_size)
+        logits[..., 0] = 2000.0
+        return logits, None
+
+
+def test_a_broken_model_scores_inf_not_an_overflow():
+    ids = torch.randint(1, 50, (100,))  # never token 0
+    assert perplexity(ConfidentlyWrongRunner(), ids, seq_len=32, progress=False).ppl == math.inf
+
+
 @pytest.mark.parametrize("n, seq_len, stride", [(100, 32, 32), (100, 32, 8), (33, 32, 32), (10, 32, 5)])
 def test_windows_score_each_target_once(n, seq_len, stride):
     scored = []
