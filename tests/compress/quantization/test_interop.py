@@ -1,6 +1,6 @@
 """Stock consumers read our quantized checkpoints exactly, or refuse them.
 
-transformers' AutoModelForCausalLM with compressed-tensors (rtn / gptq / smoothquant) and with
+transformers' AutoModelForCausalLM with compressed-tensors (rtn / gptq / awq / smoothquant) and with
 bitsandbytes (bnb-*) is run on the saved directory, and its logits are compared with the toolkit's
 own load_model. Variants that stock loaders would misread must make from_pretrained raise.
 """
@@ -31,6 +31,7 @@ READABLE = {  # name: (quantize config, model shape, tied embeddings); together:
     "gptq-w4g32-asym-act-order": (dict(GPTQ, bits=4, group_size=32, sym=False, act_order=True), {}, True),
     "gptq-w8-pruned": (dict(GPTQ, bits=8), PRUNED, True),
     "smoothquant-w8a8": (SQ, {}, True),
+    "awq-w4g32-pruned": (dict(method="awq", bits=4, group_size=32, calib_samples=4, calib_seq_len=64), PRUNED, True),
     "rtn-w4g32-head4-pruned-untied": (dict(method="rtn", bits=4, group_size=32, lm_head="int4"), PRUNED, False),
     "gptq-w4-head8-asym-untied": (dict(GPTQ, bits=4, group_size=32, sym=False, lm_head="int8"), {}, False),
     "smoothquant-head8-untied": (dict(SQ, lm_head="int8"), {}, False),
