@@ -82,12 +82,14 @@ def gpt2_124m_facts(n_layer: int, bytes_per_param: float) -> ModelFacts:
 
 def pair_table(label: str, s: dict) -> list[str]:
     alone = s["target_alone"]["decode_tokens_per_s"]
-    head = ("| draft | k | acceptance | tokens / target call | target alone tok/s | with draft tok/s | measured speedup "
-            "| text = target's | " + " | ".join(f"projected {d}" for d in DEVICES) + " |")
-    lines = [head, "|---" * (8 + len(DEVICES)) + "|"]
+    head = ("| draft | k | acceptance | tokens / target call | ms / target call (alone: "
+            f"{s['target_alone']['decode_ms_per_token']:.1f}) | ms / draft call | target alone tok/s | with draft tok/s "
+            "| measured speedup | text = target's | " + " | ".join(f"projected {d}" for d in DEVICES) + " |")
+    lines = [head, "|---" * (10 + len(DEVICES)) + "|"]
     for r in s["per_k"]:
         k = f"{r['k']}{' adaptive' if r['adaptive'] else ''}"
-        lines.append(f"| {label} | {k} | {r['acceptance_rate']:.0%} | {r['tokens_per_target_call']:.2f} | {alone:.1f} | "
+        lines.append(f"| {label} | {k} | {r['acceptance_rate']:.0%} | {r['tokens_per_target_call']:.2f} | "
+                     f"{r['target_call_ms']:.1f} | {r['draft_call_ms']:.1f} | {alone:.1f} | "
                      f"{r['decode_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {'yes' if r['identical_to_target'] else 'NO'} | "
                      + " | ".join(f"{r['projected_speedup'][d]:.2f}x" for d in DEVICES) + " |")
     return lines

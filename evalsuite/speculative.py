@@ -71,6 +71,8 @@ class SpeculativeStats:
     accepted: int = 0  # of which it kept
     prefill_s: float = 0.0  # both models' prefill of prompt[:-1]
     decode_s: float = 0.0  # everything after the prefill
+    target_call_s: float = 0.0  # of decode_s: in the target's verification calls
+    draft_call_s: float = 0.0  # of decode_s: in the draft's calls
     ks: list[int] = field(default_factory=list)  # k of each step (varies when adaptive)
 
     @property
@@ -85,7 +87,8 @@ class SpeculativeStats:
         return {"new_tokens": self.new_tokens, "target_calls": self.target_calls, "draft_calls": self.draft_calls,
                 "proposed": self.proposed, "accepted": self.accepted, "acceptance_rate": self.acceptance_rate,
                 "tokens_per_target_call": self.tokens_per_target_call, "prefill_s": self.prefill_s,
-                "decode_s": self.decode_s, "mean_k": sum(self.ks) / len(self.ks) if self.ks else 0.0}
+                "decode_s": self.decode_s, "target_call_s": self.target_call_s, "draft_call_s": self.draft_call_s,
+                "mean_k": sum(self.ks) / len(self.ks) if self.ks else 0.0}
 
 
 @dataclass
@@ -107,14 +110,17 @@ class _Cached:
     """One model with its KV cache and the number of positions that cache holds."""
 
     def __init__(self, runner: Runner):
-        self.runner, self.past, self.length, self.calls = runner, None, 0, 0
+        self.runner, self.past, self.length, self.calls, self.seconds = runner, None, 0, 0, 0.0
 
     def feed(self, ids: list[int]) -> torch.Tensor:
         """Logits (T, V) for `ids` placed after the cached positions; the cache grows by T."""
+        t0 = time.perf_counter()
         logits, self.past = self.runner.forward(torch.tensor([ids], dtype=torch.long), self.past)  # (1, T, V)
+        out = logits[0].float().cpu()  # on a GPU this waits for the call to finish
+        self.seconds += time.perf_counter() - t0
         self.length += len(ids)
         self.calls += 1
-        return logits[0].float().cpu()
+        return out
 
     def rollback(self, length: int) -> None:
         if length < self.length:
@@ -153,7 +159,7 @@ def speculative_generate(target: Runner, draft: Runner, prompt_ids: list[int], s
         if len(prompt_ids) - 1 < draft.max_positions:
             d.feed(prompt_ids[:-1])
     stats.prefill_s = time.perf_counter() - t0
-    draft_prefill_calls = d.calls
+    draft_prefill_calls, prefill_s = d.calls, (t.seconds, d.seconds)
     seq, out, k = list(prompt_ids), [], settings.k
     while True:
         # Room: the verification feeds positions len(seq)-1 .. len(seq)-1+k; the draft one fewer.
@@ -187,6 +193,7 @@ def speculative_generate(target: Runner, draft: Runner, prompt_ids: list[int], s
             k = _adapt(k, k_now, n_acc, settings.max_k)
     stats.decode_s = time.perf_counter() - t0 - stats.prefill_s
     stats.new_tokens, stats.draft_calls = len(out), d.calls - draft_prefill_calls
+    stats.target_call_s, stats.draft_call_s = t.seconds - prefill_s[0], d.seconds - prefill_s[1]
     return SpeculativeResult(out, stats)
 
 

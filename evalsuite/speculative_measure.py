@@ -71,7 +71,7 @@ def step_seconds(facts: ModelFacts, device: str, context: int) -> float:
     return (facts.read_bytes + kv) / (t.memory_bandwidth_gb_s * 1e9)
 
 
-def projected_speedup(tokens_per_call: float, k: int, target: ModelFacts, draft: ModelFacts, device: str,
+def projected_speedup(tokens_per_call: float, k: float, target: ModelFacts, draft: ModelFacts, device: str,
                       context: int) -> float:
     """E[tokens per target call] / (1 + k t_draft / t_target) on `device` (roofline times)."""
     c = step_seconds(draft, device, context) / step_seconds(target, device, context)
@@ -103,14 +103,18 @@ def measure_speculative(target: Runner, draft: Runner, prompts: list[list[int]],
                 results = [speculative_generate(target, draft, p, spec[c]) for p in prompts]
                 checks[c] = _acceptance(results, reference)
         times: dict[Any, list[float]] = {"target": [], **{c: [] for c in configs}}
+        calls: dict[tuple, list[dict[str, float]]] = {c: [] for c in configs}
         for round_ in range(settings.warmup + settings.repeats):
-            ms = {"target": _target_ms(target, prompts, settings.new_tokens)}
+            ms, call_ms = {"target": _target_ms(target, prompts, settings.new_tokens)}, {}
             for c in configs:
                 stats = [speculative_generate(target, draft, p, spec[c]).stats for p in prompts]
                 ms[c] = 1e3 * sum(s.decode_s for s in stats) / sum(s.new_tokens for s in stats)
+                call_ms[c] = _call_ms(stats)
             if round_ >= settings.warmup:
                 for key, value in ms.items():
                     times[key].append(value)
+                for key, value in call_ms.items():
+                    calls[key].append(value)
     context = settings.prompt + settings.new_tokens
     alone_ms = statistics.median(times["target"])
     per_k = []
@@ -118,9 +122,11 @@ def measure_speculative(target: Runner, draft: Runner, prompts: list[list[int]],
         k, adaptive = c
         ms_tok = statistics.median(times[c])
         row = {"k": k, "adaptive": adaptive, **checks[c], "decode_ms_per_token": ms_tok,
-               "decode_tokens_per_s": 1e3 / ms_tok, "speedup": alone_ms / ms_tok}
-        row["projected_speedup"] = {d: projected_speedup(row["tokens_per_target_call"], k, target_facts, draft_facts,
-                                                          d, context) for d in targets}
+               "decode_tokens_per_s": 1e3 / ms_tok, "speedup": alone_ms / ms_tok,
+               **{key: statistics.median(r[key] for r in calls[c]) for key in calls[c][0]}}
+        k_mean = row["mean_k"] if adaptive else k  # adaptive: the draft calls made per target call on average
+        row["projected_speedup"] = {d: projected_speedup(row["tokens_per_target_call"], k_mean, target_facts,
+                                                          draft_facts, d, context) for d in targets}
         per_k.append(row)
     return {
         "target": {"backend": target.backend, "weight_bytes": target_facts.weight_bytes,
@@ -142,6 +148,13 @@ def _target_ms(target: Runner, prompts: list[list[int]], new_tokens: int) -> flo
     for p in prompts:
         steps += _one_run(target, torch.tensor([p], dtype=torch.long), new_tokens)[1]
     return sum(steps) / len(steps)
+
+
+def _call_ms(stats) -> dict[str, float]:
+    """Mean ms of one verification call (k+1 positions) and of one draft call: why a k pays or not."""
+    target_calls, draft_calls = sum(s.target_calls for s in stats), sum(s.draft_calls for s in stats)
+    return {"target_call_ms": 1e3 * sum(s.target_call_s for s in stats) / target_calls,
+            "draft_call_ms": 1e3 * sum(s.draft_call_s for s in stats) / draft_calls if draft_calls else 0.0}
 
 
 def _acceptance(results, reference: list[list[int]]) -> dict[str, Any]:

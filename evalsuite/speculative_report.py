@@ -32,15 +32,17 @@ def section(s: dict[str, Any]) -> list[str]:
     md += [f"| {v['device']} | {v['speedup']:.2f}x {v['kind']} | {_k(v)} | {'yes' if v['worth_it'] else 'no'} |"
            for v in s["verdict"]]
     devices = list(s["per_k"][0]["projected_speedup"]) if s["per_k"] else []
-    md += ["", "| k | acceptance | tokens / target call | decode tok/s | measured speedup | text = target's greedy | "
-           + " | ".join(f"projected {d}" for d in devices) + " |", "|---" * (6 + len(devices)) + "|"]
+    md += ["", "| k | acceptance | tokens / target call | ms / target call | ms / draft call | decode tok/s | "
+           "measured speedup | text = target's greedy | " + " | ".join(f"projected {d}" for d in devices) + " |",
+           "|---" * (8 + len(devices)) + "|"]
     alone = s["target_alone"]
-    md.append(f"| target alone | – | 1.00 | {alone['decode_tokens_per_s']:.1f} | 1.00x | – |"
-              + " |" * len(devices))
+    md.append(f"| target alone | – | 1.00 | {alone['decode_ms_per_token']:.2f} | – | {alone['decode_tokens_per_s']:.1f} "
+              f"| 1.00x | – |" + " |" * len(devices))
     for row in s["per_k"]:
         same = "yes" if row["identical_to_target"] else f"**no** (prompts {row['prompts_differing']})"
         md.append(f"| {_k(row)} | {row['acceptance_rate']:.0%} | {row['tokens_per_target_call']:.2f} | "
-                  f"{row['decode_tokens_per_s']:.1f} | {row['speedup']:.2f}x | {same} | "
+                  f"{row['target_call_ms']:.2f} | {row['draft_call_ms']:.2f} | {row['decode_tokens_per_s']:.1f} | "
+                  f"{row['speedup']:.2f}x | {same} | "
                   + " | ".join(f"{row['projected_speedup'][d]:.2f}x" for d in devices) + " |")
     p, t, d = s["protocol"], s["target"], s["draft"]
     md += ["", f"- Measured on {p['device']}, {p['threads']} threads: batch 1, {p['prompts']} prompts of "

@@ -62,6 +62,7 @@ def test_draft_equal_to_target_accepts_everything(pair):
         assert got.stats.acceptance_rate == 1.0
         assert got.stats.target_calls == 5 and got.stats.tokens_per_target_call == 5.0  # 4 accepted + 1 each call
         assert got.stats.draft_calls == 4 * 5
+        assert 0 < got.stats.target_call_s + got.stats.draft_call_s <= got.stats.decode_s
 
 
 def test_sampling_is_seeded(pair):
