@@ -32,7 +32,7 @@ from compress.errors import UserError
 from export.passes import MS_DOMAIN, ensure_ms_domain, initializers, keep_root_logging, quiet, set_nodes
 
 if TYPE_CHECKING:
-    from compress.quantization.handoff import QuantizedLinear
+    from compress.quantization.handoff import LinearCodes
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def pack_zero_points(zeros: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
 
 
-def _check_weight(ql: "QuantizedLinear", node: onnx.NodeProto, weight: np.ndarray) -> None:
+def _check_weight(ql: "LinearCodes", node: onnx.NodeProto, weight: np.ndarray) -> None:
     """The graph's fp32 weight (K, N) must be the dequantized codes, or we matched the wrong MatMul."""
     expected = ql.dequantize().numpy().T  # (K, N)
     if weight.shape != expected.shape:
@@ -88,7 +88,7 @@ def _check_weight(ql: "QuantizedLinear", node: onnx.NodeProto, weight: np.ndarra
         raise UserError(f"{ql.name}: graph weight of {node.name} differs from the dequantized codes by {err:.3g}")
 
 
-def matmul_nbits_nodes(ql: "QuantizedLinear", node: onnx.NodeProto,
+def matmul_nbits_nodes(ql: "LinearCodes", node: onnx.NodeProto,
                        accuracy_level: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """One MatMulNBits node (and its initializers) standing for `node`, from the step's integers."""
     block = nbits_block_size(ql.group_size)
@@ -111,7 +111,7 @@ def matmul_nbits_nodes(ql: "QuantizedLinear", node: onnx.NodeProto,
     return [mm], inits
 
 
-def qdq_nodes(ql: "QuantizedLinear", node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def qdq_nodes(ql: "LinearCodes", node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """W8A8: Q/DQ of the activation with the step's per-tensor scale, DQ of the per-channel int8 weight."""
     if ql.bits != 8 or ql.group_size != ql.in_features:
         raise UserError(f"{ql.name}: W8A8 export needs 8-bit per-channel weights "
@@ -137,10 +137,10 @@ def qdq_nodes(ql: "QuantizedLinear", node: onnx.NodeProto) -> tuple[list[onnx.No
     return nodes, inits
 
 
-NodeBuilder = Callable[["QuantizedLinear", onnx.NodeProto], tuple[list[onnx.NodeProto], list[onnx.TensorProto]]]
+NodeBuilder = Callable[["LinearCodes", onnx.NodeProto], tuple[list[onnx.NodeProto], list[onnx.TensorProto]]]
 
 
-def replace_weight_matmuls(model: onnx.ModelProto, records: dict[str, "QuantizedLinear"],
+def replace_weight_matmuls(model: onnx.ModelProto, records: dict[str, "LinearCodes"],
                            build: NodeBuilder) -> None:
     """The one weight-replacement pass: the MatMul of every record becomes `build(record, node)`
     (MatMulNBits, Q/DQ for ONNX Runtime, Q/DQ for TensorRT). In place, and only once every record has
@@ -165,14 +165,14 @@ def replace_weight_matmuls(model: onnx.ModelProto, records: dict[str, "Quantized
         ensure_ms_domain(model)
 
 
-def write_for_ort(model: onnx.ModelProto, records: dict[str, "QuantizedLinear"],
+def write_for_ort(model: onnx.ModelProto, records: dict[str, "LinearCodes"],
                   accuracy_level: int = 0) -> dict[str, int]:
     """The quantize step's integers for ONNX Runtime: MatMulNBits (weight-only) or QDQ (W8A8). In place.
 
     accuracy_level 0 keeps fp32 compute (matches torch); 4 lets MatMulNBits quantize activations to int8
     per block (faster decode on CPUs with int8 dot products, not bit-exact with torch).
     """
-    def build(ql: "QuantizedLinear", node: onnx.NodeProto):
+    def build(ql: "LinearCodes", node: onnx.NodeProto):
         return qdq_nodes(ql, node) if ql.input_scale is not None else matmul_nbits_nodes(ql, node, accuracy_level)
 
     replace_weight_matmuls(model, records, build)

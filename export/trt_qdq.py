@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compress.errors import UserError
 
 if TYPE_CHECKING:
-    from compress.quantization.handoff import QuantizedLinear
+    from compress.quantization.handoff import LinearCodes
 
 
 def pack_int4(q: np.ndarray) -> bytes:
@@ -29,7 +29,7 @@ def pack_int4(q: np.ndarray) -> bytes:
     return (flat[0::2] | (flat[1::2] << 4)).tobytes()
 
 
-def qdq_for_tensorrt(ql: "QuantizedLinear", node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def qdq_for_tensorrt(ql: "LinearCodes", node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """DequantizeLinear of the signed weight codes (+ Q/DQ of the activation for W8A8) -> MatMul.
 
     TensorRT takes symmetric quantization only (zero points 0), so the codes are re-centred
@@ -70,7 +70,7 @@ def qdq_for_tensorrt(ql: "QuantizedLinear", node: onnx.NodeProto) -> tuple[list[
     return nodes, inits
 
 
-def write_qdq(graph: onnx.ModelProto, records: dict[str, "QuantizedLinear"]) -> dict[str, int]:
+def write_qdq(graph: onnx.ModelProto, records: dict[str, "LinearCodes"]) -> dict[str, int]:
     """Replace the MatMul of every quantized layer by Q/DQ + MatMul, in place (the shared pass of
     export.onnx_quant, which checks each weight first). Returns counts by bits."""
     from export.onnx_quant import replace_weight_matmuls

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from transformers import GPT2LMHeadModel
 
-from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import block_linear_names, linear_weight, set_module
 from compress.quantization.outlier_guard import OutlierOptions
 from compress.quantization.registry import Grid, Layout, QuantMethod
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from compress.quantization.config import QuantizeConfig
 
 
-def dynamic_linear(ql: QuantizedLinear) -> DynamicLinear:
+def dynamic_linear(ql: LinearCodes) -> DynamicLinear:
     """A torch.ao dynamic int8 Linear holding exactly ql's codes (symmetric, per channel)."""
     signed = (ql.q.to(torch.int16) - 128).to(torch.int8)
     with warnings.catch_warnings():  # torch.ao's quantized tensors are deprecated; they still run here
@@ -39,13 +39,13 @@ def dynamic_linear(ql: QuantizedLinear) -> DynamicLinear:
     return m
 
 
-def install_dynamic(model: GPT2LMHeadModel, records: dict[str, QuantizedLinear]) -> GPT2LMHeadModel:
+def install_dynamic(model: GPT2LMHeadModel, records: dict[str, LinearCodes]) -> GPT2LMHeadModel:
     for name, ql in records.items():
         set_module(model, name, dynamic_linear(ql))
     return model
 
 
-def dynamic_records(model: GPT2LMHeadModel) -> dict[str, QuantizedLinear]:
+def dynamic_records(model: GPT2LMHeadModel) -> dict[str, LinearCodes]:
     """int8 per-channel codes of every block projection (before the modules are swapped)."""
     out = {}
     for name in block_linear_names(model):
@@ -54,13 +54,13 @@ def dynamic_records(model: GPT2LMHeadModel) -> dict[str, QuantizedLinear]:
     return out
 
 
-def quantize_dynamic_int8(model: GPT2LMHeadModel) -> tuple[GPT2LMHeadModel, dict[str, QuantizedLinear]]:
+def quantize_dynamic_int8(model: GPT2LMHeadModel) -> tuple[GPT2LMHeadModel, dict[str, LinearCodes]]:
     """Swap every projection for a dynamic int8 Linear (CPU only); also return the records to save."""
     records = dynamic_records(model)
     return install_dynamic(model.cpu(), records), records
 
 
-def dynamic_records_of(model: GPT2LMHeadModel) -> dict[str, QuantizedLinear]:
+def dynamic_records_of(model: GPT2LMHeadModel) -> dict[str, LinearCodes]:
     """The int8 codes and scales held by the model's dynamic Linear layers (for saving)."""
     out = {}
     for name, m in model.named_modules():
@@ -68,14 +68,14 @@ def dynamic_records_of(model: GPT2LMHeadModel) -> dict[str, QuantizedLinear]:
             w = m.weight()  # per-channel quantized tensor (out, in)
             scales = w.q_per_channel_scales().float().unsqueeze(1)  # (out, 1)
             q = (w.int_repr().to(torch.int16) + 128).to(torch.uint8)
-            out[name] = QuantizedLinear(name, 8, w.shape[1], q, scales, torch.full_like(q[:, :1], 128),
+            out[name] = LinearCodes(name, 8, w.shape[1], q, scales, torch.full_like(q[:, :1], 128),
                                         None if m.bias() is None else m.bias().detach().float())
     return out
 
 
 @torch.no_grad()
 def quantize_dynamic_smoothed(model: GPT2LMHeadModel, windows: torch.Tensor | None,
-                              alpha: float | None) -> tuple[GPT2LMHeadModel, dict[str, QuantizedLinear]]:
+                              alpha: float | None) -> tuple[GPT2LMHeadModel, dict[str, LinearCodes]]:
     """Fold SmoothQuant factors (alpha; None: no smoothing) into the model, then torch dynamic int8
     (smooth_dynamic.py says why)."""
     if alpha is not None:

@@ -17,7 +17,7 @@ from transformers import GPT2LMHeadModel
 
 from compress.errors import UserError
 from compress.quantization.calibration import capture_block_inputs, input_hooks, run_block
-from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import fit_groups, fit_grid, to_codes
@@ -32,7 +32,7 @@ BLOCK_SIZE = 128  # columns updated together (lazy batch updates); a multiple of
 
 @torch.no_grad()
 def gptq(name: str, w: torch.Tensor, bias: torch.Tensor | None, H: torch.Tensor, bits: int,
-         group_size: int | None, sym: bool, damp: float, act_order: bool) -> QuantizedLinear:
+         group_size: int | None, sym: bool, damp: float, act_order: bool) -> LinearCodes:
     """Quantize w [out, in] given the Hessian H [in, in] of its inputs."""
     W = w.clone().float()
     out_f, in_f = W.shape
@@ -79,7 +79,7 @@ def gptq(name: str, w: torch.Tensor, bias: torch.Tensor | None, H: torch.Tensor,
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # the block's errors, onto the later columns
 
-    return QuantizedLinear(name=name, bits=bits, group_size=g, q=codes.to(torch.uint8),
+    return LinearCodes(name=name, bits=bits, group_size=g, q=codes.to(torch.uint8),
                            scales=scales.float().contiguous(), zeros=zeros.to(torch.uint8), bias=bias)
 
 

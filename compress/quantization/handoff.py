@@ -26,7 +26,7 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
-class QuantizedLinear:
+class LinearCodes:
     name: str  # GPT-2 module path, e.g. "transformer.h.0.attn.c_attn", "lm_head"
     bits: int  # 4 or 8
     group_size: int  # input channels per scale; == in_features for per-channel

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from compress.quantization.handoff import QuantizedLinear, dequantize, fake_quant_input
+from compress.quantization.handoff import LinearCodes, dequantize, fake_quant_input
 
 # The projections of one GPT-2 block, in the order data flows through them.
 BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -21,7 +21,7 @@ BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 class QuantLinear(nn.Module):
     """y = x @ dequant(q).T + bias, x fake-quantized to int8 first when input_scale is set (W8A8)."""
 
-    def __init__(self, ql: QuantizedLinear):
+    def __init__(self, ql: LinearCodes):
         super().__init__()
         self.name, self.bits, self.group_size = ql.name, ql.bits, ql.group_size
         self.in_features, self.out_features = ql.in_features, ql.out_features
@@ -31,9 +31,9 @@ class QuantLinear(nn.Module):
         self.register_buffer("zeros", ql.zeros.to(torch.uint8).contiguous())
         self.register_buffer("bias", None if ql.bias is None else ql.bias.float().contiguous())
 
-    def record(self) -> QuantizedLinear:
+    def record(self) -> LinearCodes:
         """This layer as a hand-off record (tensors on CPU)."""
-        return QuantizedLinear(self.name, self.bits, self.group_size, self.q.cpu(), self.scales.cpu(),
+        return LinearCodes(self.name, self.bits, self.group_size, self.q.cpu(), self.scales.cpu(),
                                self.zeros.cpu(), None if self.bias is None else self.bias.cpu(),
                                self.input_scale)
 
@@ -70,7 +70,7 @@ def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def quantize_tied_table(model: GPT2LMHeadModel, head: QuantizedLinear) -> None:
+def quantize_tied_table(model: GPT2LMHeadModel, head: LinearCodes) -> None:
     """Quantizing a tied head quantizes the tied matrix: the token lookup reads the head's dequantized
     codes, as the head multiplies by them (llama.cpp's token_embd does the same). The model is untied
     in form (the head becomes a QuantLinear) but not in values, so the ONNX export (export.tied_embedding)
@@ -83,7 +83,7 @@ def quantize_tied_table(model: GPT2LMHeadModel, head: QuantizedLinear) -> None:
     model.config.tie_word_embeddings = False
 
 
-def install(model: GPT2LMHeadModel, records: dict[str, QuantizedLinear]) -> GPT2LMHeadModel:
+def install(model: GPT2LMHeadModel, records: dict[str, LinearCodes]) -> GPT2LMHeadModel:
     """Replace each named linear by a QuantLinear built from its record (in place)."""
     if "lm_head" in records:
         quantize_tied_table(model, records["lm_head"])

@@ -33,7 +33,7 @@ class Layout(str, Enum):
 
     @property
     def has_handoff(self) -> bool:
-        """Whether the saved codes read back as hand-off records (QuantizedLinear) for the exporters."""
+        """Whether the saved codes read back as hand-off records (LinearCodes) for the exporters."""
         return self in (Layout.PACKED, Layout.INT8)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import GPT2LMHeadModel
 
-from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import block_linear_names, install, linear_weight
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 
@@ -51,20 +51,20 @@ def fit_groups(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> tuple[
 
 
 def rtn(name: str, w: torch.Tensor, bias: torch.Tensor | None, bits: int, group_size: int | None,
-        sym: bool) -> QuantizedLinear:
+        sym: bool) -> LinearCodes:
     """Round-to-nearest of w [out, in]; group_size None means one group per output row (per-channel)."""
     out_f, in_f = w.shape
     g = group_size or in_f
     scales, zeros = fit_groups(w, bits, g, sym)  # (out, n_groups)
     codes = to_codes(w.reshape(-1, g), scales.reshape(-1), zeros.reshape(-1), bits).view(out_f, in_f)
-    return QuantizedLinear(name=name, bits=bits, group_size=g, q=codes.to(torch.uint8),
+    return LinearCodes(name=name, bits=bits, group_size=g, q=codes.to(torch.uint8),
                            scales=scales.float().contiguous(), zeros=zeros.to(torch.uint8),
                            bias=None if bias is None else bias.detach().float().clone())
 
 
 # -- the rtn method ----------------------------------------------------------------------------------
 
-def rtn_head(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> dict[str, QuantizedLinear]:
+def rtn_head(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> dict[str, LinearCodes]:
     """The LM head's record when cfg.lm_head asks for it (round-to-nearest), else {}."""
     if not cfg.head_bits:
         return {}

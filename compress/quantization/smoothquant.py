@@ -18,7 +18,7 @@ from transformers import GPT2LMHeadModel
 
 from compress.quantization.calibration import input_hooks, run_model
 from compress.quantization.folding import fold_into_layernorm, fold_into_values
-from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
 from compress.quantization.outlier_guard import OutlierOptions
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
@@ -77,11 +77,11 @@ def quantize_smoothquant(model: GPT2LMHeadModel, windows: torch.Tensor, alpha: f
     smooth(model, windows, alpha)
     names = [f"transformer.h.{i}.{n}" for i in range(model.config.n_layer) for n in BLOCK_LINEARS]
     ranges = tensor_absmax(model, windows, names)
-    records: dict[str, QuantizedLinear] = {}
+    records: dict[str, LinearCodes] = {}
     for name in names:
         w, bias = linear_weight(model.get_submodule(name))
         r = rtn(name, w, bias, bits=8, group_size=None, sym=True)
-        records[name] = QuantizedLinear(r.name, r.bits, r.group_size, r.q, r.scales, r.zeros, r.bias,
+        records[name] = LinearCodes(r.name, r.bits, r.group_size, r.q, r.scales, r.zeros, r.bias,
                                         input_scale=max(ranges[name], 1e-8) / 127)
     if head_bits:  # the LM head stays weight-only: its logits feed a softmax over the vocabulary
         w, _ = linear_weight(model.lm_head)

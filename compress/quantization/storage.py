@@ -38,7 +38,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress.errors import UserError
 from compress.quantization import bigcode_layout as stock
-from compress.quantization.handoff import WEIGHTS_FILE, QuantizedLinear, read_quant_config
+from compress.quantization.handoff import WEIGHTS_FILE, LinearCodes, read_quant_config
 from compress.quantization.modules import install, quant_linears
 from compress.quantization.registry import Layout
 
@@ -75,7 +75,7 @@ def unpack_int32(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
 
 # -- quantization_config ---------------------------------------------------------------------------
 
-def _weights_scheme(members: list[QuantizedLinear], sym: bool) -> dict[str, Any]:
+def _weights_scheme(members: list[LinearCodes], sym: bool) -> dict[str, Any]:
     """Weights of one config group: per channel when every layer has one group per row."""
     per_channel = all(r.group_size == r.in_features for r in members)
     return {"num_bits": members[0].bits, "type": "int", "symmetric": sym, "dynamic": False,
@@ -106,7 +106,7 @@ def _group_format(details: dict[str, Any], head: bool, tied_head: bool) -> str:
     return "naive-quantized" if stores_int8(details, head) else "pack-quantized"
 
 
-def quant_config(records: dict[str, QuantizedLinear], details: dict[str, Any],
+def quant_config(records: dict[str, LinearCodes], details: dict[str, Any],
                  tied_head: bool = False) -> dict[str, Any]:
     """The compressed-tensors quantization_config for these records (one scheme per group, each naming
     its format: compressed-tensors would infer one per module otherwise)."""
@@ -156,7 +156,7 @@ def stored_layout(qc: dict[str, Any]) -> Layout:
 
 # -- tensors of one layer --------------------------------------------------------------------------
 
-def layer_tensors(r: QuantizedLinear, int_quantized: bool, sym: bool) -> dict[str, torch.Tensor]:
+def layer_tensors(r: LinearCodes, int_quantized: bool, sym: bool) -> dict[str, torch.Tensor]:
     """The on-disk tensors of one quantized layer, keyed by their full names."""
     half = 2 ** (r.bits - 1)
     out: dict[str, torch.Tensor] = {f"{r.name}.weight_scale": r.scales.float().contiguous()}
@@ -176,7 +176,7 @@ def layer_tensors(r: QuantizedLinear, int_quantized: bool, sym: bool) -> dict[st
     return out
 
 
-def layer_record(name: str, t: dict[str, torch.Tensor], bits: int) -> QuantizedLinear:
+def layer_record(name: str, t: dict[str, torch.Tensor], bits: int) -> LinearCodes:
     """Read one layer back from its tensors (names relative to the layer)."""
     half = 2 ** (bits - 1)
     scales = t["weight_scale"].float()
@@ -194,7 +194,7 @@ def layer_record(name: str, t: dict[str, torch.Tensor], bits: int) -> QuantizedL
     else:
         zeros = torch.full((out_f, n_groups), half, dtype=torch.uint8)
     input_scale = float(t["input_scale"].reshape(-1)[0]) if "input_scale" in t else None
-    return QuantizedLinear(name=name, bits=bits, group_size=in_f // n_groups, q=q, scales=scales,
+    return LinearCodes(name=name, bits=bits, group_size=in_f // n_groups, q=q, scales=scales,
                            zeros=zeros, bias=t.get("bias"), input_scale=input_scale)
 
 
@@ -209,7 +209,7 @@ def _layer_names(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 # -- directories -----------------------------------------------------------------------------------
 
-def _reorder_qkv(r: QuantizedLinear, n_embd: int, n_head: int, to_stock: bool) -> QuantizedLinear:
+def _reorder_qkv(r: LinearCodes, n_embd: int, n_head: int, to_stock: bool) -> LinearCodes:
     """c_attn's rows between GPT-2 and GPTBigCode order (other layers are already [out, in] in both)."""
     if not stock.is_qkv(r.name):
         return r
@@ -218,7 +218,7 @@ def _reorder_qkv(r: QuantizedLinear, n_embd: int, n_head: int, to_stock: bool) -
                    bias=None if r.bias is None else rows(r.bias))
 
 
-def table_is_the_head(model: GPT2LMHeadModel, records: dict[str, QuantizedLinear]) -> bool:
+def table_is_the_head(model: GPT2LMHeadModel, records: dict[str, LinearCodes]) -> bool:
     """The token table holds exactly the quantized head's dequantized codes (a quantized tied head), so
     the codes alone store both."""
     head = records.get("lm_head")
@@ -227,7 +227,7 @@ def table_is_the_head(model: GPT2LMHeadModel, records: dict[str, QuantizedLinear
 
 
 def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any],
-                   records: dict[str, QuantizedLinear] | None = None) -> Path:
+                   records: dict[str, LinearCodes] | None = None) -> Path:
     """Write config.json (with quantization_config) and model.safetensors for a quantized model.
 
     `records` defaults to the model's QuantLinear layers (dynamic-int8 passes its own)."""
@@ -296,7 +296,7 @@ def write_gpt2_config(model_dir: Path, out_dir: Path) -> None:
     (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def _records(model_dir: Path, tensors: dict[str, torch.Tensor]) -> dict[str, QuantizedLinear]:
+def _records(model_dir: Path, tensors: dict[str, torch.Tensor]) -> dict[str, LinearCodes]:
     """Pop every quantized layer's tensors from `tensors`; records in GPT-2 row order."""
     qc = read_quant_config(model_dir)
     bigcode = json.loads((model_dir / "config.json").read_text()).get("model_type") == stock.STOCK_MODEL_TYPE
@@ -312,7 +312,7 @@ def _records(model_dir: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Qua
     return records
 
 
-def read_quantized_linears(model_dir: Path) -> dict[str, QuantizedLinear]:
+def read_linear_codes(model_dir: Path) -> dict[str, LinearCodes]:
     """Every quantized linear layer of a saved model dir, by module path (weight-only and W8A8 only;
     bitsandbytes and dynamic-int8 dirs raise UserError: their codes have no MatMulNBits/QDQ form)."""
     model_dir = Path(model_dir)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compress.errors import UserError
-from compress.quantization.handoff import QuantizedLinear
+from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import install
 from export import onnx_quant, passes
 from export.onnx import dequantized_copy, export_decoder, save_onnx
@@ -21,7 +21,7 @@ ATOL = 1e-4
 LINEARS = [f"transformer.h.{i}.{n}" for i in range(2) for n in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
 
 
-def codes(name: str, module, bits: int, group: int | None, sym: bool) -> QuantizedLinear:
+def codes(name: str, module, bits: int, group: int | None, sym: bool) -> LinearCodes:
     """Round-to-nearest integers for one layer, built here (independent of the quantize step's code)."""
     w = module.weight.detach().t() if name != "lm_head" else module.weight.detach()  # (out, in)
     out_f, in_f = w.shape
@@ -36,7 +36,7 @@ def codes(name: str, module, bits: int, group: int | None, sym: bool) -> Quantiz
         zeros = torch.round(-lo / scales)
     q = torch.clamp(torch.round(wg / scales[..., None]) + zeros[..., None], 0, 2 ** bits - 1)
     bias = None if getattr(module, "bias", None) is None else module.bias.detach().clone()
-    return QuantizedLinear(name, bits, g, q.reshape(out_f, in_f).to(torch.uint8), scales.float(),
+    return LinearCodes(name, bits, g, q.reshape(out_f, in_f).to(torch.uint8), scales.float(),
                            zeros.to(torch.uint8), bias)
 
 

@@ -37,7 +37,7 @@ def export_graph(model, opset=18):
 
 def symmetric_records(model, names, bits):
     """Symmetric round-to-nearest codes in the quantize step's hand-off layout (unsigned, zero 2**(bits-1))."""
-    from compress.quantization.handoff import QuantizedLinear
+    from compress.quantization.handoff import LinearCodes
 
     half, out = 2 ** (bits - 1), {}
     for name in names:
@@ -47,7 +47,7 @@ def symmetric_records(model, names, bits):
         wg = w.reshape(w.shape[0], -1, group)  # (out, n_groups, G)
         scale = wg.abs().amax(-1) / (half - 1)
         q = torch.clamp(torch.round(wg / scale[..., None]), -half, half - 1) + half
-        out[name] = QuantizedLinear(name, bits, group, q.reshape(w.shape).to(torch.uint8), scale.float(),
+        out[name] = LinearCodes(name, bits, group, q.reshape(w.shape).to(torch.uint8), scale.float(),
                                     torch.full_like(scale, half, dtype=torch.uint8), layer.bias.detach().clone())
     return out
 
