@@ -21,6 +21,22 @@ def run(graph: onnx.ModelProto, n_tokens: int = 6, past: int = 0) -> list[np.nda
     return sess.run(None, feed)
 
 
+def unfused_prefill_logits(graph: "onnx.ModelProto | str", ids: np.ndarray) -> np.ndarray:
+    """Prefill logits (no past) from ONNX Runtime with graph optimizations off: its fusions of
+    DQ + MatMul into quantized kernels round differently; unfused, a DequantizeLinear is exact."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    model = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else str(graph)
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    B, T = ids.shape
+    feed = {"input_ids": ids, "attention_mask": np.ones((B, T), np.int64),
+            "position_ids": np.tile(np.arange(T), (B, 1))}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feed[i.name] = np.zeros((B, i.shape[1], 0, i.shape[3]), np.float32)  # (B, nh, 0, hs)
+    return sess.run(["logits"], feed)[0]
+
+
 def assert_same(a: list[np.ndarray], b: list[np.ndarray], atol: float) -> None:
     assert len(a) == len(b)
     for x, y in zip(a, b):
@@ -31,6 +47,12 @@ def assert_same(a: list[np.ndarray], b: list[np.ndarray], atol: float) -> None:
 def run_decoder():
     """run(graph, n_tokens=6, past=0) -> the outputs of one ORT call on the tiny decoder's inputs."""
     return run
+
+
+@pytest.fixture
+def prefill_logits():
+    """prefill_logits(graph_or_path, ids) -> ORT's unfused prefill logits (exact DequantizeLinear)."""
+    return unfused_prefill_logits
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -13,20 +12,6 @@ from compress.models import load_model
 from compress.plan import parse_plan
 from compress.quantization import quantized_linears
 from compress.runner import run_plan
-
-
-def ort_logits(path, ids: np.ndarray) -> np.ndarray:
-    """Prefill logits, graph optimizations off (a fused DQ + MatMul kernel rounds differently)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    B, T = ids.shape
-    feed = {"input_ids": ids, "attention_mask": np.ones((B, T), np.int64),
-            "position_ids": np.tile(np.arange(T), (B, 1))}
-    for i in sess.get_inputs():
-        if i.name.startswith("past_key_values."):
-            feed[i.name] = np.zeros((B, i.shape[1], 0, i.shape[3]), np.float32)  # (B, nh, 0, hs)
-    return sess.run(["logits"], feed)[0]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +45,7 @@ def test_awq_exports_to_matmulnbits_and_matches_torch(awq_run):
     assert v["ppl_rel_diff"] < 1e-4 and v["max_abs_logit_diff"] < 1e-3  # the same integers, fp32 compute
 
 
-def test_awq_exports_to_tensorrt_int4_qdq_and_matches_torch(awq_run, trained_tiny):
+def test_awq_exports_to_tensorrt_int4_qdq_and_matches_torch(awq_run, trained_tiny, prefill_logits):
     qdir = _step(awq_run, "01-quantize-awq") / "model"
     step = _step(awq_run, "03-export-tensorrt")
     assert json.loads((step / "step.json").read_text())["info"]["qdq_layers"] == {"int4": 8}
@@ -69,7 +54,7 @@ def test_awq_exports_to_tensorrt_int4_qdq_and_matches_torch(awq_run, trained_tin
     assert len(dq) == 8 and all({a.name: a.i for a in n.attribute}["block_size"] == 32 for n in dq)
 
     ids = np.random.default_rng(0).integers(0, 260, (2, 24))
-    got = torch.from_numpy(ort_logits(step / "model.onnx", ids))
+    got = torch.from_numpy(prefill_logits(step / "model.onnx", ids))
     with torch.no_grad():
         want = load_model(qdir)(torch.from_numpy(ids)).logits
         fp32 = load_model(trained_tiny[0])(torch.from_numpy(ids)).logits

@@ -141,25 +141,8 @@ def test_pack_int4_low_nibble_first():
     assert onnx.numpy_helper.to_array(t).tolist() == [1, -2, 3]
 
 
-def ort_logits(graph: onnx.ModelProto, ids: np.ndarray) -> np.ndarray:
-    """Prefill logits from ONNX Runtime with graph optimizations off (its fusions of DQ + MatMul into
-    quantized kernels round differently; unfused, a DequantizeLinear is exact arithmetic)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    B, T = ids.shape
-    feed = {"input_ids": ids, "attention_mask": np.ones((B, T), np.int64),
-            "position_ids": np.tile(np.arange(T), (B, 1))}
-    for i in sess.get_inputs():
-        if i.name.startswith("past_key_values."):
-            feed[i.name] = np.zeros((B, i.shape[1], 0, i.shape[3]), np.float32)  # (B, nh, 0, hs)
-    return sess.run(["logits"], feed)[0]
-
-
 @pytest.mark.parametrize("bits, opset", [(8, 18), (4, 21)])
-def test_qdq_graph_computes_the_dequantized_model(bits, opset):
+def test_qdq_graph_computes_the_dequantized_model(bits, opset, prefill_logits):
     """The Q/DQ graph written for TensorRT computes exactly the dequantized fp32 graph: codes, scales,
     axis, block size and int4 packing are the quantize step's numbers."""
     from export.onnx import dequantized_copy
@@ -168,7 +151,7 @@ def test_qdq_graph_computes_the_dequantized_model(bits, opset):
     records = symmetric_records(model, ["transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_proj"], bits)
     graph = export_graph(dequantized_copy(model, records), opset)
     ids = np.random.default_rng(0).integers(0, 256, (2, 12))
-    want = ort_logits(graph, ids)
+    want = prefill_logits(graph, ids)
     assert write_qdq(graph, records) == {f"int{bits}": 2}
     dq = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"]
     names = {i.name for i in graph.graph.initializer}
@@ -176,7 +159,7 @@ def test_qdq_graph_computes_the_dequantized_model(bits, opset):
     findings = check_model(graph, f"int{bits}")
     assert errors(findings) == []
     assert {f.code for f in findings if f.severity == "warning"} <= {"not-quantized", "opset"}
-    np.testing.assert_array_equal(ort_logits(graph, ids), want)
+    np.testing.assert_array_equal(prefill_logits(graph, ids), want)
 
 
 def test_asymmetric_codes_are_refused(fp_graph):
