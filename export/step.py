@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from compress.plan import Plan
 
 ONNX_FILE = "model.onnx"
+DECODE_KEY = "decode_graph"  # io.json's and validation.json's entry for export.decode_graph's file
 ORT_ONLY = ("optimize", "fp16", "quantize", "block_size", "accuracy_level")
 TRT_ONLY = ("precision", "profile")
 
@@ -205,11 +206,15 @@ def _limits(cfg: ExportConfig, records: dict):
 
 
 def _validation_runner(cfg: ExportConfig, onnx_path: Path, ctx: StepContext):
-    """ONNX Runtime where the plan runs; on CPU for a tensorrt export (the ONNX is the engine's input)
-    or when this onnxruntime has no CUDA provider."""
+    """ONNX Runtime where the plan runs; on CPU for a tensorrt export (the ONNX is the engine's input),
+    for the decode graph, or when this onnxruntime has no CUDA provider."""
     from evalsuite.backends import BackendUnavailable
+    from export.decode_graph import DECODE_FILE
+    from export.ort_decode_runner import OrtDecodeRunner
     from export.ort_runner import OrtRunner
 
+    if onnx_path.name == DECODE_FILE:  # a CPU graph (GroupQueryAttention over shared KV buffers)
+        return OrtDecodeRunner(onnx_path, "cpu")
     if cfg.format == "onnx" and ctx.device.type != "cpu":
         try:
             return OrtRunner(onnx_path, str(ctx.device))
@@ -218,9 +223,10 @@ def _validation_runner(cfg: ExportConfig, onnx_path: Path, ctx: StepContext):
     return OrtRunner(onnx_path, "cpu")
 
 
-def validate_file(cfg: ExportConfig, onnx_path: Path, model: "nn.Module", records: dict, ctx: StepContext) -> dict:
-    """validation.json of the file on disk. A TensorRT graph that ONNX Runtime cannot load is recorded
-    as not validated, with the reason (TensorRT checks it when it builds); any other failure raises."""
+def measure_file(cfg: ExportConfig, onnx_path: Path, model: "nn.Module", records: dict, ctx: StepContext) -> dict:
+    """validation.json's entry for the file on disk ("passed" says whether it holds). A TensorRT graph that
+    ONNX Runtime cannot load is recorded as not validated, with the reason (TensorRT checks it when it
+    builds); any other load failure raises."""
     from evalsuite.runner import TorchRunner
     from export.trt_spec import sha256
     from export.validate import validate
@@ -239,11 +245,34 @@ def validate_file(cfg: ExportConfig, onnx_path: Path, model: "nn.Module", record
     eval_ids = ctx.eval_ids()[:budget]  # the run's tokenized eval stream
     result = validate(TorchRunner(model, ctx.device), runner, eval_ids, ctx.plan.data.eval.seq_len,
                       cfg.validation.windows, limits, reference)
-    out = {**shipped, "runtime": f"onnxruntime on {runner.device}", "ran": True, **result.as_dict()}
-    if not result.passed:
+    return {**shipped, "runtime": f"onnxruntime on {runner.device}", "ran": True, **result.as_dict()}
+
+
+def validate_file(cfg: ExportConfig, onnx_path: Path, model: "nn.Module", records: dict, ctx: StepContext) -> dict:
+    """measure_file, raising (after writing validation.json) when the file fails its limits."""
+    out = measure_file(cfg, onnx_path, model, records, ctx)
+    if out["passed"] is False:
         (ctx.out_dir / "validation.json").write_text(json.dumps(out, indent=1) + "\n")
-        raise UserError(f"{ctx.name}: export validation failed: {'; '.join(result.problems)}")
+        raise UserError(f"{ctx.name}: export validation failed: {'; '.join(out['problems'])}")
     return out
+
+
+def _write_decode_graph(cfg: ExportConfig, model: "nn.Module", records: dict, ctx: StepContext,
+                        done: dict) -> tuple[Path | None, dict]:
+    """format onnx: model_decode.onnx beside model.onnx (export.decode_graph), or why not. Returns its path
+    (None when skipped) and io.json's entry for it ({} for tensorrt, which has no decode graph)."""
+    from export.decode_graph import DECODE_FILE, build_for_export, describe_decode_io
+
+    if cfg.format != "onnx":
+        return None, {}
+    t0 = time.perf_counter()
+    graph, done[DECODE_KEY] = build_for_export(cfg, model, records)
+    if graph is None:
+        ctx.log.info("decode graph not written: %s", done[DECODE_KEY]["skipped"])
+        return None, {DECODE_KEY: done[DECODE_KEY]}
+    done[DECODE_KEY]["build_s"] = round(time.perf_counter() - t0, 2)
+    path = save_onnx(graph, ctx.out_dir / DECODE_FILE)
+    return path, {DECODE_KEY: describe_decode_io(graph)}
 
 
 def _checked(v: dict) -> str:
@@ -258,7 +287,7 @@ def _checked(v: dict) -> str:
 @register_step(ExportConfig)
 def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     from compress.quantization.storage import write_gpt2_config
-    from export.onnx import save_onnx, write_io_json
+    from export.onnx import describe_io, save_onnx
 
     records = _quantized_records(ctx.input_dir)
     if records and cfg.quantize != "none":
@@ -275,14 +304,24 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
             raise e.at(step_key(ctx.plan, cfg, ctx.name)) from None
     graph, done = build_graph(cfg, model, records, ctx.log)
     onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)  # the file that ships: nothing rewrites it after
-    io = write_io_json(graph, ctx.out_dir / "io.json")
+    io = describe_io(graph)
+    del graph
+    decode_path, decode_io = _write_decode_graph(cfg, model, records, ctx, done)
+    io.update(decode_io)
+    (ctx.out_dir / "io.json").write_text(json.dumps(io, indent=1) + "\n")
     write_gpt2_config(ctx.input_dir, ctx.out_dir)  # the plan runner (and optimum) read it
     ctx.tokenizer().save_pretrained(ctx.out_dir)
-    del graph
 
     validation = validate_file(cfg, onnx_path, model, records, ctx)
+    if decode_path is not None:
+        validation[DECODE_KEY] = measure_file(cfg, decode_path, model, records, ctx)
+    elif decode_io:
+        validation[DECODE_KEY] = decode_io[DECODE_KEY]  # {"skipped": why}
     (ctx.out_dir / "validation.json").write_text(json.dumps(validation, indent=1) + "\n")
     ctx.log.info("validation: %s", validation)
+    if validation.get(DECODE_KEY, {}).get("passed") is False:
+        raise UserError(f"{ctx.name}: export validation failed: {decode_path.name}: "
+                        f"{'; '.join(validation[DECODE_KEY]['problems'])}")
 
     info = {"passes": done, "validation": validation, "inputs": len(io["inputs"]), "opset": cfg.opset}
     if outliers:
@@ -298,6 +337,10 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
             if records else ("fp16" if cfg.fp16 else cfg.quantize if cfg.quantize != "none" else "fp32"))
     summary = (f"ONNX opset {cfg.opset} with KV cache, {what}"
                f"{', ORT fusions' if fuses(cfg, records) else ''}; {_checked(validation)}")
+    decode = validation.get(DECODE_KEY)
+    if decode is not None:
+        summary += (f"; no decode graph ({decode['skipped']})" if "skipped" in decode
+                    else f"; {decode['file']} (fused attention, CPU) {_checked(decode)}")
     if outliers:
         summary += (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}"
                     + (f", smooth {cfg.smooth}" if cfg.smooth is not None else ""))
