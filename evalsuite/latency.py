@@ -57,8 +57,10 @@ def _sync(device: str) -> None:
 def _one_run(runner: Runner, prompt: torch.Tensor, new_tokens: int) -> tuple[float, list[float]]:
     """Prefill time (ms) and the time (ms) of each greedy decode step with the KV cache."""
     _sync(runner.device)
+    # a runner may score only the last position of the prompt (generation needs no more)
+    prefill = getattr(runner, "forward_last", runner.forward)
     t0 = time.perf_counter()
-    logits, past = runner.forward(prompt)
+    logits, past = prefill(prompt)
     next_ids = logits[:, -1, :].argmax(-1, keepdim=True)  # (B, 1)
     _sync(runner.device)
     prefill_ms = (time.perf_counter() - t0) * 1e3

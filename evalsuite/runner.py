@@ -25,6 +25,8 @@ class Runner(Protocol):
     # positions after a cache, and
     #   truncate_past(past, length) -> past
     # cuts a cache back to its first `length` positions (it may reuse or modify `past`).
+    # Optional, for generation and latency: forward_last(ids, past) -> (logits [B, 1, V], new_past),
+    # the logits of the last new position only (a prefill then skips the head on the others).
 
     def forward(self, input_ids: torch.Tensor, past: Any | None = None) -> tuple[torch.Tensor, Any]:
         ...

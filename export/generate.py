@@ -78,7 +78,8 @@ def generate(runner: Runner, prompt_ids: list[int], cfg: GenerationConfig,
         raise UserError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {runner.max_positions}")
     gen = torch.Generator().manual_seed(cfg.seed)
     seen = torch.tensor(prompt_ids, dtype=torch.long)
-    logits, past = runner.forward(seen.unsqueeze(0))  # prefill (1, T)
+    prefill = getattr(runner, "forward_last", runner.forward)  # the last position's logits suffice
+    logits, past = prefill(seen.unsqueeze(0))  # prefill (1, T)
     out: list[int] = []
     while True:
         scores = next_token_logits(logits[0, -1].cpu(), seen, cfg)
@@ -132,10 +133,10 @@ def open_any(path: str | Path, device: str = "cpu", threads: int | None = None) 
         return open_any(path / rel, device, threads)
     if path.is_dir() and (path / "model.onnx").is_file():
         path = path / "model.onnx"
-    if path.suffix == ".onnx":
-        from export.ort_runner import OrtRunner
+    if path.suffix == ".onnx":  # model.onnx: its fused decode graph when the export wrote one
+        from export.ort_runner import open_runner
 
-        return OrtRunner(path, device, threads), path.parent
+        return open_runner(path, device, threads), path.parent
     from compress.models import load_model
     from evalsuite.runner import TorchRunner
 

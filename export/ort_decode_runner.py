@@ -48,7 +48,7 @@ class OrtDecodeRunner:
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 vocab_size: int | None = None, max_positions: int | None = None):
+                 vocab_size: int | None = None, max_positions: int | None = None, slack: int = SLACK):
         if device != "cpu":
             raise UserError(f"{path}: the fused decode graph runs on ONNX Runtime's CPU provider; use model.onnx "
                             f"(OrtRunner) on {device}")
@@ -66,6 +66,7 @@ class OrtDecodeRunner:
         config = _config_beside(self.path)
         self.vocab_size = int(vocab_size or config.get("vocab_size") or self.session.get_outputs()[0].shape[-1])
         self.max_positions = int(max_positions or config.get("n_positions") or 1024)
+        self.slack = slack
 
     # -- the cache ---------------------------------------------------------------------------------
 
@@ -82,7 +83,7 @@ class OrtDecodeRunner:
                             f"{self.max_positions}")
         if past is not None and length + new <= past.capacity:
             return past
-        capacity = min(self.max_positions, max(2 * (length + new), length + new + SLACK))
+        capacity = min(self.max_positions, max(2 * (length + new), length + new + self.slack))
         grown = self.empty_past(batch, capacity)
         if past is not None:
             for old, buf in zip(past.buffers, grown.buffers):

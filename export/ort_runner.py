@@ -143,7 +143,18 @@ def _config_beside(path: Path) -> dict:
     return json.loads(config.read_text()) if config.is_file() else {}
 
 
-def open_runner(path: Path, device: str = "cpu") -> OrtRunner:
-    """Entry point `gpt2_edge.runners: onnxruntime`: a model.onnx file or a directory holding one."""
+def open_runner(path: Path, device: str = "cpu", threads: int | None = None):
+    """Entry point `gpt2_edge.runners: onnxruntime`: a model.onnx file or a directory holding one.
+
+    On CPU, when the export step wrote the fused decode graph beside it (export.decode_graph), that
+    graph's OrtDecodeRunner is returned (unpadded batches; OrtRunner(model.onnx) takes left padding)."""
+    from export.decode_graph import DECODE_FILE
+
     path = Path(path)
-    return OrtRunner(path / MODEL_FILE if path.is_dir() else path, device)
+    onnx_path = path / MODEL_FILE if path.is_dir() else path
+    decode = onnx_path.parent / DECODE_FILE
+    if device == "cpu" and (onnx_path.name == MODEL_FILE or onnx_path == decode) and decode.is_file():
+        from export.ort_decode_runner import OrtDecodeRunner
+
+        return OrtDecodeRunner(decode, device, threads)
+    return OrtRunner(onnx_path, device, threads)

@@ -262,6 +262,7 @@ def _write_decode_graph(cfg: ExportConfig, model: "nn.Module", records: dict, ct
     """format onnx: model_decode.onnx beside model.onnx (export.decode_graph), or why not. Returns its path
     (None when skipped) and io.json's entry for it ({} for tensorrt, which has no decode graph)."""
     from export.decode_graph import DECODE_FILE, build_for_export, describe_decode_io
+    from export.onnx import save_onnx
 
     if cfg.format != "onnx":
         return None, {}

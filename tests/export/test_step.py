@@ -89,6 +89,10 @@ def test_export_step_in_a_plan(tmp_path, trained_tiny):
     assert info["artifact"] == "model.onnx" and info["info"]["passes"]["gemm_to_matmul"] == 8
     assert info["info"]["passes"]["fused"]["SkipLayerNormalization"] == 4
     assert info["info"]["passes"]["tied_embedding"] == "token lookup reads the head's weight (one fp table)"
+    # the fused decode graph beside it, validated on its own file; the plan measured it (open_runner)
+    d = v["decode_graph"]
+    assert d["file"] == "model_decode.onnx" and d["passed"] and d["max_abs_logit_diff"] < 1e-4 and len(d["sha256"]) == 64
+    assert json.loads((step / "io.json").read_text())["decode_graph"]["file"] == "model_decode.onnx"
 
 
 def test_failed_validation_stops_the_step_with_the_numbers(tmp_path, trained_tiny):
