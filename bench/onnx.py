@@ -42,7 +42,7 @@ from evalsuite.latency import measure_latency  # noqa: E402
 from evalsuite.perplexity import perplexity  # noqa: E402
 from evalsuite.runner import TorchRunner  # noqa: E402
 from export.onnx import save_onnx  # noqa: E402
-from export.ort_runner import OrtRunner  # noqa: E402
+from export.ort_runner import OrtRunner, open_runner  # noqa: E402
 from export.step import ExportConfig, build_graph  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -60,11 +60,21 @@ OURS = {
 ROWS = ["torch fp32 eager", *OURS, "pipeline int4 rtn g128 (+head)", "peer: optimum-cli + dynamic"]
 
 
-def ours(model, cfg: ExportConfig, records: dict, out: Path) -> OrtRunner:
+def ours(model, cfg: ExportConfig, records: dict, out: Path, plain: bool = False):
+    """What the export step ships: model.onnx and, unless `plain`, the fused model_decode.onnx beside it,
+    opened as the plan runner opens it (the fused graph's runner when there is one)."""
+    from export.decode_graph import DECODE_FILE, build_for_export
+
     graph, _ = build_graph(cfg, model, records, log)
     path = save_onnx(graph, out / "model.onnx")
+    del graph
     (out / "config.json").write_text(model.config.to_json_string())
-    return OrtRunner(path)
+    if plain:
+        return OrtRunner(path)
+    decode, _ = build_for_export(cfg, model, records)
+    if decode is not None:
+        save_onnx(decode, out / DECODE_FILE)
+    return open_runner(path)
 
 
 def pipeline_int4(model, out: Path) -> tuple[OrtRunner, TorchRunner]:

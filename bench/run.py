@@ -9,7 +9,9 @@ latency rounds that visit every row in turn so load from other processes hits al
     torch fp32 eager                       the baseline
     ours: pipeline -> ORT int4             the plan bench/pipeline.yaml (prune -> distill -> gptq int4
                                            -> export onnx), run by compress.runner; its final artifact
-    ours: ORT int8 / ORT int4              export step with ONNX Runtime's MatMulNBits on the fp32 model
+    ours: ORT int8 / ORT int4              export step with ONNX Runtime's MatMulNBits on the fp32 model, run
+                                           on its fused decode graph (model_decode.onnx, export.decode_graph)
+    ours: ORT int4, plain graph            the same export's model.onnx (OrtRunner): what the fused graph gains
     ours: quantize rtn int4 -> ORT         the quantize step's integers written as MatMulNBits
     peer: optimum + ORT dynamic int8       optimum-cli export onnx, quantize_dynamic with defaults
     peer: optimum ORTQuantizer avx512_vnni optimum's own quantizer, AutoQuantizationConfig.avx512_vnni (dynamic)
@@ -17,7 +19,7 @@ latency rounds that visit every row in turn so load from other processes hits al
     peer: bnb int8 / bnb nf4 (torch)       bitsandbytes Linear8bitLt / Linear4bit
     peer: torch dynamic int8               torch.ao dynamic quantization of nn.Linear
   GPT-2 small shapes (12 x 768, vocab 50257, random weights; speed only):
-    torch fp32 eager, ours: ORT int8, ours: ORT int4
+    torch fp32 eager, ours: ORT int8, ours: ORT int4 (fused decode graph), ours: ORT int4, plain graph
 and the host's memory-bandwidth roofline for decode next to every row (weight bytes read per token:
 every weight except the embedding tables that are only looked up). Writes the table to
 bench/results/<date>.md as well as printing it.
@@ -119,7 +121,7 @@ def pipeline(plan_path: Path, quick: bool, out: Path):
     last = [m for m in result.metrics if m["backend"] == "onnxruntime"][-1]
     path = out / "pipeline" / last["step"] / "model.onnx"
     summary = {m["step"]: m["summary"] for m in result.metrics}
-    return bench_onnx.OrtRunner(path), path, summary
+    return bench_onnx.open_runner(path), path, summary  # its fused decode graph, as the plan measured it
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -165,6 +167,7 @@ def gpt2_small_rows(ours, tmp: Path, args) -> list[dict]:
         "torch fp32 eager": lambda: (TorchRunner(small), small_dir),
         "ours: ORT int8 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int8"), "s8"),
         "ours: ORT int4 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int4"), "s4"),
+        "ours: ORT int4, plain graph": lambda: ours(small, ExportConfig(quantize="int4"), "s4p", plain=True),
     }
     return measure_suite("gpt2-small shapes", small, small_rows, None, args)
 
@@ -208,9 +211,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         tmp = Path(tmp)
 
-        def ours(model, cfg, name):
+        def ours(model, cfg, name, plain=False):
             (tmp / name).mkdir()
-            runner = bench_onnx.ours(model, cfg, {}, tmp / name)
+            runner = bench_onnx.ours(model, cfg, {}, tmp / name, plain)  # the fused decode graph unless plain
             return runner, runner.path
 
         def quant_step_int4():
@@ -226,6 +229,7 @@ def main(argv=None) -> int:
             "ours: pipeline -> ORT int4": run_pipeline,
             "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int8"), "t8"),
             "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4"),
+            "ours: ORT int4, plain graph": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4p", plain=True),
             "ours: quantize rtn int4 -> ORT": quant_step_int4,
             "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(args.teacher, tmp / "optimum"),
             "peer: optimum ORTQuantizer avx512_vnni": lambda: peer_ortquantizer(args.teacher, tmp / "optimum"),

@@ -3,6 +3,7 @@ torch (prefill, decode, several positions after a cache, rollback), greedy token
 ORT's int4/int8 quantizer and the quantize step's integers; padding is refused."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -198,3 +199,17 @@ def test_a_decode_graph_that_fails_validation_fails_the_step(tmp_path, trained_t
         run_plan(plan, tmp_path / "run", progress=False)
     v = json.loads((tmp_path / "run" / ".01-export-onnx.tmp" / "validation.json").read_text())
     assert v["passed"] and v["decode_graph"]["passed"] is False  # model.onnx held, the decode graph did not
+
+
+def test_optimum_still_reads_model_onnx_from_a_dir_holding_both(model, fp32):
+    """The decode graph beside it does not change what optimum loads: model.onnx, the same greedy tokens."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    plain, fused, _ = fp32
+    optimum_model = ORTModelForCausalLM.from_pretrained(fused.path.parent, use_io_binding=False)
+    assert Path(optimum_model.path).name == "model.onnx"  # not model_decode.onnx
+    prompt = [5, 17, 99, 3]
+    ids = torch.tensor([prompt])
+    got = optimum_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                 pad_token_id=0, eos_token_id=None)
+    assert got[0, len(prompt):].tolist() == greedy(fused, prompt, 12)
