@@ -193,7 +193,7 @@ def describe_decode_io(model: onnx.ModelProto) -> dict:
 def build_for_export(cfg, model: "GPT2LMHeadModel", records: dict) -> tuple[onnx.ModelProto | None, dict]:
     """The decode graph through the quantization passes of model.onnx (export.step.build_graph), or
     (None, {"skipped": why}) for a config it cannot express. `cfg` is the step's ExportConfig."""
-    from export import onnx_quant, tied_embedding
+    from export import onnx_quant
     from export.onnx import dequantized_copy
 
     if cfg.format != "onnx":
@@ -206,14 +206,6 @@ def build_for_export(cfg, model: "GPT2LMHeadModel", records: dict) -> tuple[onnx
     except NotExpressible as e:
         return None, {"skipped": str(e)}
     done: dict = {}
-    tied = tied_embedding.tied_token_gather(graph)  # on the fp32 graph, before any quantizer
-    if records:
-        done["from_quantize_step"] = onnx_quant.write_for_ort(graph, records, cfg.accuracy_level)
-    if cfg.quantize == "dynamic-int8":
-        graph = onnx_quant.ort_dynamic_int8(graph)
-    elif cfg.quantize in ("int4", "int8"):
-        graph = onnx_quant.ort_matmul_nbits(graph, int(cfg.quantize[3:]), cfg.block_size, cfg.accuracy_level)
-    shared = tied_embedding.share_tied_embedding(graph, tied) if tied else ""
-    done["tied_embedding"] = shared or ("stored twice: the head's form cannot be gathered" if tied else "not tied")
+    graph = onnx_quant.ort_passes(graph, cfg, records, done)  # no Python fusions: ORT's session ones do
     done["quantized_ops"] = onnx_quant.quantized_counts(graph)
     return graph, done

@@ -216,6 +216,27 @@ def ort_matmul_nbits(model: onnx.ModelProto, bits: int, block_size: int, accurac
     return quantizer.model.model
 
 
+def ort_passes(graph: onnx.ModelProto, cfg, records: dict[str, "LinearCodes"], done: dict,
+               fuse: Callable[[onnx.ModelProto], tuple[onnx.ModelProto, dict]] | None = None) -> onnx.ModelProto:
+    """The ONNX Runtime passes of an fp32 export graph (model.onnx and model_decode.onnx alike), in order:
+    the quantize step's integers, `fuse` (ORT's Python fusions, model.onnx only), ORT's quantizer that
+    `cfg` (an export.step.ExportConfig) asks for, then the tied table stored once. Records in `done`."""
+    from export import tied_embedding
+
+    tied = tied_embedding.tied_token_gather(graph)  # checked on the fp32 graph, before any quantizer
+    if records:
+        done["from_quantize_step"] = write_for_ort(graph, records, cfg.accuracy_level)
+    if fuse is not None:
+        graph, done["fused"] = fuse(graph)
+    if cfg.quantize == "dynamic-int8":
+        graph = ort_dynamic_int8(graph)
+    elif cfg.quantize in ("int4", "int8"):
+        graph = ort_matmul_nbits(graph, int(cfg.quantize[3:]), cfg.block_size, cfg.accuracy_level)
+    shared = tied_embedding.share_tied_embedding(graph, tied) if tied else ""
+    done["tied_embedding"] = shared or ("stored twice: the head's form cannot be gathered" if tied else "not tied")
+    return graph
+
+
 def quantized_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Nodes that carry integer weights, by op type (for logs, validation.json and tests)."""
     kinds = ("MatMulNBits", "MatMulInteger", "DynamicQuantizeMatMul", "QLinearMatMul", "DequantizeLinear",

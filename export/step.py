@@ -159,7 +159,7 @@ def fuses(cfg: ExportConfig, records: dict) -> bool:
 def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
                 log: "logging.Logger") -> tuple["onnx.ModelProto", dict]:
     """Trace, then apply the passes the config asks for. Returns the graph and what each pass did."""
-    from export import onnx_quant, passes, tied_embedding
+    from export import onnx_quant, passes
     from export.onnx import dequantized_copy, export_decoder
 
     t0 = time.perf_counter()
@@ -173,17 +173,10 @@ def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
 
             done["qdq_for_tensorrt"] = write_qdq(graph, records)
         return graph, done
-    tied = tied_embedding.tied_token_gather(graph)  # checked on the fp32 graph, before any quantizer
-    if records:
-        done["from_quantize_step"] = onnx_quant.write_for_ort(graph, records, cfg.accuracy_level)
-    if fuses(cfg, records):
-        graph, done["fused"] = passes.ort_fusions(graph, model.config.n_head, model.config.n_embd)
-    if cfg.quantize == "dynamic-int8":
-        graph = onnx_quant.ort_dynamic_int8(graph)
-    elif cfg.quantize in ("int4", "int8"):
-        graph = onnx_quant.ort_matmul_nbits(graph, int(cfg.quantize[3:]), cfg.block_size, cfg.accuracy_level)
-    shared = tied_embedding.share_tied_embedding(graph, tied) if tied else ""
-    done["tied_embedding"] = shared or ("stored twice: the head's form cannot be gathered" if tied else "not tied")
+    def fuse(g: "onnx.ModelProto") -> tuple["onnx.ModelProto", dict]:
+        return passes.ort_fusions(g, model.config.n_head, model.config.n_embd)
+
+    graph = onnx_quant.ort_passes(graph, cfg, records, done, fuse if fuses(cfg, records) else None)
     if cfg.fp16:
         graph = passes.to_fp16(graph)
     done["quantized_ops"] = onnx_quant.quantized_counts(graph)
