@@ -35,6 +35,7 @@ class DecodePast:
 
     buffers: list[np.ndarray]
     values: list[ort.OrtValue]  # the same memory, as ORT sees it
+    binding: ort.IOBinding  # past_* and present_* bound to `values` once; each call rebinds the rest
     length: int
 
     @property
@@ -73,7 +74,13 @@ class OrtDecodeRunner:
     def empty_past(self, batch: int, capacity: int) -> DecodePast:
         shape = (batch, self.n_head, capacity, self.head_dim)  # (B, nh, capacity, hs)
         buffers = [np.empty(shape, np.float32) for _ in range(2 * self.n_layer)]  # never read past `length`
-        return DecodePast(buffers, [ort.OrtValue.ortvalue_from_numpy(b) for b in buffers], 0)
+        values = [ort.OrtValue.ortvalue_from_numpy(b) for b in buffers]
+        binding = self.session.io_binding()
+        for layer in range(self.n_layer):
+            for k, kind in enumerate(("key", "value")):
+                binding.bind_ortvalue_input(PAST.format(kind=kind, layer=layer), values[2 * layer + k])
+                binding.bind_ortvalue_output(PRESENT.format(kind=kind, layer=layer), values[2 * layer + k])  # in place
+        return DecodePast(buffers, values, binding, 0)
 
     def _room_for(self, past: DecodePast | None, batch: int, new: int) -> DecodePast:
         """`past` if `new` more positions fit, else a larger cache holding its filled part."""
@@ -126,18 +133,13 @@ class OrtDecodeRunner:
             return torch.cat(steps[-keep:] if keep else steps, dim=1), past
         total = past.length + T
         logits = np.empty((B, keep or T, self.vocab_size), np.float32)  # fresh: earlier logits stay valid
-        io = self.session.io_binding()
+        io = past.binding
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("position_ids", np.broadcast_to(np.arange(past.length, total, dtype=np.int64), (B, T)).copy())
         io.bind_cpu_input("seqlens_k", np.full(B, total - 1, np.int32))
         io.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         io.bind_cpu_input("logits_to_keep", np.array([keep], np.int64))
         io.bind_ortvalue_output(LOGITS, ort.OrtValue.ortvalue_from_numpy(logits))
-        for layer in range(self.n_layer):
-            for k, kind in enumerate(("key", "value")):
-                value = past.values[2 * layer + k]
-                io.bind_ortvalue_input(PAST.format(kind=kind, layer=layer), value)
-                io.bind_ortvalue_output(PRESENT.format(kind=kind, layer=layer), value)  # in place
         self.session.run_with_iobinding(io)
         past.length = total
         return torch.from_numpy(logits), past
