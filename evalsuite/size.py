@@ -9,6 +9,9 @@ from pathlib import Path
 import torch
 
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".engine", ".plan", ".bin")
+# Second graphs of the weights beside them (the export's CPU decode graph beside model.onnx): a
+# deployment ships one or the other, so a directory's weight bytes count the first one only.
+ALTERNATE_GRAPHS = {"model_decode.onnx": "model.onnx"}
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -31,8 +34,16 @@ def bytes_on_disk(path: str | Path, weights_only: bool = False) -> int:
     path = Path(path)
     if path.is_file():
         return path.stat().st_size
-    files = (p for p in path.rglob("*") if p.is_file())
-    return sum(p.stat().st_size for p in files if not weights_only or p.suffix in WEIGHT_SUFFIXES)
+    files = [p for p in path.rglob("*") if p.is_file()]
+    if weights_only:
+        files = [p for p in files if p.suffix in WEIGHT_SUFFIXES and not _alternate(p)]
+    return sum(p.stat().st_size for p in files)
+
+
+def _alternate(p: Path) -> bool:
+    """A second graph (ALTERNATE_GRAPHS) whose first graph is beside it, or that graph's external data."""
+    name = p.name.removesuffix(".data")
+    return name in ALTERNATE_GRAPHS and (p.parent / ALTERNATE_GRAPHS[name]).is_file()
 
 
 def current_rss_bytes() -> int:

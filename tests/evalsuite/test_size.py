@@ -28,6 +28,16 @@ def test_bytes_on_disk(tmp_path):
     assert bytes_on_disk(tmp_path / "a.safetensors") == 100
 
 
+def test_a_second_graph_beside_model_onnx_is_not_counted_twice(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"x" * 100)
+    (tmp_path / "model_decode.onnx").write_bytes(b"y" * 90)  # the same weights as a CPU decode graph
+    (tmp_path / "config.json").write_text("{}")
+    assert bytes_on_disk(tmp_path, weights_only=True) == 100
+    assert bytes_on_disk(tmp_path) == 190 + 2  # every file, when asked for every file
+    (tmp_path / "model.onnx").unlink()
+    assert bytes_on_disk(tmp_path, weights_only=True) == 90  # alone, it is the model
+
+
 def test_runner_reports_looked_up_tables(tiny):
     from evalsuite.runner import TorchRunner
 
