@@ -5,6 +5,8 @@
 
 One table per model, every row measured in the same run with the same threads:
   torch fp32 eager            TorchRunner over the HF model (the baseline of the ratios)
+  (our rows run what the export step ships, opened like the plan runner opens it: the fused
+   model_decode.onnx beside model.onnx, export.decode_graph; the peer row runs optimum's model.onnx)
   ORT fp32                    our export: optimum trace, Gemm->MatMul, folded head, ORT fusions
                               (quantized rows skip the Python fusions unless ", fused")
   ORT dynamic int8            + quantize_dynamic on MatMul, per tensor
