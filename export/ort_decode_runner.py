@@ -24,7 +24,7 @@ import torch
 from compress.errors import UserError
 from export.decode_graph import PAST, PRESENT
 from export.onnx import LOGITS
-from export.ort_runner import _config_beside, gathered_bytes, make_session
+from export.ort_session import config_beside, gathered_bytes, make_session
 
 SLACK = 64  # positions allocated beyond a prefill, so that decode steps rarely regrow the buffers
 
@@ -64,7 +64,7 @@ class OrtDecodeRunner:
         self.n_layer = sum(1 for n in inputs if n.startswith("past_key."))
         self.n_head, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.gathered_weight_bytes = gathered_bytes(self.path)
-        config = _config_beside(self.path)
+        config = config_beside(self.path)
         self.vocab_size = int(vocab_size or config.get("vocab_size") or self.session.get_outputs()[0].shape[-1])
         self.max_positions = int(max_positions or config.get("n_positions") or 1024)
         self.slack = slack
