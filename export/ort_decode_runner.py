@@ -9,7 +9,8 @@
 `past` is a DecodePast: per layer one key and one value buffer (B, n_head, capacity, head_dim), numpy
 arrays wrapped (not copied) as OrtValues and bound as both the past input and the present output, so
 a step copies nothing of the cache. The capacity grows (one copy of the filled part) only when a call
-would run past it. Rows must be unpadded: GroupQueryAttention takes no padding mask.
+would run past it. Like a transformers DynamicCache, a call extends the `past` it is given (an
+older handle sees the new positions). Rows must be unpadded: GroupQueryAttention takes no padding mask.
 """
 
 from __future__ import annotations
