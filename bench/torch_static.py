@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -62,15 +62,17 @@ def measure(label: str, model, eval_ids, args) -> list[dict]:
         rows[name]["first_run_s"] = time.perf_counter() - t0
         rows[name]["compile_s"] = getattr(runner, "compile_s", 0.0)
         print(f"  {label}: {name} ready in {rows[name]['first_run_s']:.1f} s", file=sys.stderr, flush=True)
-    runs: dict[str, list] = {k: [] for k in runners}
-    for _ in range(args.rounds):
-        for name, runner in runners.items():
-            runs[name].append(measure_latency(runner, prompt=128, new_tokens=args.new_tokens, repeats=1, warmup=1,
-                                              progress=False))
-    for name, r in runs.items():
-        rows[name]["prefill_ms"] = statistics.median(x.prefill_ms_p50 for x in r)
-        rows[name]["decode_ms"] = statistics.median(x.decode_ms_per_token_p50 for x in r)
+    for name, lat in bench_run().latency_rounds(runners, args.rounds, args.new_tokens).items():
+        rows[name].update(lat)  # prefill_ms, decode_ms: medians over the rounds
     return list(rows.values())
+
+
+def bench_run():
+    """bench/run.py as a module (bench/ is not a package), for its round-robin latency protocol."""
+    spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def table(rows: list[dict]) -> str:
