@@ -25,6 +25,9 @@ export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAMA_CURL=O
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 "${PIP[@]}" --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION"
 "${PIP[@]}" "ctranslate2==4.8.5" "optimum-intel[openvino,nncf]==2.2.0"
+# optimum-intel pulls torchvision from PyPI, whose ops do not load against torch 2.13.0+cpu and
+# break transformers' GPT-2 imports in the venv; nothing here needs it
+"$VENV/bin/python" -m pip uninstall -y -q torchvision
 
 # llama.cpp's HF -> GGUF converter ships inside the llama-cpp-python sdist, not in the installed
 # package: unpack it (with its conversion/ and gguf-py/ beside it) into the venv.

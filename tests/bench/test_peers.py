@@ -129,3 +129,33 @@ def test_llama_cpp_adapter_scores_its_own_logits(tmp_path):
     logits, past = q8.forward(torch.arange(8)[None])
     step, past = q8.forward(logits[:, -1].argmax(-1, keepdim=True), past)
     assert logits.shape == (1, 1, 50257) and step.shape == (1, 1, 50257) and past == 9
+
+
+FAKE_PEERS = """#!{python}
+# stands in for the venv's python running bench/peers.py: one row per --only name
+import json, sys
+argv = sys.argv[2:]
+out = argv[argv.index("--out") + 1]
+names = argv[argv.index("--only") + 1:]
+names = names[:next((i for i, a in enumerate(names) if a.startswith("--")), len(names))]
+rows = [{{"row": n, "bytes": 2_000_000, "prefill_ms": 3.0, "decode_ms": 1.5}} for n in names[1:]]
+json.dump(rows, open(out, "w"))
+"""
+
+
+def test_run_py_reads_the_peers_rows_back_with_a_roofline(tmp_path):
+    import argparse
+    import sys
+
+    bench_run = _load("run")
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PEERS.format(python=sys.executable))
+    fake.chmod(0o755)
+    model_dir = save_model(tiny_model(), tmp_path / "m")
+    args = argparse.Namespace(skip_peers=False, teacher=model_dir, rounds=1, new_tokens=4, peers_python=fake)
+    rows = bench_run.peers("s", model_dir, torch.arange(10), tmp_path / "work", args)
+    first, *measured = rows
+    assert [r["row"] for r in rows] == list(peers.PEERS)
+    assert "no row" in first["error"] and "roofline_tok_s" not in first  # the fake wrote none for it
+    assert all(r["suite"] == "s" and r["decode_ms"] == 1.5 and r["roofline_tok_s"] > 0 for r in measured)
+    assert (tmp_path / "work" / "eval_ids.npy").exists()
