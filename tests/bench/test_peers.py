@@ -17,14 +17,11 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 DATA = BENCH.parents[1] / "shared" / "data"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-peers = _load("peers")
+# bench/ is no package: load run.py as its test does; it loads peers.py, and peer_engines.py on demand
+_spec = importlib.util.spec_from_file_location("bench_run_for_peers", BENCH / "run.py")
+bench_run = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_run)
+peers = bench_run.bench_peers
 
 
 def test_without_the_venv_every_peer_row_says_how_to_install(tmp_path):
@@ -43,7 +40,6 @@ def test_rows_from_file_labels_rows_and_names_the_missing_ones(tmp_path):
 
 
 def test_table_has_decode_x_fastest_peer_and_the_reason_for_unmeasured_rows():
-    bench_run = _load("run")
     common = {"suite": "s", "bytes": 1e6, "roofline_tok_s": 1000.0, "prefill_ms": 10.0}
     rows = [{**common, "row": "torch fp32 eager", "decode_ms": 8.0, "ppl": 10.0},
             {**common, "row": "ours: int4", "decode_ms": 1.0, "ppl": 10.5},
@@ -60,7 +56,7 @@ def test_table_has_decode_x_fastest_peer_and_the_reason_for_unmeasured_rows():
 
 
 def test_converters_get_a_model_directory_with_its_tokenizer(tmp_path):
-    engines = _load("peer_engines")
+    engines = peers.pe
     bare = save_model(tiny_model(), tmp_path / "bare")
     tok_dir = tmp_path / "tok"
     tok_dir.mkdir()
@@ -89,7 +85,7 @@ def _close_to_torch(runner, model, tol: float):
 
 def test_ctranslate2_adapter_scores_its_own_logits(tmp_path, tiny_dir):
     pytest.importorskip("ctranslate2", reason="CTranslate2 is installed by bench/setup_peers.sh only")
-    engines = _load("peer_engines")
+    engines = peers.pe
     model, model_dir = tiny_dir
     runner = engines.CTranslate2Runner(engines.ct2_convert(model_dir, "int8", tmp_path), "int8", 1, 256)
     _close_to_torch(runner, model, tol=0.5)
@@ -99,7 +95,7 @@ def test_ctranslate2_adapter_scores_its_own_logits(tmp_path, tiny_dir):
 
 def test_openvino_adapter_cache_matches_full_forward(tmp_path, tiny_dir):
     pytest.importorskip("optimum.intel", reason="optimum-intel is installed by bench/setup_peers.sh only")
-    engines = _load("peer_engines")
+    engines = peers.pe
     model, model_dir = tiny_dir
     runner = engines.OpenVinoRunner(engines.openvino_convert(model_dir, 8, tmp_path), 1, 256)
     _close_to_torch(runner, model, tol=0.5)
@@ -120,7 +116,7 @@ def test_llama_cpp_adapter_scores_its_own_logits(tmp_path):
         pytest.skip("the GPT-2 tokenizer (../shared/data) is needed: llama.cpp's converter knows its hash")
     from transformers import AutoTokenizer
 
-    engines = _load("peer_engines")
+    engines = peers.pe
     model = tiny_model(vocab_size=50257, n_embd=128, n_head=4, n_positions=256)
     model_dir = save_model(model, tmp_path / "tiny", AutoTokenizer.from_pretrained(DATA / "gpt2-tokenizer"))
     f32 = engines.gguf_f32(model_dir, tmp_path / "gguf")
@@ -147,7 +143,6 @@ def test_run_py_reads_the_peers_rows_back_with_a_roofline(tmp_path):
     import argparse
     import sys
 
-    bench_run = _load("run")
     fake = tmp_path / "python"
     fake.write_text(FAKE_PEERS.format(python=sys.executable))
     fake.chmod(0o755)
