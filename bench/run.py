@@ -20,9 +20,11 @@ latency rounds that visit every row in turn so load from other processes hits al
     peer: optimum + ORT MatMulNBits int4   ORT's MatMulNBitsQuantizer on optimum's export, as a user would
     peer: bnb int8 / bnb nf4 (torch)       bitsandbytes Linear8bitLt / Linear4bit
     peer: torch dynamic int8               torch.ao dynamic quantization of nn.Linear
+    peer: llama.cpp / CTranslate2 / OpenVINO  bench/peers.py in .venv-peers (bench/setup_peers.sh),
+                                           measured right after this process's rounds
   GPT-2 small shapes (12 x 768, vocab 50257, random weights; speed only):
     torch fp32 eager, torch fp32 static cache, ours: ORT int8, ours: ORT int4 (fused decode graph),
-    ours: ORT int4, plain graph
+    ours: ORT int4, plain graph, the llama.cpp / CTranslate2 / OpenVINO peers
 and the host's memory-bandwidth roofline for decode next to every row (weight bytes read per token:
 every weight except the embedding tables that are only looked up). Writes the table to
 bench/results/<date>.md as well as printing it.
@@ -74,6 +76,7 @@ def sibling(name: str):
 
 
 bench_onnx = sibling("onnx")
+bench_peers = sibling("peers")
 
 
 # -- building the rows: each returns (runner, artifact path) ----------------------------------------
@@ -179,26 +182,50 @@ def gpt2_small_rows(ours, tmp: Path, args) -> list[dict]:
         "ours: ORT int4 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int4"), "s4"),
         "ours: ORT int4, plain graph": lambda: ours(small, ExportConfig(quantize="int4"), "s4p", plain=True),
     }
-    return measure_suite("gpt2-small shapes", small, small_rows, None, args)
+    return measure_suite("gpt2-small shapes", small, small_rows, None, args) + peers(
+        "gpt2-small shapes", small_dir, None, tmp / "peers-small", args)
+
+
+def peers(label: str, model_dir: Path, eval_ids, work: Path, args) -> list[dict]:
+    """The llama.cpp / CTranslate2 / OpenVINO rows, from their own venv's process (bench/peers.py)."""
+    if args.skip_peers:
+        return []
+    rows = bench_peers.peer_rows(label, model_dir, args.teacher, eval_ids, args.rounds, args.new_tokens,
+                                 torch.get_num_threads(), work, python=args.peers_python)
+    config = json.loads((model_dir / "config.json").read_text())
+    for row in rows:
+        if "bytes" in row:  # every byte counted: the peers' embedding tables are not told apart
+            row["roofline_tok_s"] = projections(gpt2_facts(config, row["bytes"]), (hardware.HOST,),
+                                                context=128 + args.new_tokens)[hardware.HOST]
+    return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| model | row | weights MB | ppl | ppl / teacher | prefill x torch | decode x torch | decode tok/s | "
-             "host roofline tok/s | measured / roofline | decode x best torch |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | row | weights MB | ppl | ppl / teacher | prefill x torch | decode x torch | "
+             "decode x best torch | decode x fastest peer | decode tok/s | host roofline tok/s | measured / roofline |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label in dict.fromkeys(r["suite"] for r in rows):
         suite = [r for r in rows if r["suite"] == label]
         base = suite[0]  # torch fp32 eager
         best_torch = min(r["decode_ms"] for r in suite if r["row"].startswith("torch fp32"))
+        peer_ms = [r["decode_ms"] for r in suite if r["row"].startswith("peer:") and "decode_ms" in r]
+        fastest = min(peer_ms, default=None)
         for r in suite:
+            if "decode_ms" not in r:  # a peer that was not measured: the reason, no number
+                why = r.get("error", "not measured").replace("|", "/")
+                lines.append(f"| {label} | {r['row']} ({why}) |"
+                             + " – |" * 10)
+                continue
             tok_s = 1e3 / r["decode_ms"]
             ppl = f"{r['ppl']:.2f}" if "ppl" in r else "–"
             ratio = f"{r['ppl'] / base['ppl']:.3f}" if "ppl" in r else "–"
+            vs_peer = f"{fastest / r['decode_ms']:.2f}" if fastest else "–"
             lines.append(f"| {label} | {r['row']} | {r['bytes'] / 1e6:.1f} | {ppl} | {ratio} | "
                          f"{base['prefill_ms'] / r['prefill_ms']:.2f} | {base['decode_ms'] / r['decode_ms']:.2f} | "
-                         f"{tok_s:.1f} | {r['roofline_tok_s']:.0f} | {tok_s / r['roofline_tok_s']:.0%} | "
-                         f"{best_torch / r['decode_ms']:.2f} |")
-    return "\n".join(lines)
+                         f"{best_torch / r['decode_ms']:.2f} | {vs_peer} | {tok_s:.1f} | {r['roofline_tok_s']:.0f} | "
+                         f"{tok_s / r['roofline_tok_s']:.0%} |")
+    notes = {r["row"]: r["note"] for r in rows if r.get("note")}
+    return "\n".join(lines + ([""] + [f"- {k}: {v}" for k, v in notes.items()] if notes else []))
 
 
 def main(argv=None) -> int:
@@ -209,6 +236,9 @@ def main(argv=None) -> int:
     p.add_argument("--heldout", type=Path, default=DATA / "corpus" / "heldout", help="evaluation text")
     p.add_argument("--pipeline", type=Path, default=HERE / "pipeline.yaml", help="the plan of the pipeline row")
     p.add_argument("--skip-gpt2-small", action="store_true", help="leave out the GPT-2 small latency rows")
+    p.add_argument("--skip-peers", action="store_true", help="leave out the llama.cpp / CTranslate2 / OpenVINO rows")
+    p.add_argument("--peers-python", type=Path, default=bench_peers.VENV_PYTHON,
+                   help="the peers' venv python (bench/setup_peers.sh)")
     args = p.parse_args(argv)
     if not (args.teacher / "config.json").exists():
         print(f"teacher not found at {args.teacher} (the reference needs ../shared/data beside the repo)",
@@ -254,6 +284,7 @@ def main(argv=None) -> int:
         }
         c = teacher.config
         rows = measure_suite(f"teacher {c.n_layer}x{c.n_embd}", teacher, teacher_rows, eval_ids, args)
+        rows += peers(f"teacher {c.n_layer}x{c.n_embd}", args.teacher, eval_ids, tmp / "peers-teacher", args)
         if not args.skip_gpt2_small:
             rows += gpt2_small_rows(ours, tmp, args)
 
@@ -266,7 +297,11 @@ def main(argv=None) -> int:
         f"(measured); torch {torch.__version__}. Perplexity on {eval_ids.numel():,} tokens of {args.heldout.name} "
         f"(256-token windows). Latency: batch 1, prompt 128, {args.new_tokens} decode steps, median of "
         f"{args.rounds} round-robin rounds. Ratios are to torch fp32 eager of the same model in this run; "
-        f"'decode x best torch' to the fastest torch fp32 row (eager or static cache, {STATIC_LEN} positions).",
+        f"'decode x best torch' to the fastest torch fp32 row (eager or static cache, {STATIC_LEN} positions), "
+        f"'decode x fastest peer' to the fastest row named 'peer:'. "
+        f"The llama.cpp / CTranslate2 / OpenVINO peers run in their own venv (bench/peers.py), so they "
+        f"cannot join those rounds: each suite's peers are measured right after it, with the same "
+        f"number of rounds among themselves; ppl is theirs from their own logits, by the same harness.",
         "",
         table(rows),
         "",
