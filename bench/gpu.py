@@ -35,8 +35,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench/onnx.py shadows onnx
 ROOT = HERE.parent
+# bench/onnx.py shadows onnx; the checkout's packages come first, so a GPU machine can run this from a
+# plain checkout (`pip install -e .` would pull the CPU pins of torch and transformers there)
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (HERE, ROOT)]
 PLANS = (ROOT / "examples" / "quickstart.yaml", HERE / "pipeline.yaml")
 # Smoke budgets per plan (--set overrides): the same steps, tiny models and token counts.
 SMOKE_SETS = {
@@ -102,15 +104,28 @@ def device_facts(device: str) -> dict:
 # -- 1. the plans' torch steps, and their latency ----------------------------------------------------
 
 def run_torch_steps(plan_path: Path, device: str, smoke: bool, work: Path):
-    """Run the plan's steps up to (not including) its exports on `device`; returns (plan, run result)."""
-    from compress.plan import load_plan
+    """Run the plan's steps up to (not including) its exports on `device`; returns (plan, run result).
+    The export entries are dropped before the plan is parsed: their step kind is a plugin (entry point)
+    that a plain checkout does not register."""
+    from compress.errors import PlanError
+    from compress.plan import apply_override, parse_plan
     from compress.runner import run_plan
+    from compress.yaml_io import read_yaml_file
 
     sets = [f"device={'cuda' if device.startswith('cuda') else 'cpu'}", "eval.latency=null", "eval.samples=null",
             f"data.eval.max_tokens={2048 if smoke else 16384}"]
     sets += SMOKE_SETS.get(plan_path.name, []) if smoke else []
-    plan = load_plan(plan_path, sets)
-    plan = plan.model_copy(update={"steps": [s for s in plan.steps if s.kind != "export"]})
+    raw, _ = read_yaml_file(plan_path)
+    raw["steps"] = [step for step in raw.get("steps") or [] if "export" not in step]
+    problems = []
+    for item in sets:
+        try:
+            apply_override(raw, item)
+        except ValueError as e:
+            problems.append(f"--set {item}: {e}")
+    if problems:
+        raise PlanError(problems, source=str(plan_path))
+    plan = parse_plan(raw, base_dir=plan_path.parent.resolve(), source=str(plan_path))
     return plan, run_plan(plan, work / plan.name, progress=False)
 
 
@@ -285,6 +300,12 @@ def main(argv=None) -> int:
                     "Use --device cpu --smoke to exercise the code paths.")
     if not args.device.startswith("cuda") and not args.smoke:
         return fail(f"--device {args.device} measures nothing of the GPU path; add --smoke to exercise the code")
+    try:
+        import compress.runner  # noqa: F401  (the project's own dependencies: pydantic, yaml, ...)
+        import export.trt_check  # noqa: F401  (onnx)
+    except ImportError as e:
+        return fail(f"cannot import the project's modules ({e}); install its dependencies "
+                    "(pyproject.toml, extras onnx) and run from the checkout")
     if problem := version_problem():
         return fail(problem)
     args.prompt, args.new_tokens, args.repeats, args.max_len = (16, 8, 1, 64) if args.smoke else (128, 64, 5, 256)

@@ -9,6 +9,9 @@ latency rounds that visit every row in turn so load from other processes hits al
     torch fp32 eager                       the baseline
     torch fp32 static cache                the same weights with a preallocated KV cache
                                            (evalsuite.torch_static), the stronger torch baseline
+    torch fp32 static + compile            and its decode step under torch.compile (compiled in the
+                                           first latency warm-up; not at GPT-2 small shapes, where
+                                           it gained nothing over the static cache)
     ours: pipeline -> ORT int4             the plan bench/pipeline.yaml (prune -> distill -> gptq int4
                                            -> export onnx), run by compress.runner; its final artifact
     ours: ORT int8 / ORT int4              export step with ONNX Runtime's MatMulNBits on the fp32 model, run
@@ -90,8 +93,8 @@ def torch_quantized(model, method: str, out: Path):
     return TorchRunner(load_model(path)), path
 
 
-def torch_static(model) -> TorchStaticRunner:
-    return TorchStaticRunner(model, max_len=min(STATIC_LEN, model.config.n_positions))
+def torch_static(model, compile: str | None = None) -> TorchStaticRunner:
+    return TorchStaticRunner(model, max_len=min(STATIC_LEN, model.config.n_positions), compile=compile)
 
 
 def peer_matmulnbits(model_dir: Path, out: Path):
@@ -163,7 +166,7 @@ def measure_suite(label: str, model, builders: dict, eval_ids, args) -> list[dic
         print(f"  {label}: built {name} ({row['bytes'] / 1e6:.1f} MB"
               + (f", ppl {row['ppl']:.2f})" if "ppl" in row else ")"), file=sys.stderr, flush=True)
     for name, lat in latency_rounds(runners, args.rounds, args.new_tokens).items():
-        rows[name].update(lat)
+        rows[name].update(lat, compile_s=getattr(runners[name], "compile_s", 0.0))
     return list(rows.values())
 
 
@@ -270,6 +273,7 @@ def main(argv=None) -> int:
         teacher_rows = {
             "torch fp32 eager": lambda: (TorchRunner(teacher), args.teacher),
             "torch fp32 static cache": lambda: (torch_static(teacher), args.teacher),
+            "torch fp32 static + compile": lambda: (torch_static(teacher, "default"), args.teacher),
             "ours: pipeline -> ORT int4": run_pipeline,
             "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int8"), "t8"),
             "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4"),
@@ -304,6 +308,9 @@ def main(argv=None) -> int:
         f"number of rounds among themselves; ppl is theirs from their own logits, by the same harness.",
         "",
         table(rows),
+        "",
+        "torch.compile (first compiled decode call): " + ("; ".join(
+            f"{r['suite']} {r['row']} {r['compile_s']:.0f} s" for r in rows if r.get("compile_s")) or "none"),
         "",
         "Pipeline steps (bench/pipeline.yaml): " + "; ".join(f"{k}: {v}" for k, v in notes.get("pipeline", {}).items()),
         "",

@@ -4,6 +4,7 @@ with the decode step under torch.compile, on the reference teacher and at GPT-2 
     python bench/torch_static.py            # prompt 128 + 64 decode steps, 5 round-robin rounds
     python bench/torch_static.py --quick    # 16 decode steps, 3 rounds
     python bench/torch_static.py --no-compile
+    python bench/torch_static.py --threads 1   # on a busy machine
 
 Same latency protocol as bench/run.py (evalsuite.latency.measure_latency, batch 1, prompt 128, torch's
 threads; rounds visit every row in turn) and, on the teacher, the same perplexity harness (first 16k
@@ -64,6 +65,7 @@ def measure(label: str, model, eval_ids, args) -> list[dict]:
         print(f"  {label}: {name} ready in {rows[name]['first_run_s']:.1f} s", file=sys.stderr, flush=True)
     for name, lat in bench_run().latency_rounds(runners, args.rounds, args.new_tokens).items():
         rows[name].update(lat)  # prefill_ms, decode_ms: medians over the rounds
+    print(table(list(rows.values())), file=sys.stderr, flush=True)  # each suite as soon as it is measured
     return list(rows.values())
 
 
@@ -98,12 +100,16 @@ def main(argv=None) -> int:
     p.add_argument("--heldout", type=Path, default=DATA / "corpus" / "heldout")
     p.add_argument("--skip-gpt2-small", action="store_true")
     p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own; on a busy "
+                                                             "machine 1 avoids OpenMP spin-waiting)")
     args = p.parse_args(argv)
     if not (args.teacher / "config.json").exists():
         print(f"teacher not found at {args.teacher} (the reference needs ../shared/data beside the repo)",
               file=sys.stderr)
         return 1
     args.new_tokens, args.rounds = (16, 3) if args.quick else (64, 5)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = datetime.datetime.now()
     load = os.getloadavg()
     teacher = load_model(args.teacher)

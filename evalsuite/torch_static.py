@@ -57,6 +57,7 @@ class TorchStaticRunner:
         self.compile_mode = compile
         self.compile_s = 0.0  # wall time of the first compiled decode call (the compile), once it ran
         self._cache: StaticCache | None = None
+        self._cache_batch = 0  # the batch size the cache was allocated for
         self._sequence = 0
         # dynamic=False: one decode graph for every position (cache_position is a tensor input)
         self._decode = torch.compile(self._step, mode=compile, dynamic=False) if compile else self._step

@@ -48,7 +48,8 @@ def test_suite_builds_and_measures_every_row(tmp_path, byte_tokenizer):
     (result,) = out.glob("*-quick.md")
     table = [line for line in result.read_text().splitlines() if line.startswith("| teacher 2x128 |")]
     assert [line.split(" | ")[1] for line in table] == [
-        "torch fp32 eager", "torch fp32 static cache", "ours: pipeline -> ORT int4", "ours: ORT int8 (MatMulNBits)",
+        "torch fp32 eager", "torch fp32 static cache", "torch fp32 static + compile",
+        "ours: pipeline -> ORT int4", "ours: ORT int8 (MatMulNBits)",
         "ours: ORT int4 (MatMulNBits)", "ours: quantize rtn int4 -> ORT", "peer: optimum + ORT dynamic int8",
         "peer: optimum ORTQuantizer avx512_vnni", "peer: optimum + ORT MatMulNBits int4", "peer: bnb int8 (torch)",
         "peer: bnb nf4 (torch)", "peer: torch dynamic int8"]
@@ -56,4 +57,5 @@ def test_suite_builds_and_measures_every_row(tmp_path, byte_tokenizer):
         ppl, decode_ratio = line.split(" | ")[3], line.split(" | ")[6]
         assert math.isfinite(float(ppl)) and float(decode_ratio) > 0
         assert float(line.split(" | ")[10].rstrip(" |")) > 0  # decode x best torch
-    assert table[0].split(" | ")[3] == table[1].split(" | ")[3]  # the static cache computes the same ppl
+    assert table[0].split(" | ")[3] == table[1].split(" | ")[3] == table[2].split(" | ")[3]  # same function
+    assert "torch.compile (first compiled decode call): teacher 2x128 torch fp32 static + compile" in result.read_text()
