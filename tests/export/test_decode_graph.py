@@ -168,6 +168,8 @@ def test_open_runner_prefers_the_decode_graph_on_cpu(fp32):
 def test_configs_the_graph_cannot_express_are_skipped_with_the_reason(model):
     _, done = build_for_export(ExportConfig(fp16=True), model, {})
     assert "fp16 is for GPU providers" in done["skipped"]
+    graph, _ = build_for_export(ExportConfig(opset=14), model, {})  # LayerNormalization needs opset 17
+    assert {o.domain: o.version for o in graph.opset_import}[""] == 17
     odd = copy.deepcopy(model)
     odd.config.activation_function = "swish"
     assert "activation 'swish'" in unsupported(odd)
