@@ -202,7 +202,7 @@ def build_for_export(cfg, model: "GPT2LMHeadModel", records: dict) -> tuple[onnx
         return None, {"skipped": "fp16 is for GPU providers; the decode graph is for ONNX Runtime's CPU provider"}
     source = dequantized_copy(model, records) if records else model.cpu()
     try:
-        graph = build_decode_graph(source, cfg.opset)
+        graph = build_decode_graph(source, max(cfg.opset, 17))  # LayerNormalization is opset 17
     except NotExpressible as e:
         return None, {"skipped": str(e)}
     done: dict = {}

@@ -117,11 +117,14 @@ def test_padded_batches_are_refused_with_a_pointer_to_the_plain_graph(fp32):
     assert logits.shape[1] == 3
 
 
-@pytest.mark.parametrize("quantize", ["int4", "int8"])
-def test_ort_quantizer_graphs_match_the_plain_graph_greedily(model, tmp_path, quantize):
-    cfg = ExportConfig(quantize=quantize, block_size=32, accuracy_level=0)
+@pytest.mark.parametrize("quantize,op,lookup", [("int4", "MatMulNBits", "GatherBlockQuantized"),
+                                                ("int8", "MatMulNBits", "GatherBlockQuantized"),
+                                                ("dynamic-int8", "MatMulInteger", "DequantizeLinear")])
+def test_ort_quantizer_graphs_match_the_plain_graph_greedily(model, tmp_path, quantize, op, lookup):
+    cfg = ExportConfig(quantize=quantize, **({} if quantize == "dynamic-int8" else {"block_size": 32,
+                                                                                  "accuracy_level": 0}))
     plain, fused, done = _export_both(model, cfg, tmp_path / "q")
-    assert done["quantized_ops"]["MatMulNBits"] == 9 and "GatherBlockQuantized" in done["tied_embedding"]
+    assert done["quantized_ops"][op] == 9 and lookup in done["tied_embedding"]
     ids = torch.tensor([[5, 17, 99, 3, 40, 41]])
     a, pa = plain.forward(ids)
     b, pb = fused.forward(ids)
@@ -168,6 +171,8 @@ def test_open_runner_prefers_the_decode_graph_on_cpu(fp32):
 def test_configs_the_graph_cannot_express_are_skipped_with_the_reason(model):
     _, done = build_for_export(ExportConfig(fp16=True), model, {})
     assert "fp16 is for GPU providers" in done["skipped"]
+    graph, _ = build_for_export(ExportConfig(opset=14), model, {})  # LayerNormalization needs opset 17
+    assert {o.domain: o.version for o in graph.opset_import}[""] == 17
     odd = copy.deepcopy(model)
     odd.config.activation_function = "swish"
     assert "activation 'swish'" in unsupported(odd)
