@@ -186,14 +186,14 @@ def gpt2_small_rows(ours, tmp: Path, args) -> list[dict]:
         "ours: ORT int4, plain graph": lambda: ours(small, ExportConfig(quantize="int4"), "s4p", plain=True),
     }
     return measure_suite("gpt2-small shapes", small, small_rows, None, args) + peers(
-        "gpt2-small shapes", small_dir, None, tmp / "peers-small", args)
+        "gpt2-small shapes", small_dir, DATA / "gpt2-tokenizer", None, tmp / "peers-small", args)
 
 
-def peers(label: str, model_dir: Path, eval_ids, work: Path, args) -> list[dict]:
+def peers(label: str, model_dir: Path, tokenizer_dir: Path, eval_ids, work: Path, args) -> list[dict]:
     """The llama.cpp / CTranslate2 / OpenVINO rows, from their own venv's process (bench/peers.py)."""
     if args.skip_peers:
         return []
-    rows = bench_peers.peer_rows(label, model_dir, args.teacher, eval_ids, args.rounds, args.new_tokens,
+    rows = bench_peers.peer_rows(label, model_dir, tokenizer_dir, eval_ids, args.rounds, args.new_tokens,
                                  torch.get_num_threads(), work, python=args.peers_python)
     config = json.loads((model_dir / "config.json").read_text())
     for row in rows:
@@ -216,8 +216,7 @@ def table(rows: list[dict]) -> str:
         for r in suite:
             if "decode_ms" not in r:  # a peer that was not measured: the reason, no number
                 why = r.get("error", "not measured").replace("|", "/")
-                lines.append(f"| {label} | {r['row']} ({why}) |"
-                             + " – |" * 10)
+                lines.append(f"| {label} | {r['row']} ({why}) |" + " – |" * 10)
                 continue
             tok_s = 1e3 / r["decode_ms"]
             ppl = f"{r['ppl']:.2f}" if "ppl" in r else "–"
@@ -288,7 +287,8 @@ def main(argv=None) -> int:
         }
         c = teacher.config
         rows = measure_suite(f"teacher {c.n_layer}x{c.n_embd}", teacher, teacher_rows, eval_ids, args)
-        rows += peers(f"teacher {c.n_layer}x{c.n_embd}", args.teacher, eval_ids, tmp / "peers-teacher", args)
+        rows += peers(f"teacher {c.n_layer}x{c.n_embd}", args.teacher, args.teacher, eval_ids, tmp / "peers-teacher",
+                      args)
         if not args.skip_gpt2_small:
             rows += gpt2_small_rows(ours, tmp, args)
 

@@ -150,7 +150,7 @@ def test_run_py_reads_the_peers_rows_back_with_a_roofline(tmp_path):
     fake.chmod(0o755)
     model_dir = save_model(tiny_model(), tmp_path / "m")
     args = argparse.Namespace(skip_peers=False, teacher=model_dir, rounds=1, new_tokens=4, peers_python=fake)
-    rows = bench_run.peers("s", model_dir, torch.arange(10), tmp_path / "work", args)
+    rows = bench_run.peers("s", model_dir, model_dir, torch.arange(10), tmp_path / "work", args)
     first, *measured = rows
     assert [r["row"] for r in rows] == list(peers.PEERS)
     assert "no row" in first["error"] and "roofline_tok_s" not in first  # the fake wrote none for it
