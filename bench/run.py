@@ -237,6 +237,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", type=Path, default=TEACHER, help="the model (default: the reference teacher)")
     p.add_argument("--heldout", type=Path, default=DATA / "corpus" / "heldout", help="evaluation text")
     p.add_argument("--pipeline", type=Path, default=HERE / "pipeline.yaml", help="the plan of the pipeline row")
+    p.add_argument("--work", type=Path, help="keep the pipeline's run directory here (bench/speculative.py --work "
+                                             "reuses it as its draft); default: a temporary dir")
     p.add_argument("--skip-gpt2-small", action="store_true", help="leave out the GPT-2 small latency rows")
     p.add_argument("--skip-peers", action="store_true", help="leave out the llama.cpp / CTranslate2 / OpenVINO rows")
     p.add_argument("--peers-python", type=Path, default=bench_peers.VENV_PYTHON,
@@ -266,7 +268,7 @@ def main(argv=None) -> int:
             return runner, runner.path
 
         def run_pipeline():
-            runner, path, notes["pipeline"] = pipeline(args.pipeline, args.quick, tmp)
+            runner, path, notes["pipeline"] = pipeline(args.pipeline, args.quick, args.work or tmp)
             return runner, path
 
         teacher_rows = {

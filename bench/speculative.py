@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+from dataclasses import replace
 import importlib.util
 import platform
 import shutil
@@ -41,7 +42,7 @@ from evalsuite.size import gpt2_param_count  # noqa: E402
 from evalsuite.speculative_measure import (WORTH_IT, SpeculativeMeasureSettings, measure_speculative,  # noqa: E402
                                            projected_speedup, prompts_from)
 from compress.speculative_eval import artifact_facts  # noqa: E402
-from export.ort_runner import OrtRunner  # noqa: E402
+from export.ort_runner import open_runner  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data"
 TEACHER = DATA / "teachers" / "gpt2-6x384-corpus"
@@ -130,7 +131,7 @@ def run_pipeline(plan: Path, quick: bool, out: Path, reuse: Path | None = None):
     result = run_plan(load_plan(plan, overrides), out, progress=False)
     last = [m for m in result.metrics if m["backend"] == "onnxruntime"][-1]
     path = out / last["step"] / "model.onnx"
-    runner = OrtRunner(path)
+    runner = open_runner(path.parent)  # the fused decode graph beside model.onnx
     return runner, artifact_facts(path, runner), last["ppl"], {m["step"]: m["summary"] for m in result.metrics}
 
 
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results", help="where the results .md is written")
     p.add_argument("--work", type=Path, help="keep the pipeline runs here (default: a temporary dir)")
     p.add_argument("--pipeline", type=Path, default=HERE / "pipeline.yaml")
+    p.add_argument("--ks", type=int, nargs="+", help="the k values to measure (default: 2 4 6 quick, 1..8 full)")
     p.add_argument("--skip-variant", action="store_true", help="only the pipeline's own draft")
     args = p.parse_args(argv)
     if not (TEACHER / "config.json").exists():
@@ -149,6 +151,8 @@ def main(argv=None) -> int:
     bench_onnx = _bench_module("onnx")
     settings = (SpeculativeMeasureSettings(ks=(2, 4, 6), prompts=2, repeats=1, warmup=1) if args.quick else
                 SpeculativeMeasureSettings(ks=tuple(range(1, 9)), prompts=8, repeats=5, warmup=1, adaptive=True))
+    if args.ks:
+        settings = replace(settings, ks=tuple(args.ks))
     heldout = tokenize(read_text(DATA / "corpus" / "heldout"), load_tokenizer(TEACHER))
     prompts = prompts_from(heldout, settings.prompts, settings.prompt)
     with tempfile.TemporaryDirectory(prefix="bench-spec-") as tmp:
