@@ -10,7 +10,7 @@ from typing import Any
 
 from evalsuite.speculative_report import speculative_html
 from evalsuite.summary import (BEST_MARK, DEFAULT_PPL_BUDGET, FRONT_MARK, legend, protocol_lines, sample_prompts,
-                               sample_text, sampling_line, table, target_rows, verdict)
+                               sample_text, sampling_line, table, target_rows, verdict, wall_rows)
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
@@ -40,7 +40,7 @@ def render_html(rows: list[dict[str, Any]], title: str, svg: str, notes: list[st
              "<h2>What each step did</h2>",
              "<ul>" + "".join(f"<li><b>{escape(r['step'])}</b>: {escape(r.get('summary') or '(no summary)')}</li>"
                               for r in rows) + "</ul>",
-             "<h2>How it was measured</h2>",
+             _wall(rows), "<h2>How it was measured</h2>",
              "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in protocol_lines(rows)) + "</ul>",
              _samples(rows), speculative_html(rows), _targets(rows)]
     if notes:
@@ -84,6 +84,17 @@ def _samples(rows: list[dict[str, Any]]) -> str:
             out.append(f'<table><tr><th class="text">step</th><th class="text">{escape(prompt)} …</th></tr>'
                        f"{trs}</table>")
     return "\n".join(out)
+
+
+def _wall(rows: list[dict[str, Any]]) -> str:
+    times = wall_rows(rows)
+    if not times:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("step", "step work s", "evaluation s", "total s"))
+    trs = "".join("<tr>" + "".join(f'<td class="text">{escape(c)}</td>' if j == 0 else f"<td>{escape(c)}</td>"
+                                   for j, c in enumerate(t)) + "</tr>" for t in times)
+    return ('<h2>Wall time per step</h2><p class="muted">Seconds; a cached step shows the run that made it.</p>'
+            f"<table><tr>{head}</tr>{trs}</table>")
 
 
 def _targets(rows: list[dict[str, Any]]) -> str:

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from evalsuite.html_page import render_html
 from evalsuite.plot import pareto_figure
 from evalsuite.report import load_run_metrics, markdown_report, write_report
 from evalsuite.summary import best_index, pareto_front, table, verdict
@@ -50,6 +51,8 @@ def test_report_shows_sampled_text_greedy_parity_and_wall_times():
     assert "| 00-base | the the |  |" in greedy and "| 01-quantize | the a |  |" in greedy
     assert "| 02-export-onnx | the a | = input |" in greedy  # the export continues like its input
     assert "| 00-base | 120.5 | 2.0 | 122.5 |" in md and "| 02-export-onnx | 9.2 | 2.0 | 11.2 |" in md
+    page = render_html(rows, "t", "<svg></svg>")
+    assert "Wall time per step" in page and "<td>122.5</td>" in page and "Greedy continuations" in page
     legacy = markdown_report([metrics("00-base", 20.0, 10.0, 4000)], "old run")  # greedy text only, no times
     assert "## Sample generations (greedy;" in legacy and "Greedy continuations" not in legacy
     assert "Wall time per step" not in legacy
