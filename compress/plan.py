@@ -33,7 +33,7 @@ from compress.yaml_io import compose_bounded, parse_yaml_value, read_yaml_file
 from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
-from evalsuite.samples import DEFAULT_NEW_TOKENS, DEFAULT_PROMPTS
+from evalsuite.samples import DEFAULT_NEW_TOKENS, DEFAULT_PROMPTS, SamplingSettings
 from evalsuite.summary import DEFAULT_PPL_BUDGET
 
 
@@ -94,11 +94,21 @@ class LatencyConfig(Strict):
 
 
 class SamplesConfig(Strict):
-    """Greedy continuations of the same prompts by every step, shown side by side in the report."""
+    """Continuations of the same prompts by every step, shown side by side in the report: sampled
+    (top-p, temperature, repetition penalty, a fixed seed: reproducible) and greedy (the parity check)."""
 
     prompts: list[Annotated[str, Field(min_length=1, max_length=500)]] = Field(
         default_factory=lambda: list(DEFAULT_PROMPTS), min_length=1, max_length=20)
     new_tokens: int = Field(DEFAULT_NEW_TOKENS, ge=1, le=512)
+    temperature: float = Field(SamplingSettings.temperature, gt=0, le=100)
+    top_p: float = Field(SamplingSettings.top_p, gt=0, le=1)
+    repetition_penalty: float = Field(SamplingSettings.repetition_penalty, gt=0, le=100,
+                                      description="> 1 discourages tokens already seen (sampled text only)")
+    seed: int = Field(SamplingSettings.seed, ge=0)
+
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(temperature=self.temperature, top_p=self.top_p,
+                                repetition_penalty=self.repetition_penalty, seed=self.seed)
 
 
 class SpeculativeEvalConfig(Strict):

@@ -333,7 +333,8 @@ def _settings(plan: Plan) -> EvalSettings:
                         latency=plan.eval.latency.model_dump() if plan.eval.latency else None,
                         targets=tuple(plan.eval.targets),
                         sample_prompts=tuple(samples.prompts) if samples else (),
-                        sample_tokens=samples.new_tokens if samples else 0)
+                        sample_tokens=samples.new_tokens if samples else 0,
+                        sampling=samples.sampling() if samples else None)
 
 
 def _data_label(plan: Plan) -> str:
@@ -368,6 +369,7 @@ def _measure(run: _Run, name: str, step_dir: Path, info: dict[str, Any], is_base
         m["ppl_ratio_to_base"] = 1.0
     m["eval_hash"] = eval_hash(run.plan)
     m["summary"] = info.get("summary", "")
+    m["step_wall_s"] = info.get("wall_s")  # the step's own work, when it ran; eval_wall_s is its measurement
     if runner is not None:
         log.info("%s: ppl %s, decode %s ms/token", name, f"{m['ppl']:.2f}" if m["ppl"] else "–",
                  f"{m['decode_ms_per_token']['p50']:.2f}" if m["decode_ms_per_token"] else "–")

@@ -10,7 +10,7 @@ from typing import Any
 
 from evalsuite.speculative_report import speculative_html
 from evalsuite.summary import (BEST_MARK, DEFAULT_PPL_BUDGET, FRONT_MARK, legend, protocol_lines, sample_prompts,
-                               sample_text, table, target_rows, verdict)
+                               sample_text, sampling_line, table, target_rows, verdict, wall_rows)
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
@@ -40,7 +40,7 @@ def render_html(rows: list[dict[str, Any]], title: str, svg: str, notes: list[st
              "<h2>What each step did</h2>",
              "<ul>" + "".join(f"<li><b>{escape(r['step'])}</b>: {escape(r.get('summary') or '(no summary)')}</li>"
                               for r in rows) + "</ul>",
-             "<h2>How it was measured</h2>",
+             _wall(rows), "<h2>How it was measured</h2>",
              "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in protocol_lines(rows)) + "</ul>",
              _samples(rows), speculative_html(rows), _targets(rows)]
     if notes:
@@ -68,15 +68,33 @@ def _samples(rows: list[dict[str, Any]]) -> str:
     prompts = sample_prompts(rows)
     if not prompts:
         return ""
+    how = sampling_line(rows)
     out = ["<h2>Sample generations</h2>",
-           '<p class="muted">Greedy decoding of the same prompts with every step: grey is the prompt, '
-           "black the model's continuation.</p>"]
-    for prompt in prompts:
-        trs = "".join(f'<tr><td class="text">{escape(r["step"])}</td><td class="sample">'
-                      f'<span class="prompt">{escape(prompt)}</span>{escape(text)}</td></tr>'
-                      for r in rows if (text := sample_text(r, prompt)) is not None)
-        out.append(f'<table><tr><th class="text">step</th><th class="text">{escape(prompt)} …</th></tr>{trs}</table>')
+           f'<p class="muted">{"Sampled" if how else "Greedy"} continuations of the same prompts by every step: grey '
+           "is the prompt, black the model's continuation." + (f" {escape(how)}" if how else "") + "</p>"]
+    keys = ["text", "greedy"] if how else ["text"]
+    for key in keys:
+        if key == "greedy":
+            out.append("<h3>Greedy continuations: the parity check</h3>"
+                       '<p class="muted">Argmax decoding; an export must continue exactly like the step it exports.</p>')
+        for prompt in prompts:
+            trs = "".join(f'<tr><td class="text">{escape(r["step"])}</td><td class="sample">'
+                          f'<span class="prompt">{escape(prompt)}</span>{escape(text)}</td></tr>'
+                          for r in rows if (text := sample_text(r, prompt, key)) is not None)
+            out.append(f'<table><tr><th class="text">step</th><th class="text">{escape(prompt)} …</th></tr>'
+                       f"{trs}</table>")
     return "\n".join(out)
+
+
+def _wall(rows: list[dict[str, Any]]) -> str:
+    times = wall_rows(rows)
+    if not times:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in ("step", "step work s", "evaluation s", "total s"))
+    trs = "".join("<tr>" + "".join(f'<td class="text">{escape(c)}</td>' if j == 0 else f"<td>{escape(c)}</td>"
+                                   for j, c in enumerate(t)) + "</tr>" for t in times)
+    return ('<h2>Wall time per step</h2><p class="muted">Seconds; a cached step shows the run that made it.</p>'
+            f"<table><tr>{head}</tr>{trs}</table>")
 
 
 def _targets(rows: list[dict[str, Any]]) -> str:

@@ -13,7 +13,7 @@ from evalsuite import hardware
 from evalsuite.latency import measure_latency
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import Runner
-from evalsuite.samples import generate_samples
+from evalsuite.samples import SamplingSettings, generate_samples
 from evalsuite.size import bytes_on_disk, gpt2_param_count
 
 SCHEMA_VERSION = 1
@@ -32,8 +32,9 @@ class EvalSettings:
     perplexity: bool = True
     latency: dict[str, int | None] | None = field(default_factory=lambda: {"prompt": 128, "new_tokens": 64})
     targets: tuple[str, ...] = ("orin-nano", "agx-orin")
-    sample_prompts: tuple[str, ...] = ()  # greedy continuations shown in the report (needs a tokenizer)
+    sample_prompts: tuple[str, ...] = ()  # continuations shown in the report (needs a tokenizer)
     sample_tokens: int = 32
+    sampling: SamplingSettings | None = SamplingSettings()  # None: the greedy continuation only
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ def empty_metrics(step: str, kind: str, backend: str, device: str) -> dict[str, 
         "ppl": None, "ppl_ratio_to_base": None, "eval": None,
         "prefill_ms": None, "decode_ms_per_token": None, "tokens_per_s": None, "peak_mem_bytes": None,
         "latency": None, "projected_decode_tokens_per_s": {}, "host_roofline": None, "samples": None,
+        "sampling": None,
         "eval_wall_s": None,
     }
 
@@ -125,6 +127,9 @@ def evaluate(runner: Runner | None, eval_ids: torch.Tensor | None, facts: ModelF
         if device == "cpu":  # the host is the one device where both the bound and a measurement exist
             m["host_roofline"] = host_roofline(facts, context, lr.batch, lr.tokens_per_s)
     if tokenizer is not None and settings.sample_prompts:
-        m["samples"] = generate_samples(runner, tokenizer, settings.sample_prompts, settings.sample_tokens)
+        m["samples"] = generate_samples(runner, tokenizer, settings.sample_prompts, settings.sample_tokens,
+                                        settings.sampling)
+        if settings.sampling is not None:
+            m["sampling"] = {**settings.sampling.describe(), "new_tokens": settings.sample_tokens}
     m["eval_wall_s"] = time.perf_counter() - t0
     return m

@@ -22,7 +22,8 @@ from typing import Any
 from evalsuite.html_page import render_html
 from evalsuite.speculative_report import speculative_lines
 from evalsuite.summary import (DEFAULT_PPL_BUDGET, fmt, get, human_bytes, legend, markdown_table,  # noqa: F401
-                               protocol_lines, sample_prompts, sample_text, target_rows, verdict)
+                               protocol_lines, sample_prompts, sample_text, sampling_line, target_rows, verdict,
+                               wall_rows)
 
 METRICS_FILE = "metrics.json"
 # free text and nested tables, shown in the report; a CSV cell is no place for them
@@ -65,6 +66,7 @@ def markdown_report(rows: list[dict[str, Any]], title: str, notes: list[str] = (
     md = [f"# {title}", "", verdict(rows, ppl_budget), "", markdown_table(rows, ppl_budget), "",
           legend(ppl_budget), "", "![perplexity vs decode latency](pareto.png)", "", "## What each step did", ""]
     md += [f"- **{r['step']}**: {r.get('summary') or '(no summary)'}" for r in rows]
+    md += _markdown_wall(rows)
     md += ["", "## How it was measured", ""] + [f"- {line}" for line in protocol_lines(rows)]
     md += _markdown_samples(rows)
     md += speculative_lines(rows)
@@ -78,19 +80,46 @@ def markdown_report(rows: list[dict[str, Any]], title: str, notes: list[str] = (
     return "\n".join(md) + "\n"
 
 
+def _markdown_wall(rows: list[dict[str, Any]]) -> list[str]:
+    times = wall_rows(rows)
+    if not times:
+        return []
+    md = ["", "## Wall time per step (seconds; a cached step shows the run that made it)", "",
+          "| step | step work | evaluation | total |", "|---|---|---|---|"]
+    return md + ["| " + " | ".join(t) + " |" for t in times]
+
+
 def _markdown_samples(rows: list[dict[str, Any]]) -> list[str]:
     prompts = sample_prompts(rows)
     if not prompts:
         return []
-    md = ["", "## Sample generations (greedy; the prompt, then each step's continuation)"]
+    sampled = any(s.get("greedy") is not None for r in rows for s in r.get("samples") or [])
+    how = sampling_line(rows)
+    md = ["", "## Sample generations (" + ("sampled" if sampled else "greedy")
+          + "; the prompt, then each step's continuation)"] + (["", how] if how else [])
     for prompt in prompts:
         md += ["", f"**{prompt}** …", "", "| step | continuation |", "|---|---|"]
-        for r in rows:
-            text = sample_text(r, prompt)
-            if text is not None:
-                cell = text.replace("|", "\\|") or "(empty)"  # a pipe would end the table cell
-                md.append(f"| {r['step']} | {cell} |")
+        md += [f"| {step} | {cell} |" for step, cell, _ in _sample_cells(rows, prompt, "text")]
+    if sampled:
+        md += ["", "### Greedy continuations: the parity check",
+               "", "Argmax decoding; \"= input\" marks a step that continues exactly like the step before it "
+               "(an export must)."]
+        for prompt in prompts:
+            md += ["", f"**{prompt}** …", "", "| step | greedy continuation | |", "|---|---|---|"]
+            md += [f"| {step} | {cell} | {'= input' if same else ''} |"
+                   for step, cell, same in _sample_cells(rows, prompt, "greedy")]
     return md
+
+
+def _sample_cells(rows: list[dict[str, Any]], prompt: str, key: str) -> list[tuple[str, str, bool]]:
+    """(step, table cell, same text as the row before) for each row with a continuation of `prompt`."""
+    out, prev = [], None
+    for r in rows:
+        text = sample_text(r, prompt, key)
+        if text is not None:
+            out.append((r["step"], text.replace("|", "\\|") or "(empty)", text == prev))  # a pipe ends the cell
+            prev = text
+    return out
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -232,7 +232,33 @@ def sample_prompts(rows: list[dict[str, Any]]) -> list[str]:
     return seen
 
 
-def sample_text(row: dict[str, Any], prompt: str) -> str | None:
-    """The row's continuation of `prompt` on one line (newlines shown as ↵), None if it has none."""
-    text = next((s["text"] for s in row.get("samples") or [] if s["prompt"] == prompt), None)
+def sample_text(row: dict[str, Any], prompt: str, key: str = "text") -> str | None:
+    """The row's continuation of `prompt` on one line (newlines shown as ↵), None if it has none.
+    key "text": the sampled continuation (greedy in runs made before samples were sampled); "greedy"."""
+    text = next((s.get(key) for s in row.get("samples") or [] if s["prompt"] == prompt), None)
     return None if text is None else text.replace("\r", "").replace("\n", "↵")
+
+
+def sampling_line(rows: list[dict[str, Any]]) -> str | None:
+    """How the sampled continuations were drawn, with the command that redraws one (None: no samples)."""
+    s = next((r["sampling"] for r in rows if r.get("sampling")), None)
+    if s is None:
+        return None
+    return (f"Samples: drawn with temperature {s['temperature']:g}, top-p {s['top_p']:g}, repetition penalty "
+            f"{s['repetition_penalty']:g}, seed {s['seed']} (the same text on every run of the same model); "
+            f"`python -m export.generate RUN/STEP PROMPT --max-new-tokens {s['new_tokens']} --sample "
+            f"--temperature {s['temperature']:g} "
+            f"--top-p {s['top_p']:g} --repetition-penalty {s['repetition_penalty']:g} --seed {s['seed']}` "
+            f"draws the same way. Greedy: argmax, no penalty; an export must continue exactly like its input.")
+
+
+def wall_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """[step, step s, eval s, total s] per row that recorded its times (runs before: none)."""
+    out = []
+    for r in rows:
+        work, ev = r.get("step_wall_s"), r.get("eval_wall_s")
+        if work is None and ev is None:
+            continue
+        total = (work or 0.0) + (ev or 0.0)
+        out.append([r.get("step", "?"), fmt(work, "{:.1f}"), fmt(ev, "{:.1f}"), f"{total:.1f}"])
+    return out

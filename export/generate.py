@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from compress.errors import UserError
 from evalsuite.runner import Runner
+from evalsuite.sampling import choose_token, next_token_logits  # noqa: F401 (next_token_logits re-exported)
 
 
 class GenerationConfig(BaseModel):
@@ -47,27 +48,6 @@ class GenerationConfig(BaseModel):
         return self
 
 
-def next_token_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
-    """Apply repetition penalty, temperature, top-k and top-p to one row of logits (V,)."""
-    logits = logits.float().clone()
-    if cfg.repetition_penalty != 1.0 and seen.numel():
-        # CTRL's penalty, as in transformers: shrink positive logits, push negative ones further down.
-        prev = logits[seen]
-        logits[seen] = torch.where(prev > 0, prev / cfg.repetition_penalty, prev * cfg.repetition_penalty)
-    if not cfg.do_sample:
-        return logits
-    logits = logits / cfg.temperature
-    if cfg.top_k:
-        kth = torch.topk(logits, min(cfg.top_k, logits.numel())).values[-1]
-        logits[logits < kth] = -float("inf")
-    if cfg.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_logits, -1) >= cfg.top_p  # mass before this token already enough
-        logits[order[drop]] = -float("inf")
-    return logits
-
-
 @torch.inference_mode()
 def generate(runner: Runner, prompt_ids: list[int], cfg: GenerationConfig,
              on_token: Callable[[int], None] | None = None) -> list[int]:
@@ -83,10 +63,7 @@ def generate(runner: Runner, prompt_ids: list[int], cfg: GenerationConfig,
     out: list[int] = []
     while True:
         scores = next_token_logits(logits[0, -1].cpu(), seen, cfg)
-        if cfg.do_sample:
-            token = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=gen))
-        else:
-            token = int(scores.argmax())
+        token = choose_token(scores, cfg.do_sample, gen)
         out.append(token)
         seen = torch.cat([seen, torch.tensor([token])])
         if on_token is not None:

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
+from evalsuite.html_page import render_html
 from evalsuite.plot import pareto_figure
 from evalsuite.report import load_run_metrics, markdown_report, write_report
 from evalsuite.summary import best_index, pareto_front, table, verdict
@@ -33,6 +34,28 @@ def metrics(step, ppl, ms, n_bytes, backend="torch", status="measured", summary=
                                 "measured_over_projected": (1000 / ms) / (20e9 / n_bytes)},
                  samples=[{"prompt": "The function returns", "text": f" the {step} | line\nnext"}])
     return m
+
+
+def test_report_shows_sampled_text_greedy_parity_and_wall_times():
+    rows = [metrics("00-base", 20.0, 10.0, 4000), metrics("01-quantize", 21.0, 8.0, 1000),
+            metrics("02-export-onnx", 21.0, 4.0, 1000, backend="onnxruntime")]
+    for r, sampled, greedy, wall in zip(rows, ["a cat", "a dog", "a dig"], ["the the", "the a", "the a"],
+                                        [120.5, 3.0, 9.25]):
+        r.update(samples=[{"prompt": "P", "text": sampled, "greedy": greedy}], step_wall_s=wall, eval_wall_s=2.0,
+                 sampling={"temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.3, "seed": 0, "top_k": 0,
+                           "new_tokens": 24})
+    md = markdown_report(rows, "t")
+    sampled, greedy = md.split("### Greedy continuations")
+    assert "## Sample generations (sampled;" in sampled and "| 01-quantize | a dog |" in sampled
+    assert "--sample --temperature 0.8 --top-p 0.9 --repetition-penalty 1.3 --seed 0" in sampled
+    assert "| 00-base | the the |  |" in greedy and "| 01-quantize | the a |  |" in greedy
+    assert "| 02-export-onnx | the a | = input |" in greedy  # the export continues like its input
+    assert "| 00-base | 120.5 | 2.0 | 122.5 |" in md and "| 02-export-onnx | 9.2 | 2.0 | 11.2 |" in md
+    page = render_html(rows, "t", "<svg></svg>")
+    assert "Wall time per step" in page and "<td>122.5</td>" in page and "Greedy continuations" in page
+    legacy = markdown_report([metrics("00-base", 20.0, 10.0, 4000)], "old run")  # greedy text only, no times
+    assert "## Sample generations (greedy;" in legacy and "Greedy continuations" not in legacy
+    assert "Wall time per step" not in legacy
 
 
 # The planted set: the front is base, 02-distill, 04-export-onnx; 01-prune and 03-quantize are dominated
