@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -57,11 +58,26 @@ def llama_convert_script() -> Path:
     return script
 
 
+def with_n_ctx(hf_dir: Path, out: Path) -> Path:
+    """llama.cpp's GPT-2 converter reads `n_ctx`, which configs saved by transformers >= 4.4x no longer
+    carry (only `n_positions`): a copy of the directory whose config.json has it, files linked."""
+    config = json.loads((hf_dir / "config.json").read_text())
+    if "n_ctx" in config:
+        return hf_dir
+    out.mkdir(parents=True, exist_ok=True)
+    for f in hf_dir.iterdir():
+        if f.is_file() and f.name != "config.json" and not (out / f.name).exists():
+            (out / f.name).symlink_to(f.resolve())
+    (out / "config.json").write_text(json.dumps({**config, "n_ctx": config["n_positions"]}, indent=2))
+    return out
+
+
 def gguf_f32(hf_dir: Path, out: Path) -> Path:
     """The HF checkpoint as one f32 GGUF file, written by llama.cpp's own converter."""
     path = out / "model-f32.gguf"
     if not path.exists():
         out.mkdir(parents=True, exist_ok=True)
+        hf_dir = with_n_ctx(hf_dir, out / "hf")
         done = subprocess.run([sys.executable, str(llama_convert_script()), str(hf_dir), "--outfile", str(path),
                                "--outtype", "f32"], capture_output=True, text=True)
         if done.returncode != 0:
@@ -81,6 +97,27 @@ def gguf_quantized(f32: Path, kind: str, threads: int) -> Path:
     if llama_cpp.llama_model_quantize(str(f32).encode(), str(path).encode(), params) != 0:
         raise PeerError(f"llama_model_quantize to {kind} failed")
     return path
+
+
+PROBE = """
+import sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=64, n_batch=64, n_threads=1, verbose=False)
+llm.eval(list(range(32)))  # a prompt: the batched matmul kernels
+llm.eval([32])  # a decode step: the vector kernels
+"""
+
+
+def llama_probe(path: Path) -> None:
+    """Run a short prompt and a decode step of the GGUF in a child process first: a llama.cpp built for another CPU dies
+    with SIGILL, which would take the whole bench process (and every other peer's row) with it."""
+    done = subprocess.run([sys.executable, "-c", PROBE, str(path)], capture_output=True, text=True)
+    if done.returncode < 0:
+        raise PeerError(f"llama.cpp died ({signal.Signals(-done.returncode).name}) on a 33-token probe: its "
+                        "build does not run on this CPU; rebuild with a portable CMAKE_ARGS (bench/setup_peers.sh)")
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise PeerError(f"llama.cpp probe failed: {tail[0]}")
 
 
 class LlamaCppRunner:

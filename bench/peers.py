@@ -55,6 +55,7 @@ class Context(NamedTuple):
     threads: int
     new_tokens: int
     max_positions: int
+    n_embd: int
     cache: dict  # the f32 GGUF, converted once for the three llama.cpp rows
 
 
@@ -82,8 +83,10 @@ def llama_peer(kind: str, ctx: Context) -> Peer:
     if "f32" not in ctx.cache:
         ctx.cache["f32"] = pe.gguf_f32(ctx.hf_dir, ctx.work / "gguf")
     path = pe.gguf_quantized(ctx.cache["f32"], kind, ctx.threads)
+    pe.llama_probe(path)
     decode = pe.LlamaCppRunner(path, ctx.threads, n_ctx=PROMPT + ctx.new_tokens, all_logits=False)
-    note = "llama.cpp falls back to another type for rows not divisible by 256" if kind.endswith("_K_M") else ""
+    # k-quants need rows of 256: for other widths llama.cpp's quantizer picks q5_0 / q8_0 for those
+    note = "q5_0 / q8_0 where rows are not a multiple of 256" if kind.endswith("_K_M") and ctx.n_embd % 256 else ""
     return Peer(path, lambda: pe.LlamaCppRunner(path, ctx.threads, n_ctx=SEQ_LEN, all_logits=True),
                 _runner_latency(decode, ctx), note)
 
@@ -139,7 +142,7 @@ def measure(model_dir: Path, tokenizer_dir: Path, eval_ids, rounds: int, new_tok
     torch.set_num_threads(threads)
     config = json.loads((model_dir / "config.json").read_text())
     ctx = Context(pe.hf_dir_with_tokenizer(model_dir, tokenizer_dir, work / "hf"), work, threads, new_tokens,
-                  int(config.get("n_positions", 1024)), {})
+                  int(config.get("n_positions", 1024)), int(config["n_embd"]), {})
     builders = dict(PEERS)
     if baseline:
         builders = {"torch fp32 eager": _torch_baseline, **builders}

@@ -8,8 +8,10 @@
 #
 # The venv sees the system site-packages, so torch 2.13 CPU is reused, never reinstalled
 # (bench/peers-constraints.txt pins torch and transformers to the main environment's versions).
-# llama.cpp is compiled for the host CPU (GGML_NATIVE=ON): build the venv on the machine that
-# benchmarks. For a portable AVX2 build instead:
+# llama.cpp is compiled for the host CPU (GGML_NATIVE=ON) but without AMX: on the build VM (Xeon
+# with AMX, 2026-12-02) a native build's AMX kernel (ggml_backend_amx_mul_mat, `tileloadd`) dies with
+# SIGILL in every quantized matmul of a prompt. Build the venv on the machine that benchmarks. For a
+# portable AVX2 build instead:
 #   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" bash bench/setup_peers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,9 @@ LLAMA_VERSION=0.3.36
 [ -x "$VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$VENV"
 PIP=("$VENV/bin/python" -m pip install -c bench/peers-constraints.txt)
 "${PIP[@]}" torch==2.13.0
-export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAMA_CURL=OFF"}
+export CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=ON -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF"}
+# gcc: an explicit -mno-* wins over what -march=native implies, whatever the order
+export CFLAGS=${CFLAGS:-"-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"} CXXFLAGS=${CXXFLAGS:-"-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"}
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 "${PIP[@]}" --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION"
 "${PIP[@]}" "ctranslate2==4.8.5" "optimum-intel[openvino,nncf]==2.2.0"
