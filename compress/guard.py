@@ -20,7 +20,7 @@ validation stays light.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
@@ -51,12 +51,19 @@ class Guarded(BaseModel):
     """
 
     guard: GuardConfig = Field(default_factory=GuardConfig, description="divergence guard (compress.guard)")
+    # Other keys of the subclass left out the same way while they hold these values (options added
+    # later whose default leaves the results as they were, so old hashes stay valid).
+    omitted_when: ClassVar[dict[str, Any]] = {}
 
     @model_serializer(mode="wrap")
     def _omit_default_guard(self, handler: Any) -> Any:
         out = handler(self)
-        if isinstance(out, dict) and self.guard == GuardConfig():
-            out.pop("guard", None)
+        if isinstance(out, dict):
+            if self.guard == GuardConfig():
+                out.pop("guard", None)
+            for key, value in self.omitted_when.items():
+                if getattr(self, key) == value:
+                    out.pop(key, None)
         return out
 
 

@@ -87,6 +87,7 @@ class DistillConfig(StepConfig, Guarded):
     kind: ClassVar[str] = "distill"
     distributed: ClassVar[bool] = True  # under torchrun every rank trains it (DDP); rank 0 writes
     changes_weights: ClassVar[bool] = True
+    omitted_when: ClassVar[dict[str, object]] = {"fused_head": False}  # plans without it keep their hashes
 
     teacher: Teacher = Field("base", description="'base' (the plan's model), a model dir or an HF id")
     student: StudentInit | None = Field(None, description="default: the previous step's model")
@@ -109,6 +110,8 @@ class DistillConfig(StepConfig, Guarded):
     grad_accum: int = Field(1, ge=1, le=1024)
     grad_clip: float = Field(1.0, gt=0, le=1000)
     amp: Literal["bf16", "fp16", "off"] = Field("bf16", description="autocast dtype on CUDA; CPU trains in fp32")
+    fused_head: bool = Field(False, description="KL/CE from hidden states chunk by chunk, never the whole "
+                                                "(tokens, vocab) logits (distillation/fused_head.py)")
 
     eval_tokens: int = Field(16384, ge=0, le=10**8, description="tail of data.train held out for eval "
                                                                 "and early stopping; 0: no eval")

@@ -24,6 +24,7 @@ from compress import distributed as dist
 from compress.checkpoint import save_weights
 from compress.distillation.config import DistillConfig
 from compress.distillation.evaluate import heldout_eval, split_heldout
+from compress.distillation.fused_head import fused_head_losses
 from compress.distillation.losses import HiddenProjection, ce_loss, even_layer_map, hidden_loss, kl_loss
 from compress.errors import UserError
 from compress.training import LoopSpec, adamw, resume, sample_batch, train_loop
@@ -39,16 +40,25 @@ class Distiller(nn.Module):
         self.layer_map = layer_map  # teacher block for each student block; empty: no hidden loss
         self.projection = HiddenProjection(len(layer_map), student.config.n_embd, teacher_width)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor,
-                t_hidden: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t_logits: torch.Tensor | None,
+                t_hidden: tuple[torch.Tensor, ...] | None,
+                t_head: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """t_logits: the teacher's logits (B, T, V); with cfg.fused_head its final hidden states
+        (B, T, Ct) instead, and t_head its LM head weight (V, Ct)."""
         cfg, w = self.cfg, self.cfg.loss
-        out = self.student(input_ids=x, output_hidden_states=bool(self.layer_map))
-        logits = out.logits.flatten(0, 1)  # (B*T, V)
-        terms = {}
-        if w.kl:
-            terms["kl"] = kl_loss(logits, t_logits.flatten(0, 1), cfg.temperature)
-        if w.ce:
-            terms["ce"] = ce_loss(logits, y.flatten())
+        if cfg.fused_head:  # the head's logits are made and dropped chunk by chunk (fused_head.py)
+            out = self.student.transformer(input_ids=x, output_hidden_states=bool(self.layer_map))
+            terms = fused_head_losses(out.last_hidden_state.flatten(0, 1), self.student.lm_head.weight,
+                                      t_logits.flatten(0, 1) if w.kl else None, t_head,
+                                      y.flatten() if w.ce else None, cfg.temperature)
+        else:
+            out = self.student(input_ids=x, output_hidden_states=bool(self.layer_map))
+            logits = out.logits.flatten(0, 1)  # (B*T, V)
+            terms = {}
+            if w.kl:
+                terms["kl"] = kl_loss(logits, t_logits.flatten(0, 1), cfg.temperature)
+            if w.ce:
+                terms["ce"] = ce_loss(logits, y.flatten())
         if w.hidden:
             # hidden_states[k + 1] is block k's output (the last one after ln_f, in both models)
             per_layer = [hidden_loss(self.projection(i, out.hidden_states[i + 1].flatten(0, 1)),
@@ -175,19 +185,24 @@ def _train_step(model: nn.Module, teacher: GPT2LMHeadModel, ids: torch.Tensor, c
         batch = sample_batch(ids, micro, cfg.seq_len, cfg.seed, step * cfg.grad_accum + m, rank).to(device)
         x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            t_out = None
+            t_out = t_last = None
             if need_teacher:
                 with torch.no_grad():
-                    t_out = teacher(input_ids=x, output_hidden_states=need_hidden)
+                    if cfg.fused_head:  # the body only: its head runs inside the fused loss
+                        t_out = teacher.transformer(input_ids=x, output_hidden_states=need_hidden)
+                        t_last = t_out.last_hidden_state  # (B, T, Ct)
+                    else:
+                        t_out = teacher(input_ids=x, output_hidden_states=need_hidden)
+                        t_last = t_out.logits  # (B, T, V)
             # DDP all-reduces gradients only on the last micro-batch
             sync = m == cfg.grad_accum - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
             with nullcontext() if sync else model.no_sync():
-                loss, terms = model(x, y, t_out.logits if t_out is not None else None,
-                                    t_out.hidden_states if need_hidden else None)
+                loss, terms = model(x, y, t_last, t_out.hidden_states if need_hidden else None,
+                                    teacher.lm_head.weight if cfg.fused_head else None)
                 scaler.scale(loss / cfg.grad_accum).backward()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0) + v.detach().float() / cfg.grad_accum
-        del t_out  # free the teacher's logits before the next micro-batch
+        del t_out, t_last  # free the teacher's logits before the next micro-batch
     names = list(sums)
     avg = dist.mean_over_ranks(torch.stack([sums[k] for k in names]))
     return {k: float(v) for k, v in zip(names, avg)}
