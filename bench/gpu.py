@@ -108,7 +108,7 @@ def run_torch_steps(plan_path: Path, device: str, smoke: bool, work: Path):
     The export entries are dropped before the plan is parsed: their step kind is a plugin (entry point)
     that a plain checkout does not register."""
     from compress.errors import PlanError
-    from compress.plan import apply_override, parse_plan
+    from compress.plan import apply_overrides, parse_plan
     from compress.runner import run_plan
     from compress.yaml_io import read_yaml_file
 
@@ -117,12 +117,7 @@ def run_torch_steps(plan_path: Path, device: str, smoke: bool, work: Path):
     sets += SMOKE_SETS.get(plan_path.name, []) if smoke else []
     raw, _ = read_yaml_file(plan_path)
     raw["steps"] = [step for step in raw.get("steps") or [] if "export" not in step]
-    problems = []
-    for item in sets:
-        try:
-            apply_override(raw, item)
-        except ValueError as e:
-            problems.append(f"--set {item}: {e}")
+    problems = apply_overrides(raw, sets)
     if problems:
         raise PlanError(problems, source=str(plan_path))
     plan = parse_plan(raw, base_dir=plan_path.parent.resolve(), source=str(plan_path))

@@ -1,7 +1,8 @@
 """The side-by-side benchmark suite around the reference teacher: ours and the peers in one run.
 
-    python bench/run.py            # full held-out text, longer distillation
+    python bench/run.py            # 49k held-out tokens, the plan's full distillation
     python bench/run.py --quick    # 16k held-out tokens, short distillation: under 10 min on 2 cores
+    python bench/run.py --eval-tokens 0   # every held-out token (121k: llama.cpp alone scores at batch 1)
 
 Rows (every speed ratio is to torch fp32 eager of the same model, measured in this run, with
 latency rounds that visit every row in turn so load from other processes hits all rows alike):
@@ -40,7 +41,6 @@ import copy
 import datetime
 import importlib.util
 import json
-import platform
 import statistics
 from dataclasses import replace
 import sys
@@ -68,6 +68,10 @@ from evalsuite.size import bytes_on_disk  # noqa: E402
 DATA = HERE.parents[1] / "shared" / "data"
 TEACHER = DATA / "teachers" / "gpt2-6x384-corpus"
 STATIC_LEN = 256  # the static cache's positions: the perplexity windows (256) and prompt + decode (192)
+# Held-out tokens scored per row. The full run's 49,152 (40% of corpus/heldout, 192 windows) keep it
+# near 20 min on 2 cores: all 121k took llama.cpp alone ~10 min at batch 1, the 2026-12-02 full run
+# did not finish in 41. The pipeline's steps are scored on the same tokens.
+QUICK_EVAL_TOKENS, FULL_EVAL_TOKENS = 16_384, 49_152
 
 
 def sibling(name: str):
@@ -126,12 +130,15 @@ def peer_ortquantizer(model_dir: Path, out: Path):
     return bench_onnx.OrtRunner(path), path
 
 
-def pipeline(plan_path: Path, quick: bool, out: Path):
+def pipeline_overrides(quick: bool, eval_tokens: int) -> list[str]:
+    """The --set overrides of bench/pipeline.yaml in this bench; bench/speculative.py uses the same, so
+    its reused run directory is current (steps and their evaluation) and nothing is redone."""
+    overrides = [f"data.eval.max_tokens={eval_tokens or 'null'}", "eval.samples=null", "eval.latency.repeats=3"]
+    return overrides + (["steps.1.distill.tokens=16384"] if quick else [])
+
+
+def pipeline(plan_path: Path, overrides: list[str], out: Path):
     """Run the pipeline plan (bench/pipeline.yaml) with the plan runner; its last ONNX step is the row."""
-    overrides = [f"data.eval.max_tokens={16_384 if quick else 'null'}", "eval.samples=null",
-                 "eval.latency.repeats=3"]
-    if quick:
-        overrides += ["steps.1.distill.tokens=16384"]
     result = run_plan(load_plan(plan_path, overrides), out / "pipeline", progress=False)
     last = [m for m in result.metrics if m["backend"] == "onnxruntime"][-1]
     path = out / "pipeline" / last["step"] / "model.onnx"
@@ -233,6 +240,8 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16k eval tokens, short distillation, 3 latency rounds")
+    p.add_argument("--eval-tokens", type=int, help=f"held-out tokens every row is scored on (default "
+                   f"{QUICK_EVAL_TOKENS} quick, {FULL_EVAL_TOKENS} full; 0: all of them)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where <date>.md is written")
     p.add_argument("--teacher", type=Path, default=TEACHER, help="the model (default: the reference teacher)")
     p.add_argument("--heldout", type=Path, default=DATA / "corpus" / "heldout", help="evaluation text")
@@ -249,10 +258,15 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
     args.new_tokens, args.rounds = (16, 3) if args.quick else (64, 7)
+    if args.eval_tokens is None:
+        args.eval_tokens = QUICK_EVAL_TOKENS if args.quick else FULL_EVAL_TOKENS
+    if args.eval_tokens < 0:
+        print(f"--eval-tokens {args.eval_tokens}: must be >= 0 (0: all held-out tokens)", file=sys.stderr)
+        return 2
     started = datetime.datetime.now()
     teacher = load_model(args.teacher)
     eval_ids = tokenize(read_text(args.heldout), load_tokenizer(args.teacher))
-    eval_ids = eval_ids[:16_384] if args.quick else eval_ids
+    eval_ids = eval_ids[:args.eval_tokens] if args.eval_tokens else eval_ids
     ExportConfig = bench_onnx.ExportConfig
     notes: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
@@ -268,7 +282,8 @@ def main(argv=None) -> int:
             return runner, runner.path
 
         def run_pipeline():
-            runner, path, notes["pipeline"] = pipeline(args.pipeline, args.quick, args.work or tmp)
+            runner, path, notes["pipeline"] = pipeline(args.pipeline, pipeline_overrides(args.quick, args.eval_tokens),
+                                                       args.work or tmp)
             return runner, path
 
         teacher_rows = {
@@ -299,7 +314,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         f"# bench/run.py{' --quick' if args.quick else ''}, {started:%Y-%m-%d %H:%M}",
         "",
-        f"Host: {platform.machine()}, {torch.get_num_threads()} torch threads, copy bandwidth {bandwidth:.1f} GB/s "
+        f"Host: {hardware.host_cpu()}, {torch.get_num_threads()} torch threads, copy bandwidth {bandwidth:.1f} GB/s "
         f"(measured); torch {torch.__version__}. Perplexity on {eval_ids.numel():,} tokens of {args.heldout.name} "
         f"(256-token windows). Latency: batch 1, prompt 128, {args.new_tokens} decode steps, median of "
         f"{args.rounds} round-robin rounds. Ratios are to torch fp32 eager of the same model in this run; "
@@ -318,12 +333,18 @@ def main(argv=None) -> int:
         "",
         f"Wall time: {(datetime.datetime.now() - started).total_seconds() / 60:.1f} min.",
     ])
-    print("\n" + text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.md"
-    path.write_text(text + "\n")
-    print(f"\nwritten to {path}")
+    write_results(text, args.out, f"{started:%Y-%m-%d}{'-quick' if args.quick else ''}.md")
     return 0
+
+
+def write_results(text: str, out: Path, filename: str) -> Path:
+    """Print a bench's results and write them to out/filename (bench/results/ by default)."""
+    print("\n" + text, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    path.write_text(text + "\n")
+    print(f"\nwritten to {path}", flush=True)
+    return path
 
 
 def _peer_dynamic(model_dir: Path, out: Path):

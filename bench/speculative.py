@@ -2,7 +2,7 @@
 
     python bench/speculative.py            # 8 prompts, 5 rounds, k 1..8 and adaptive, both drafts
     python bench/speculative.py --quick    # 2 prompts, 1 round, k 2/4/6, short distillation
-    python bench/speculative.py --work runs/spec-bench   # keep the pipeline runs: a rerun skips them
+    python bench/speculative.py --work runs/bench --skip-variant   # reuse bench/run.py --work runs/bench's pipeline
 
 Target: the reference teacher (../shared/data/teachers/gpt2-6x384-corpus) exported to fp32 ONNX.
 Drafts: the final ONNX artifact of bench/pipeline.yaml (prune -> distill T=1 KL -> GPTQ int4 ->
@@ -20,7 +20,6 @@ import argparse
 import datetime
 from dataclasses import replace
 import importlib.util
-import platform
 import shutil
 import sys
 import tempfile
@@ -119,13 +118,10 @@ def gpt2_small_table(teacher_pair: dict, context: int) -> list[str]:
     return lines
 
 
-def run_pipeline(plan: Path, quick: bool, out: Path, reuse: Path | None = None):
-    """(runner, facts, ppl, summary) of a pipeline plan's final ONNX step, run by the plan runner. The
-    steps measure perplexity only (latency is what this script measures); `reuse` is another run of
-    the same plan head whose finished steps are copied in, so steps with equal hashes are not redone."""
-    overrides = [f"data.eval.max_tokens={8192 if quick else 'null'}", "eval.samples=null", "eval.latency=null"]
-    if quick:
-        overrides += ["steps.1.distill.tokens=16384"]
+def run_pipeline(plan: Path, overrides: list[str], out: Path, reuse: Path | None = None):
+    """(runner, facts, ppl, summary) of a pipeline plan's final ONNX step, run by the plan runner with
+    bench/run.py's overrides; `reuse` is another run of the same plan head (bench/run.py --work) whose
+    finished steps are copied in, so steps with equal hashes, and their evaluation, are not redone."""
     if reuse is not None and reuse != out and reuse.is_dir():
         shutil.copytree(reuse, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
     result = run_plan(load_plan(plan, overrides), out, progress=False)
@@ -143,12 +139,16 @@ def main(argv=None) -> int:
     p.add_argument("--pipeline", type=Path, default=HERE / "pipeline.yaml")
     p.add_argument("--ks", type=int, nargs="+", help="the k values to measure (default: 2 4 6 quick, 1..8 full)")
     p.add_argument("--skip-variant", action="store_true", help="only the pipeline's own draft")
+    p.add_argument("--eval-tokens", type=int, help="held-out tokens the drafts' steps are scored on (default: "
+                   "bench/run.py's, so a --work dir of bench/run.py is reused as it is)")
     args = p.parse_args(argv)
     if not (TEACHER / "config.json").exists():
         print(f"teacher not found at {TEACHER} (the reference needs ../shared/data beside the repo)", file=sys.stderr)
         return 1
     started = datetime.datetime.now()
-    bench_onnx = _bench_module("onnx")
+    bench_onnx, bench_run = _bench_module("onnx"), _bench_module("run")
+    if args.eval_tokens is None:
+        args.eval_tokens = bench_run.QUICK_EVAL_TOKENS if args.quick else bench_run.FULL_EVAL_TOKENS
     settings = (SpeculativeMeasureSettings(ks=(2, 4, 6), prompts=2, repeats=1, warmup=1) if args.quick else
                 SpeculativeMeasureSettings(ks=tuple(range(1, 9)), prompts=8, repeats=5, warmup=1, adaptive=True))
     if args.ks:
@@ -166,23 +166,23 @@ def main(argv=None) -> int:
         results, notes = {}, []
         for label, plan in drafts.items():
             print(f"building draft {label} ...", file=sys.stderr, flush=True)
-            draft, facts, ppl, summary = run_pipeline(plan, args.quick, work / label.split()[0],
-                                                      reuse=work / "pipeline")
+            overrides = bench_run.pipeline_overrides(args.quick, args.eval_tokens)
+            draft, facts, ppl, summary = run_pipeline(plan, overrides, work / label.split()[0], reuse=work / "pipeline")
             notes.append(f"- {label}: {facts.weight_bytes / 1e6:.1f} MB, ppl {ppl:.2f} on the held-out tokens; "
                          + "; ".join(f"{k}: {v}" for k, v in summary.items()))
             print(f"measuring {label} ...", file=sys.stderr, flush=True)
             results[label] = measure_speculative(target, draft, prompts, target_facts, facts, settings, DEVICES)
             # written after every draft, so a run stopped during the next one keeps what it measured
-            path = write_results(args, started, settings, target_facts, results, notes)
-    print(f"\nwritten to {path}")
+            write_results(bench_run, args, started, settings, target_facts, results, notes)
     return 0
 
 
-def write_results(args, started, settings, target_facts: ModelFacts, results: dict, notes: list[str]) -> Path:
+def write_results(bench_run, args, started, settings, target_facts: ModelFacts, results: dict,
+                  notes: list[str]) -> Path:
     first = next(iter(results.values()))
     text = "\n".join([
         f"# bench/speculative.py{' --quick' if args.quick else ''}, {started:%Y-%m-%d %H:%M}", "",
-        f"Host: {platform.machine()}, {first['protocol']['threads']} threads, copy bandwidth "
+        f"Host: {hardware.host_cpu()}, {first['protocol']['threads']} threads, copy bandwidth "
         f"{hardware.measure_host_bandwidth():.1f} GB/s (measured); torch {torch.__version__}. Target: the reference "
         f"teacher as fp32 ONNX ({target_facts.weight_bytes / 1e6:.1f} MB). Batch 1, {settings.prompts} prompts of "
         f"{settings.prompt} tokens from corpus/heldout, {settings.new_tokens} greedy tokens, median of "
@@ -194,11 +194,7 @@ def write_results(args, started, settings, target_facts: ModelFacts, results: di
         *gpt2_small_table(first, settings.prompt + settings.new_tokens), "",
         f"Wall time: {(datetime.datetime.now() - started).total_seconds() / 60:.1f} min.",
     ])
-    print("\n" + text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{started:%Y-%m-%d}-speculative{'-quick' if args.quick else ''}.md"
-    path.write_text(text + "\n")
-    return path
+    return bench_run.write_results(text, args.out, f"{started:%Y-%m-%d}-speculative{'-quick' if args.quick else ''}.md")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import argparse
 import datetime
 import importlib.util
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench
 import torch  # noqa: E402
 
 from compress.models import load_model, load_tokenizer  # noqa: E402
+from evalsuite import hardware  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402
 from evalsuite.latency import measure_latency  # noqa: E402
 from evalsuite.perplexity import perplexity  # noqa: E402
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     text = "\n".join([
         f"# bench/torch_static.py{' --quick' if args.quick else ''}, {started:%Y-%m-%d %H:%M}",
         "",
-        f"Host: {platform.machine()}, {torch.get_num_threads()} torch threads, load average {load[0]:.2f} at the "
+        f"Host: {hardware.host_cpu()}, {torch.get_num_threads()} torch threads, load average {load[0]:.2f} at the "
         f"start (shared machine: indicative); torch {torch.__version__}. Latency: batch 1, prompt 128, "
         f"{args.new_tokens} greedy decode steps, median of {args.rounds} round-robin rounds. Static cache: "
         f"{MAX_LEN} positions. ppl: first {eval_ids.numel():,} tokens of {args.heldout.name}, {MAX_LEN}-token "
@@ -134,11 +134,7 @@ def main(argv=None) -> int:
         "",
         f"Wall time: {(datetime.datetime.now() - started).total_seconds() / 60:.1f} min.",
     ])
-    print("\n" + text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{started:%Y-%m-%d}-torch-static{'-quick' if args.quick else ''}.md"
-    path.write_text(text + "\n")
-    print(f"\nwritten to {path}")
+    bench_run().write_results(text, args.out, f"{started:%Y-%m-%d}-torch-static{'-quick' if args.quick else ''}.md")
     return 0
 
 

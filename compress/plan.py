@@ -189,14 +189,20 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     raw, root = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise PlanError(["the plan must be a YAML mapping (name:, model:, data:, steps:)"], source=str(path))
+    problems = apply_overrides(raw, overrides)
+    lines = _node_lines(root)
+    return parse_plan(raw, base_dir=path.parent.resolve(), source=str(path), lines=lines, problems=problems)
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Apply every `a.b=v` override to a raw plan in place; one problem line per override refused."""
     problems = []
     for item in overrides:
         try:
             apply_override(raw, item)
         except ValueError as e:
             problems.append(f"--set {item}: {e}")
-    lines = _node_lines(root)
-    return parse_plan(raw, base_dir=path.parent.resolve(), source=str(path), lines=lines, problems=problems)
+    return problems
 
 
 def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | None = None,

@@ -28,6 +28,7 @@ import platform
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,27 @@ def measure_host_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5) -> floa
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - t0)
     return 2 * n_bytes / best / 1e9
+
+
+@lru_cache(maxsize=1)
+def host_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """This machine's CPU for a results file: /proc/cpuinfo's model name, family/model and its widest
+    vector ISA ("AMD EPYC (family 25, model 17), AVX-512 + VNNI"), since VMs differ 2-4x on one plan."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:  # not Linux: what platform knows
+        return platform.processor() or platform.machine()
+    info: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if not key.strip() and info:
+            break  # the first processor's block is enough
+        info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    isa = ("AVX-512" + (" + VNNI" if "avx512_vnni" in flags else "") + (" + AMX" if "amx_tile" in flags else "")
+           if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
+    return (f"{info.get('model name', platform.machine())} (family {info.get('cpu family', '?')}, "
+            f"model {info.get('model', '?')}), {isa}")
 
 
 def host_target() -> Target:

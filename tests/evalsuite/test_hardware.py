@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
 from evalsuite import hardware
@@ -58,3 +60,16 @@ def test_roofline_fraction():
 def test_host_bandwidth_is_measured():
     bw = hardware.measure_host_bandwidth(n_bytes=4 * 2**20, repeats=2)
     assert 0.1 < bw < 10_000  # GB/s: any real machine lands here
+
+
+def test_host_cpu_names_the_model_and_its_widest_vector_isa(tmp_path):
+    block = "processor\t: {n}\nmodel name\t: {name}\ncpu family\t: {fam}\nmodel\t\t: {model}\nflags\t\t: {flags}\n\n"
+    zen4 = tmp_path / "zen4"
+    zen4.write_text(block.format(n=0, name="AMD EPYC", fam=25, model=17, flags="fpu avx2 avx512f avx512_vnni")
+                    + block.format(n=1, name="other", fam=1, model=1, flags="fpu"))
+    assert hardware.host_cpu(zen4) == "AMD EPYC (family 25, model 17), AVX-512 + VNNI"
+    rome = tmp_path / "rome"
+    rome.write_text(block.format(n=0, name="AMD EPYC 7B12", fam=23, model=49, flags="fpu avx avx2 fma"))
+    assert hardware.host_cpu(rome) == "AMD EPYC 7B12 (family 23, model 49), AVX2"
+    # no /proc/cpuinfo (not Linux): platform's answer, never an error
+    assert hardware.host_cpu(tmp_path / "missing") == (platform.processor() or platform.machine())
