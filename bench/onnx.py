@@ -79,12 +79,13 @@ def ours(model, cfg: ExportConfig, records: dict, out: Path, plain: bool = False
     return open_runner(path)
 
 
-def pipeline_int4(model, out: Path) -> tuple[OrtRunner, TorchRunner]:
-    """The plan's path: quantize step (RTN int4 g128), saved and reloaded, then exported from its integers."""
+def pipeline_int4(model, out: Path, method: str = "rtn", calib=None) -> tuple[OrtRunner, TorchRunner]:
+    """The plan's path: quantize step (int4 g128, the head too; `calib`: token ids for gptq), saved and
+    reloaded, then exported from its integers."""
     from compress.quantization import QuantizeConfig, quantize, quantized_linears
 
-    cfg = QuantizeConfig(method="rtn", bits=4, group_size=128, lm_head="int4")
-    qdir = save_model(quantize(copy.deepcopy(model), cfg), out / "quantized")
+    cfg = QuantizeConfig(method=method, bits=4, group_size=128, lm_head="int4")
+    qdir = save_model(quantize(copy.deepcopy(model), cfg, calib), out / "quantized")
     qmodel = load_model(qdir)
     runner = ours(qmodel, ExportConfig(), quantized_linears(qdir), out / "onnx")
     return runner, TorchRunner(qmodel)

@@ -18,7 +18,8 @@ latency rounds that visit every row in turn so load from other processes hits al
     ours: ORT int8 / ORT int4              export step with ONNX Runtime's MatMulNBits on the fp32 model, run
                                            on its fused decode graph (model_decode.onnx, export.decode_graph)
     ours: ORT int4, plain graph            the same export's model.onnx (OrtRunner): what the fused graph gains
-    ours: quantize rtn int4 -> ORT         the quantize step's integers written as MatMulNBits
+    ours: quantize rtn / gptq int4 -> ORT  the quantize step's integers (g128, the head too; gptq
+                                           calibrated on --train) written as MatMulNBits
     peer: optimum + ORT dynamic int8       optimum-cli export onnx, quantize_dynamic with defaults
     peer: optimum ORTQuantizer avx512_vnni optimum's own quantizer, AutoQuantizationConfig.avx512_vnni (dynamic)
     peer: optimum + ORT MatMulNBits int4   ORT's MatMulNBitsQuantizer on optimum's export, as a user would
@@ -245,6 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results", help="where <date>.md is written")
     p.add_argument("--teacher", type=Path, default=TEACHER, help="the model (default: the reference teacher)")
     p.add_argument("--heldout", type=Path, default=DATA / "corpus" / "heldout", help="evaluation text")
+    p.add_argument("--train", type=Path, default=DATA / "corpus" / "train", help="calibration text (gptq row)")
     p.add_argument("--pipeline", type=Path, default=HERE / "pipeline.yaml", help="the plan of the pipeline row")
     p.add_argument("--work", type=Path, help="keep the pipeline's run directory here (bench/speculative.py --work "
                                              "reuses it as its draft); default: a temporary dir")
@@ -277,8 +279,9 @@ def main(argv=None) -> int:
             runner = bench_onnx.ours(model, cfg, {}, tmp / name, plain)  # the fused decode graph unless plain
             return runner, runner.path
 
-        def quant_step_int4():
-            runner, _ = bench_onnx.pipeline_int4(teacher, tmp / "q4")
+        def quant_step_int4(method: str):
+            calib = tokenize(read_text(args.train)[:2_000_000], load_tokenizer(args.teacher))  # ~500k tokens
+            runner, _ = bench_onnx.pipeline_int4(teacher, tmp / f"q4-{method}", method, calib)
             return runner, runner.path
 
         def run_pipeline():
@@ -294,7 +297,8 @@ def main(argv=None) -> int:
             "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int8"), "t8"),
             "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4"),
             "ours: ORT int4, plain graph": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4p", plain=True),
-            "ours: quantize rtn int4 -> ORT": quant_step_int4,
+            "ours: quantize rtn int4 -> ORT": lambda: quant_step_int4("rtn"),
+            "ours: quantize gptq int4 -> ORT": lambda: quant_step_int4("gptq"),
             "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(args.teacher, tmp / "optimum"),
             "peer: optimum ORTQuantizer avx512_vnni": lambda: peer_ortquantizer(args.teacher, tmp / "optimum"),
             "peer: optimum + ORT MatMulNBits int4": lambda: peer_matmulnbits(args.teacher, tmp / "optimum"),

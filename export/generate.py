@@ -194,12 +194,13 @@ def generate_with_draft(runner: Runner, args: argparse.Namespace, ids: list[int]
     """Speculative decoding of `runner` with the --draft model: the same tokens as generate() when
     greedy, the same distribution when sampling (evalsuite.speculative)."""
     from evalsuite.errors import EvalInputError
-    from evalsuite.speculative import SpeculativeSettings, speculative_generate
+    from evalsuite.speculative import SpeculativeSettings, speculative_generate, turn_taking
 
     k = 4 if args.k is None else args.k
     if not 1 <= k <= 64:
         raise UserError(f"-k: must be in 1..64 (got {k})")
     draft, _ = open_any(args.draft, args.device, args.threads)
+    runner, draft = turn_taking(runner), turn_taking(draft)  # sessions that do not spin against each other
     print(f"[draft: {draft.backend} on {draft.device}: {args.draft}, k={k}"
           f"{' (adaptive)' if args.adaptive else ''}]", file=sys.stderr)
     try:

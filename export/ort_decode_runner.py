@@ -50,13 +50,14 @@ class OrtDecodeRunner:
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 vocab_size: int | None = None, max_positions: int | None = None, slack: int = SLACK):
+                 vocab_size: int | None = None, max_positions: int | None = None, slack: int = SLACK,
+                 spin_wait: bool = True):
         if device != "cpu":
             raise UserError(f"{path}: the fused decode graph runs on ONNX Runtime's CPU provider; use model.onnx "
                             f"(OrtRunner) on {device}")
         self.path = Path(path)
         self.device = device
-        self.session = make_session(self.path, device, threads)
+        self.session = make_session(self.path, device, threads, spin_wait)
         self.threads = self.session.get_session_options().intra_op_num_threads
         inputs = {i.name: i for i in self.session.get_inputs()}
         first = inputs.get(PAST.format(kind="key", layer=0))
@@ -71,6 +72,12 @@ class OrtDecodeRunner:
         self.slack = slack
 
     # -- the cache ---------------------------------------------------------------------------------
+
+    def without_spin_wait(self) -> "OrtDecodeRunner":
+        """The same graph in a session whose idle threads sleep, for taking turns with another session
+        on the same cores (evalsuite.speculative.turn_taking)."""
+        return OrtDecodeRunner(self.path, self.device, self.threads, self.vocab_size, self.max_positions, self.slack,
+                               spin_wait=False)
 
     def empty_past(self, batch: int, capacity: int) -> DecodePast:
         shape = (batch, self.n_head, capacity, self.head_dim)  # (B, nh, capacity, hs)

@@ -43,10 +43,11 @@ class OrtRunner:
     backend = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None,
-                 vocab_size: int | None = None, max_positions: int | None = None):
+                 vocab_size: int | None = None, max_positions: int | None = None,
+                 spin_wait: bool = True):
         self.path = Path(path)
         self.device = device
-        self.session = make_session(self.path, device, threads)
+        self.session = make_session(self.path, device, threads, spin_wait)
         self.threads = self.session.get_session_options().intra_op_num_threads
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
@@ -63,6 +64,12 @@ class OrtRunner:
         config = config_beside(self.path)
         self.vocab_size = int(vocab_size or config.get("vocab_size") or self.session.get_outputs()[0].shape[-1])
         self.max_positions = int(max_positions or config.get("n_positions") or 1024)
+
+    def without_spin_wait(self) -> "OrtRunner":
+        """The same graph in a session whose idle threads sleep, for taking turns with another session
+        on the same cores (evalsuite.speculative.turn_taking)."""
+        return OrtRunner(self.path, self.device, self.threads, self.vocab_size, self.max_positions,
+                         spin_wait=False)
 
     def empty_past(self, batch: int) -> OrtPast:
         shape = (batch, self.n_head, 0, self.head_dim)  # (B, nh, 0, hs)

@@ -24,10 +24,15 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spin_wait: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     # Pin intra-op threads like torch does, so torch/ORT comparisons use the same cores.
     opts.intra_op_num_threads = threads or torch.get_num_threads()
+    if not spin_wait:
+        # Idle threads sleep instead of spinning: two sessions taking turns on the same cores (a
+        # speculative target and draft) otherwise spin against each other, which doubled the target's
+        # verification calls on 2 cores (docs/speculative.md); a lone session decodes faster spinning.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -35,12 +40,13 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return opts
 
 
-def make_session(path: Path, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
+def make_session(path: Path, device: str = "cpu", threads: int | None = None,
+                 spin_wait: bool = True) -> ort.InferenceSession:
     """An InferenceSession; a missing, corrupt or invalid model is a one-line UserError."""
     if not path.is_file():
         raise UserError(f"{path}: no such ONNX file")
     try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device))
+        return ort.InferenceSession(str(path), session_options(threads, spin_wait), providers=providers_for(device))
     except (InvalidProtobuf, InvalidGraph, InvalidArgument, Fail) as e:
         first = str(e).strip().splitlines()[0][:300]
         raise UserError(f"{path}: ONNX Runtime cannot load this model ({first})") from None

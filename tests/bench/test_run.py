@@ -44,13 +44,14 @@ def test_suite_builds_and_measures_every_row(tmp_path, byte_tokenizer):
 
     out = tmp_path / "results"
     assert bench_run.main(["--quick", "--teacher", str(model_dir), "--heldout", str(tmp_path / "heldout.txt"),
-                           "--pipeline", str(plan), "--skip-gpt2-small", "--skip-peers", "--out", str(out)]) == 0
+                           "--train", str(tmp_path / "train.txt"), "--pipeline", str(plan), "--skip-gpt2-small", "--skip-peers", "--out", str(out)]) == 0
     (result,) = out.glob("*-quick.md")
     table = [line for line in result.read_text().splitlines() if line.startswith("| teacher 2x128 |")]
     assert [line.split(" | ")[1] for line in table] == [
         "torch fp32 eager", "torch fp32 static cache", "torch fp32 static + compile",
         "ours: pipeline -> ORT int4", "ours: ORT int8 (MatMulNBits)",
-        "ours: ORT int4 (MatMulNBits)", "ours: quantize rtn int4 -> ORT", "peer: optimum + ORT dynamic int8",
+        "ours: ORT int4 (MatMulNBits)", "ours: ORT int4, plain graph", "ours: quantize rtn int4 -> ORT",
+        "ours: quantize gptq int4 -> ORT", "peer: optimum + ORT dynamic int8",
         "peer: optimum ORTQuantizer avx512_vnni", "peer: optimum + ORT MatMulNBits int4", "peer: bnb int8 (torch)",
         "peer: bnb nf4 (torch)", "peer: torch dynamic int8"]
     for line in table:

@@ -14,7 +14,7 @@ from compress.errors import UserError
 from compress.models import load_model, save_model, tiny_model
 from evalsuite.runner import TorchRunner
 from evalsuite.samples import greedy
-from evalsuite.speculative import SpeculativeSettings, speculative_generate
+from evalsuite.speculative import SpeculativeSettings, speculative_generate, turn_taking
 from export.decode_graph import DECODE_FILE, build_decode_graph, build_for_export, unsupported
 from export.onnx import save_onnx
 from export.ort_decode_runner import OrtDecodeRunner
@@ -157,6 +157,11 @@ def test_speculative_greedy_through_the_fused_runner_is_the_targets_greedy(model
         for k in (1, 4):
             got = speculative_generate(target, draft, prompt, SpeculativeSettings(k=k, max_new_tokens=20))
             assert got.tokens == want, (k, prompt)
+    paired = turn_taking(target)  # the decode graph's non-spinning session: the same graph, the same text
+    assert isinstance(paired, OrtDecodeRunner) and paired.session.get_session_options().get_session_config_entry(
+        "session.intra_op.allow_spinning") == "0"
+    got = speculative_generate(paired, turn_taking(draft), [7], SpeculativeSettings(k=4, max_new_tokens=20))
+    assert got.tokens == greedy(TorchRunner(model), [7], 20)
 
 
 def test_open_runner_prefers_the_decode_graph_on_cpu(fp32):

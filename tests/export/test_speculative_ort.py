@@ -8,7 +8,7 @@ import torch
 from compress.models import tiny_model
 from evalsuite.runner import TorchRunner
 from evalsuite.samples import greedy
-from evalsuite.speculative import SpeculativeSettings, speculative_generate
+from evalsuite.speculative import SpeculativeSettings, speculative_generate, turn_taking
 from export.onnx import export_decoder, save_onnx
 from export.ort_runner import OrtRunner
 
@@ -55,3 +55,17 @@ def test_ort_rollback_equals_a_cache_that_never_saw_the_rest(runners):
     _, fresh = ort_target.forward(ids[:, :4])
     after_fresh, _ = ort_target.forward(torch.tensor([[11, 12]]), fresh)
     np.testing.assert_allclose(after_cut.numpy(), after_fresh.numpy(), atol=1e-6, rtol=0)
+
+
+def test_turn_taking_reopens_ort_runners_without_spin_wait_and_leaves_torch_alone(runners):
+    ort_target, torch_target = runners["ort"][0], runners["torch"][0]
+    paired = turn_taking(ort_target)
+    config = paired.session.get_session_options().get_session_config_entry
+    assert paired is not ort_target and config("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # unset: ORT's default, spinning (fastest alone)
+        ort_target.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    assert (paired.path, paired.threads, paired.vocab_size, paired.max_positions) == (
+        ort_target.path, ort_target.threads, ort_target.vocab_size, ort_target.max_positions)
+    ids = torch.tensor([[3, 9, 27, 81]])
+    np.testing.assert_array_equal(paired.forward(ids)[0].numpy(), ort_target.forward(ids)[0].numpy())
+    assert turn_taking(torch_target) is torch_target
