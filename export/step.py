@@ -180,7 +180,7 @@ def build_graph(cfg: ExportConfig, model: "nn.Module", records: dict,
     if cfg.fp16:
         graph = passes.to_fp16(graph)
     done["quantized_ops"] = onnx_quant.quantized_counts(graph)
-    log.info("export passes: %s", done)
+    log.debug("export passes: %s", done)  # step.json keeps it (info.passes); the console gets the summary
     return graph, done
 
 
@@ -312,7 +312,7 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     elif decode_io:
         validation[DECODE_KEY] = decode_io[DECODE_KEY]  # {"skipped": why}
     (ctx.out_dir / "validation.json").write_text(json.dumps(validation, indent=1) + "\n")
-    ctx.log.info("validation: %s", validation)
+    ctx.log.debug("validation: %s", validation)  # validation.json and the summary line carry it
     if validation.get(DECODE_KEY, {}).get("passed") is False:
         raise UserError(f"{ctx.name}: export validation failed: {decode_path.name}: "
                         f"{'; '.join(validation[DECODE_KEY]['problems'])}")
