@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import importlib.util
 import json
 import statistics
@@ -279,9 +280,13 @@ def main(argv=None) -> int:
             runner = bench_onnx.ours(model, cfg, {}, tmp / name, plain)  # the fused decode graph unless plain
             return runner, runner.path
 
-        def quant_step_int4(method: str):
-            calib = tokenize(read_text(args.train)[:2_000_000], load_tokenizer(args.teacher))  # ~500k tokens
-            runner, _ = bench_onnx.pipeline_int4(teacher, tmp / f"q4-{method}", method, calib)
+        @functools.cache
+        def calib_ids():  # tokenized once, for the rows that calibrate
+            return tokenize(read_text(args.train)[:2_000_000], load_tokenizer(args.teacher))  # ~500k tokens
+
+        def quant_step_int4(method: str, calibrates: bool):
+            runner, _ = bench_onnx.pipeline_int4(teacher, tmp / f"q4-{method}", method,
+                                                 calib_ids() if calibrates else None)
             return runner, runner.path
 
         def run_pipeline():
@@ -297,8 +302,8 @@ def main(argv=None) -> int:
             "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int8"), "t8"),
             "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4"),
             "ours: ORT int4, plain graph": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4p", plain=True),
-            "ours: quantize rtn int4 -> ORT": lambda: quant_step_int4("rtn"),
-            "ours: quantize gptq int4 -> ORT": lambda: quant_step_int4("gptq"),
+            "ours: quantize rtn int4 -> ORT": lambda: quant_step_int4("rtn", calibrates=False),
+            "ours: quantize gptq int4 -> ORT": lambda: quant_step_int4("gptq", calibrates=True),
             "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(args.teacher, tmp / "optimum"),
             "peer: optimum ORTQuantizer avx512_vnni": lambda: peer_ortquantizer(args.teacher, tmp / "optimum"),
             "peer: optimum + ORT MatMulNBits int4": lambda: peer_matmulnbits(args.teacher, tmp / "optimum"),
