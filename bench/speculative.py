@@ -40,7 +40,7 @@ from evalsuite.metrics import ModelFacts  # noqa: E402
 from evalsuite.size import gpt2_param_count  # noqa: E402
 from evalsuite.speculative_measure import (WORTH_IT, SpeculativeMeasureSettings, measure_speculative,  # noqa: E402
                                            projected_speedup, prompts_from)
-from compress.speculative_eval import artifact_facts  # noqa: E402
+from compress.measure import artifact_facts  # noqa: E402
 from export.ort_runner import open_runner  # noqa: E402
 
 DATA = HERE.parents[1] / "shared" / "data"

@@ -16,15 +16,13 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from compress.guard import Guarded
-from compress.hashing import digest, dir_digest
+from compress.hashing import digest
 from compress.model_shape import HUB_CONFIGS, Shape, source_shape
 from compress.models import is_local_source
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import ExistingPath, ModelSource, Strict
+from compress.step_inputs import StepInputs
 from compress.steps import StepConfig
-
-if TYPE_CHECKING:
-    from compress.plan import Plan
 
 
 class TrainTokenizer(Strict):
@@ -93,9 +91,15 @@ class LoadModel(StepConfig):
 
     kind: ClassVar[str] = "base"
     source: ClassVar[bool] = True
+    reads: ClassVar[frozenset[str]] = frozenset({"seed", "files"})  # files: the model and tokenizer dirs
 
     model: str  # a hub id, or a local directory (already checked and resolved by the plan)
     tokenizer: str | None = None  # the plan's `tokenizer:` (default: the model's own)
+
+    def local_dirs(self) -> dict[str, str]:
+        """The local directories this step reads, by role (their content is part of its hash)."""
+        dirs = {"model": self.model} if is_local_source(self.model) else {}
+        return dirs | ({"tokenizer": self.tokenizer} if self.tokenizer else {})
 
     def describe(self) -> str:
         return f"load {self.model}"
@@ -113,10 +117,9 @@ class LoadModel(StepConfig):
                                     f"{shape.n_positions} positions"))
         return replace(state, base=shape).with_shape(shape, {"*": origin}), problems
 
-    def content_hash(self, prev: str | None, plan: "Plan") -> str:
-        content = dir_digest(Path(self.model)) if is_local_source(self.model) else None
-        tok = dir_digest(Path(self.tokenizer)) if self.tokenizer else None
-        return digest("base", self.model, content, None, tok, plan.seed)
+    def content_hash(self, prev: str | None, inputs: StepInputs) -> str:
+        # a local directory by its files' content (inputs' files), a hub id by its name
+        return digest("base", None if is_local_source(self.model) else self.model, inputs.key())
 
 
 class PretrainBase(StepConfig):
@@ -124,9 +127,15 @@ class PretrainBase(StepConfig):
 
     kind: ClassVar[str] = "base"
     source: ClassVar[bool] = True
+    # eval_text: the held-out loss during training; files: a tokenizer directory
+    reads: ClassVar[frozenset[str]] = frozenset({"seed", "train", "eval_text", "files"})
 
     pretrain: PretrainConfig
     tokenizer: str | None = None  # the plan's `tokenizer:` (instead of pretrain.tokenizer)
+
+    def local_dirs(self) -> dict[str, str]:
+        tok = self.tokenizer or (self.pretrain.tokenizer if isinstance(self.pretrain.tokenizer, str) else None)
+        return {"tokenizer": tok} if tok else {}
 
     def describe(self) -> str:
         cfg = self.pretrain
@@ -141,14 +150,12 @@ class PretrainBase(StepConfig):
         origin = Origin(f"model.pretrain ({cfg.n_layer}x{cfg.n_embd}, {cfg.n_head} heads)")
         return replace(state, base=shape).with_shape(shape, {"*": origin}), []
 
-    def content_hash(self, prev: str | None, plan: "Plan") -> str:
-        train = plan.data.train.model_dump(mode="json") if plan.data.train else None
-        tok = dir_digest(Path(self.tokenizer)) if self.tokenizer else None
-        return digest("base", {"pretrain": self.pretrain.model_dump(mode="json")}, None, train, tok, plan.seed)
+    def content_hash(self, prev: str | None, inputs: StepInputs) -> str:
+        return digest("base", {"pretrain": self.pretrain.model_dump(mode="json")}, inputs.key())
 
 
-def source_step(plan: "Plan") -> StepConfig:
-    """The step that makes the plan's base model (step 0, `00-base`)."""
-    if isinstance(plan.model, PretrainModel):
-        return PretrainBase(pretrain=plan.model.pretrain, tokenizer=plan.tokenizer)
-    return LoadModel(model=plan.model, tokenizer=plan.tokenizer)
+def source_step(model: "ModelSpec", tokenizer: str | None) -> StepConfig:
+    """The step that makes the plan's base model (step 0, `00-base`) from its `model:` and `tokenizer:`."""
+    if isinstance(model, PretrainModel):
+        return PretrainBase(pretrain=model.pretrain, tokenizer=tokenizer)
+    return LoadModel(model=model, tokenizer=tokenizer)

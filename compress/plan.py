@@ -82,6 +82,11 @@ class DataConfig(Strict):
     eval: EvalData
 
 
+def step_names(plan: "Plan") -> list[str]:
+    """The run directory's step names: 00-base (the plan's model), then 01-<slug> for each step."""
+    return ["00-base"] + [f"{i:02d}-{s.slug()}" for i, s in enumerate(plan.steps, 1)]
+
+
 # -- evaluation ------------------------------------------------------------------------------------
 
 class LatencyConfig(Strict):
@@ -128,7 +133,7 @@ def speculative_problems(plan: "Plan") -> list[tuple[tuple, str]]:
     spec = plan.eval.speculative
     if spec is None:
         return []
-    names = ["00-base"] + [f"{i:02d}-{s.slug()}" for i, s in enumerate(plan.steps, 1)]  # = runner.step_names
+    names = step_names(plan)
     out = [(("eval", "speculative", key), f"no step named {value!r} (steps: {', '.join(names)})")
            for key, value in (("draft", spec.draft), ("target", spec.target)) if value not in names]
     if spec.draft == spec.target:

@@ -33,7 +33,7 @@ def check_steps(plan: "Plan") -> StepChecks:
     state = PlanState(train_data=plan.data.train is not None,
                       eval_seq_len=plan.data.eval.seq_len if plan.eval.perplexity else None,
                       latency=(lat.prompt, lat.new_tokens) if lat else None)
-    located = [(("model",), "model", source_step(plan))] + [
+    located = [(("model",), "model", source_step(plan.model, plan.tokenizer))] + [
         (("steps", i, s.kind), f"steps[{i}].{s.kind}", s) for i, s in enumerate(plan.steps)]
     for loc, at, step in located:
         state, problems = step.check(replace(state, at=at))

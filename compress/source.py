@@ -29,14 +29,14 @@ def pretrain_base(cfg: PretrainBase, ctx: StepContext) -> StepOutput:
     from compress.pretrain import gpt2_config, pretrain, train_tokenizer, total_steps
 
     p = cfg.pretrain
-    text = source_text(ctx.plan.data.train)
+    text = source_text(ctx.inputs.train.source)
     if cfg.tokenizer or isinstance(p.tokenizer, str):
         tokenizer = load_tokenizer(cfg.tokenizer or p.tokenizer)
     else:
         ctx.log.info("training a %d-token byte-level BPE tokenizer on data.train", p.tokenizer.vocab_size)
         tokenizer = train_tokenizer(text, p.tokenizer)
     train_ids = tokenize(text, tokenizer)
-    held_ids = tokenize(source_text(ctx.plan.data.eval), tokenizer)
+    held_ids = tokenize(source_text(ctx.inputs.eval.source), tokenizer)
     config = gpt2_config(p, len(tokenizer), tokenizer.eos_token_id)
     model = pretrain(p, config, train_ids, held_ids, checkpoint_dir=ctx.work_dir / "checkpoint",
                      tensorboard_dir=ctx.out_dir.parent / "tensorboard" / ctx.name, device=ctx.device,

@@ -10,44 +10,24 @@ hashes, the settings, the eval text), so a rerun that changed none of them measu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from compress.errors import UserError
-from compress.models import load_model
+from compress.hashing import digest
+from compress.measure import open_step
 from compress.plan import Plan
-from evalsuite.backends import BackendUnavailable, open_runner
+from compress.run_dir import write_json
+from evalsuite.backends import BackendUnavailable
 from evalsuite.errors import EvalInputError
-from evalsuite.metrics import ModelFacts, gpt2_facts
-from evalsuite.runner import Runner, TorchRunner
-from evalsuite.size import bytes_on_disk
 from evalsuite.speculative_measure import SpeculativeMeasureSettings, measure_speculative, prompts_from
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "speculative.json"
-
-
-def artifact_facts(artifact: Path, runner: Runner) -> ModelFacts:
-    """Roofline facts of an artifact (a model dir, or a file with config.json beside it) and its runner."""
-    config_dir = artifact if artifact.is_dir() else artifact.parent
-    facts = gpt2_facts(json.loads((config_dir / "config.json").read_text()), bytes_on_disk(config_dir, weights_only=True))
-    return replace(facts, gathered_bytes=int(getattr(runner, "gathered_weight_bytes", 0)))
-
-
-def open_step(step_dir: Path, device: str) -> tuple[Runner, ModelFacts]:
-    """The runner of a finished step's artifact and the roofline facts of it."""
-    info = json.loads((step_dir / "step.json").read_text())
-    artifact = step_dir / (info.get("artifact") or info.get("model_dir"))
-    backend = info.get("backend", "torch")
-    runner = TorchRunner(load_model(artifact), device) if backend == "torch" else open_runner(backend, artifact, device)
-    return runner, artifact_facts(artifact, runner)
 
 
 def measurement_settings(plan: Plan) -> SpeculativeMeasureSettings:
@@ -58,23 +38,21 @@ def measurement_settings(plan: Plan) -> SpeculativeMeasureSettings:
 
 
 def attach_speculative(plan: Plan, run_dir: Path, rows: list[dict[str, Any]], device: str,
-                       eval_ids: Callable[[], torch.Tensor]) -> dict[str, Any]:
+                       eval_ids: Callable[[], torch.Tensor], eval_text_digest: str) -> dict[str, Any]:
     """Measure (or reuse) eval.speculative and put the result on the target step's row."""
     spec = plan.eval.speculative
     target_dir, draft_dir = run_dir / spec.target, run_dir / spec.draft
     settings = measurement_settings(plan)
-    key = _key([json.loads((d / "step.json").read_text())["hash"] for d in (target_dir, draft_dir)],
-               spec.model_dump(mode="json"), settings.__dict__, plan.data.eval.model_dump(mode="json"),
-               list(plan.eval.targets))
+    key = digest([json.loads((d / "step.json").read_text())["hash"] for d in (target_dir, draft_dir)],
+                 spec.model_dump(mode="json"), settings.__dict__, eval_text_digest,
+                 plan.data.eval.model_dump(mode="json", exclude={"path"}), list(plan.eval.targets))
     path = run_dir / RESULT_FILE
     cached = json.loads(path.read_text()) if path.is_file() else {}
     if cached.get("key") == key:
         result = cached["result"]
     else:
         result = _measure(spec.target, spec.draft, target_dir, draft_dir, settings, plan, device, eval_ids)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"key": key, "result": result}, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_json(path, {"key": key, "result": result})
     row = next(r for r in rows if r["step"] == spec.target)
     row["speculative"] = result
     return result
@@ -100,6 +78,3 @@ def _measure(target_name: str, draft_name: str, target_dir: Path, draft_dir: Pat
                     "(numerics of the batched verification); see the report")
     return {**result, "draft_step": draft_name}
 
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -27,12 +27,11 @@ from pydantic import BaseModel, ConfigDict
 from compress.errors import UserError
 from compress.hashing import digest
 from compress.plan_state import Check, PlanState
+from compress.step_inputs import StepInputs
 
 if TYPE_CHECKING:
     import torch  # annotations only: plan validation must not import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
-
-    from compress.plan import Plan
 
 # compress's own modules whose import registers step handlers (and so plan keys).
 BUILTIN_STEP_MODULES: tuple[str, ...] = (
@@ -54,6 +53,9 @@ class StepConfig(BaseModel):
     kind: ClassVar[str]  # the plan key: `- prune: {...}`
     source: ClassVar[bool] = False  # makes the run's first model from nothing (the `model:` of the plan)
     changes_weights: ClassVar[bool] = False  # its model is compared with its input's (eval.max_ppl_ratio)
+    # The plan inputs the step reads (compress.step_inputs): the runner hands it these and no others,
+    # and its content hash covers exactly them, by content.
+    reads: ClassVar[frozenset[str]] = frozenset({"seed", "train"})
 
     def slug(self) -> str:
         """The step directory's suffix: `01-<slug>`."""
@@ -69,18 +71,17 @@ class StepConfig(BaseModel):
         of this step with the model it receives (`state`: its shape, quantization, who made them)."""
         return state, []
 
-    def content_hash(self, prev: str | None, plan: "Plan") -> str:
-        """The hash that decides whether the step's directory can be reused: its config, its input's
-        hash, the training text and the seed."""
-        train = plan.data.train.model_dump(mode="json") if plan.data.train else None
-        return digest(prev, self.kind, self.model_dump(mode="json"), train, plan.seed)
+    def content_hash(self, prev: str | None, inputs: StepInputs) -> str:
+        """The hash that decides whether the step's directory can be reused: its input's hash, its kind
+        and config, and the plan inputs it declared (texts by content)."""
+        return digest(prev, self.kind, self.model_dump(mode="json"), inputs.key())
 
 
 @dataclass
 class StepContext:
     """What a step handler gets besides its config."""
 
-    plan: "Plan"
+    inputs: StepInputs  # the plan inputs the step declared (seed, data.train, ...), nothing else of the plan
     name: str  # run-dir name of this step, e.g. "01-prune"
     out_dir: Path  # write outputs here; renamed into place only when the step succeeds
     work_dir: Path  # survives a killed run: checkpoints for resuming long steps
@@ -108,13 +109,17 @@ class StepContext:
 
     def train_ids(self) -> torch.Tensor:
         """The plan's training text (data.train) as one token stream."""
-        if self.plan.data.train is None:
+        if self.inputs.train is None:
             raise UserError(f"step {self.name} needs training text: set data.train in the plan")
-        return self._tokens("train_ids", self.plan.data.train)
+        return self._tokens("train_ids", self.inputs.train.source)
 
     def eval_ids(self) -> torch.Tensor:
         """The plan's evaluation text (data.eval) as one token stream."""
-        return self._tokens("eval_ids", self.plan.data.eval)
+        return self._tokens("eval_ids", self.inputs.eval.source)
+
+    @property
+    def has_train_text(self) -> bool:
+        return self.inputs.train is not None
 
     def _tokens(self, key: str, source) -> torch.Tensor:
         if key not in self.cache:

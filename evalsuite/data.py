@@ -32,17 +32,38 @@ def read_text(path: str | Path, max_chars: int | None = None) -> str:
     """The text of a file, or of every text file in a directory (sorted by name, joined)."""
     path = Path(path).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES)
-        if not files:
-            raise EvalInputError(f"{path}: directory has no text files ({', '.join(TEXT_SUFFIXES)})")
-        text = JOIN.join(f.read_text(encoding="utf-8") for f in files)
-    elif path.is_file():
-        text = path.read_text(encoding="utf-8")
+        text = JOIN.join(_read_regular(f) for f in text_files(path))
+    elif path.exists():
+        text = _read_regular(path)
     else:
         raise EvalInputError(f"{path}: no such file or directory")
     if not text.strip():
         raise EvalInputError(f"{path}: the text is empty")
     return text[:max_chars] if max_chars else text
+
+
+def text_files(path: Path) -> list[Path]:
+    """The text files of a directory that read_text joins, sorted by name."""
+    files = sorted(p for p in Path(path).iterdir() if p.suffix in TEXT_SUFFIXES and not p.is_dir())
+    if not files:
+        raise EvalInputError(f"{path}: directory has no text files ({', '.join(TEXT_SUFFIXES)})")
+    return files
+
+
+MAX_TEXT_BYTES = 2 << 30  # one text file: more would not fit the token stream in memory anyway
+
+
+def _read_regular(path: Path) -> str:
+    """A regular file's text; FIFOs, devices and sockets are refused unopened (they can block forever)."""
+    if not path.is_file():
+        raise EvalInputError(f"{path}: is not a regular file; text sources must be regular files")
+    size = path.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise EvalInputError(f"{path}: {size:,} bytes of text is more than the {MAX_TEXT_BYTES:,} a source may hold")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise EvalInputError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
 
 
 def hf_text(dataset: str, name: str | None = None, split: str = "test", column: str = "text") -> str:

@@ -69,10 +69,8 @@ def profile_for(n_positions: int, seq_len: int | None = None, prompt: int = 128,
     return TensorRTProfile(batch=(1, batch, batch), prompt=(1, 1, longest), past=(0, past_opt, n_positions - 1))
 
 
-def plan_profile(plan: Any, n_positions: int) -> TensorRTProfile:
-    """profile_for with the plan's data.eval.seq_len and eval.latency (compress.plan.Plan)."""
-    lat = plan.eval.latency
-    seq_len = plan.data.eval.seq_len if plan.eval.perplexity else None
+def plan_profile(lat: Any, seq_len: int | None, n_positions: int) -> TensorRTProfile:
+    """profile_for with the plan's eval.latency (a LatencyConfig or None) and perplexity window."""
     if lat is None:
         return profile_for(n_positions, seq_len, prompt=1, new_tokens=0)
     return profile_for(n_positions, seq_len, lat.prompt, lat.new_tokens, lat.batch)

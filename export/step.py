@@ -56,6 +56,8 @@ class ExportConfig(StepConfig):
     """Export the current model as one ONNX decoder with KV cache (and, for tensorrt, build an engine)."""
 
     kind: ClassVar[str] = "export"  # makes an artifact; the next step gets the same torch model
+    # train: dynamic-int8's outlier check; eval: validation windows; latency: the TensorRT profile
+    reads: ClassVar[frozenset[str]] = frozenset({"seed", "train", "eval", "latency"})
 
     format: Literal["onnx", "tensorrt"] = "onnx"
     opset: int = Field(18, ge=14, le=21, description="ONNX opset (optimum recommends >= 18 for GPT-2)")
@@ -132,12 +134,6 @@ class ExportConfig(StepConfig):
 
             problems += plan_check(self, state)
         return replace(state, artifact=self.format), problems
-
-    def content_hash(self, prev: str | None, plan: "Plan") -> str:
-        # hashed with the kv_cache: true every export had before the key was dropped, so that runs made
-        # before keep their export steps
-        train = plan.data.train.model_dump(mode="json") if plan.data.train else None
-        return digest(prev, self.kind, {**self.model_dump(mode="json"), "kv_cache": True}, train, plan.seed)
 
 
 def _quantized_records(model_dir: Path) -> dict:
@@ -234,9 +230,10 @@ def measure_file(cfg: ExportConfig, onnx_path: Path, model: "nn.Module", records
         return {**shipped, "reference": reference, "ran": False, "passed": None,
                 "reason": f"ONNX Runtime cannot run this TensorRT graph, so it is checked only statically "
                           f"here and by TensorRT when it builds: {e}"}
-    budget = min(cfg.validation.tokens, ctx.plan.data.eval.max_tokens or cfg.validation.tokens)
+    evaluation = ctx.inputs.eval.data
+    budget = min(cfg.validation.tokens, evaluation.max_tokens or cfg.validation.tokens)
     eval_ids = ctx.eval_ids()[:budget]  # the run's tokenized eval stream
-    result = validate(TorchRunner(model, ctx.device), runner, eval_ids, ctx.plan.data.eval.seq_len,
+    result = validate(TorchRunner(model, ctx.device), runner, eval_ids, evaluation.seq_len,
                       cfg.validation.windows, limits, reference)
     return {**shipped, "runtime": f"onnxruntime on {runner.device}", "ran": True, **result.as_dict()}
 
@@ -288,14 +285,14 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
         raise UserError(f"{ctx.name}: quantize: {cfg.quantize} on a model already quantized ({ctx.input_dir})")
     model = ctx.load_input()
     outliers = None
-    if cfg.quantize == "dynamic-int8" and ctx.plan.data.train is not None:  # check, then smooth, in torch
-        from compress.quantization.outlier_guard import OutlierRefusal, step_key
+    if cfg.quantize == "dynamic-int8" and ctx.has_train_text:  # check, then smooth, in torch
+        from compress.quantization.outlier_guard import OutlierRefusal
         from compress.quantization.smooth_dynamic import prepare_ort_dynamic
 
         try:
             outliers = prepare_ort_dynamic(model, ctx.train_ids(), cfg.smooth, cfg.allow_outliers, "export")
         except OutlierRefusal as e:
-            raise e.at(step_key(ctx.plan, cfg, ctx.name)) from None
+            raise e.at(ctx.inputs.step_key) from None
     graph, done = build_graph(cfg, model, records, ctx.log)
     onnx_path = save_onnx(graph, ctx.out_dir / ONNX_FILE)  # the file that ships: nothing rewrites it after
     io = describe_io(graph)

@@ -57,13 +57,13 @@ def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOpt
     precision: Precision = cfg.precision or "fp16"
     step_dir = onnx_path.parent
     n_positions = int(json.loads((step_dir / "config.json").read_text())["n_positions"])
-    profile = cfg.profile or plan_profile(ctx.plan, n_positions)
+    lat, seq_len = ctx.inputs.latency, ctx.inputs.eval.seq_len
+    profile = cfg.profile or plan_profile(lat, seq_len, n_positions)
     graph = onnx.load(str(onnx_path))
     qdq = qdq or {}
     findings = check_model(graph, precision, profile, options.target)
-    lat = ctx.plan.eval.latency
-    problems = profile_problems(profile, n_positions, ctx.plan.data.eval.seq_len if ctx.plan.eval.perplexity else None,
-                                lat.prompt if lat else None, lat.new_tokens if lat else None)
+    problems = profile_problems(profile, n_positions, seq_len, lat.prompt if lat else None,
+                                lat.new_tokens if lat else None)
     bad = [str(f) for f in errors(findings)] + [f"error: [profile] {p}" for p in problems]
     if bad:
         raise UserError(f"{onnx_path}: {len(bad)} problem(s) for TensorRT {options.target}:\n  " + "\n  ".join(bad))

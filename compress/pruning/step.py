@@ -13,7 +13,7 @@ def run_prune(cfg: PruneConfig, ctx: StepContext) -> StepOutput:
     model = ctx.load_input()
     # Calibration text: needed by taylor/activation; magnitude/random use it for the LayerNorm correction.
     wants_text = not cfg.prunes_nothing() and (
-        cfg.importance in CALIBRATED or (cfg.correct_layernorm and ctx.plan.data.train is not None))
+        cfg.importance in CALIBRATED or (cfg.correct_layernorm and ctx.has_train_text))
     calib = ctx.train_ids() if wants_text else None
     before, n_before = Shape.of_config(model.config), model.num_parameters()
     small, keep = prune_with_indices(model, cfg, calib)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compress.quantization.api import quantize
 from compress.quantization.config import QuantizeConfig
-from compress.quantization.outlier_guard import OutlierRefusal, step_key
+from compress.quantization.outlier_guard import OutlierRefusal
 from compress.steps import StepContext, StepOutput, register_step
 from evalsuite.size import bytes_on_disk
 
@@ -14,13 +14,13 @@ def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
     model = ctx.load_input()
     m = cfg.quant_method
     # int8 activations per tensor: calibration also feeds the activation-outlier check (outlier_guard.py)
-    calib = ctx.train_ids() if m.calibrates or (m.int8_activations and ctx.plan.data.train is not None) else None
+    calib = ctx.train_ids() if m.calibrates or (m.int8_activations and ctx.has_train_text) else None
     if m.cpu_only and ctx.device.type != "cpu":
         ctx.log.info("%s runs on CPU only; quantizing on CPU", m.name)
     try:
         model = quantize(model, cfg, calib)
     except OutlierRefusal as e:  # name the plan key path; the step is not marked DONE
-        raise e.at(step_key(ctx.plan, cfg, ctx.name)) from None
+        raise e.at(ctx.inputs.step_key) from None
     outliers = model.config.quantization_config["gpt2_edge"].get("outliers")
     out = ctx.save_model(model.cpu() if m.cpu_only else model)
     before = bytes_on_disk(ctx.input_dir, weights_only=True)

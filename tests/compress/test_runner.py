@@ -11,7 +11,7 @@ from typing import ClassVar
 import pytest
 import torch
 
-from compress import data, runner
+from compress import data, run_dir, runner
 from compress.errors import PlanError, UserError
 from compress.plan import load_plan
 from compress.runner import dry_run, run_plan
@@ -174,8 +174,9 @@ def test_run_plan_passes_values_in_memory_and_tokenizes_once(tmp_path, monkeypat
                                                   "calib_tokens: 256}\n")
     (tmp_path / "plan.yaml").write_text(text)
     reads, texts = [], []
-    real_read, real_text = runner._read_json, data.source_text
-    monkeypatch.setattr(runner, "_read_json", lambda p: reads.append(p) or real_read(p))
+    real_read, real_text = run_dir.read_json, data.source_text
+    for module in (run_dir, runner):
+        monkeypatch.setattr(module, "read_json", lambda p: reads.append(p) or real_read(p))
     monkeypatch.setattr(data, "source_text", lambda s: texts.append(s) or real_text(s))
     result = run_plan(load_plan(tmp_path / "plan.yaml"), tmp_path / "run", progress=False)
     assert [r.status for r in result.records] == ["ran", "ran", "ran"]
