@@ -61,6 +61,15 @@ class Sparsity:
 
 
 @dataclass(frozen=True)
+class Factorized:
+    """The block projections a factorize step replaced by two low-rank matmuls (compress/lowrank)."""
+
+    by: str  # "steps[0].factorize"
+    method: str  # svd, whiten
+    layers: tuple[str, ...]  # the projections factorized ("attn.c_attn", ...)
+
+
+@dataclass(frozen=True)
 class PlanState:
     """The model as the next step will receive it, as far as the plan alone tells."""
 
@@ -75,6 +84,8 @@ class PlanState:
     quantized: Quantized | None = None
     artifact: str = "torch"  # what the last step produced: torch (a model dir), onnx, tensorrt
     sparsity: Sparsity | None = None  # zeros a sparsify step made (quantize keeps them; distill refills them)
+    factorized: Factorized | None = None  # low-rank factors (distill and export take them; prune, sparsify
+    #                                      and quantize do not)
 
     def origin(self, dim: str) -> Origin:
         """The step that made dimension `dim` (n_layer, n_embd, n_inner) of the current shape."""

@@ -55,6 +55,9 @@ class PruneConfig(StepConfig):
         if state.quantized is not None:
             return state, [Problem(f"prune needs a full-precision model: move it before {state.quantized.by}")]
         problems = []
+        if state.factorized is not None:
+            problems.append(Problem(f"prune slices dense projections; {state.factorized.by} made low-rank factors: "
+                                    "prune before factorize"))
         if state.sparsity is not None and state.sparsity.pattern is not None:
             problems.append(Problem(f"prune removes input channels of the {state.sparsity.pattern} groups that "
                                     f"{state.sparsity.by} made: prune before sparsify"))

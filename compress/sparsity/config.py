@@ -79,6 +79,9 @@ class SparsifyConfig(StepConfig):
         problems = []
         if state.quantized is not None:
             problems.append(Problem(f"sparsify needs a full-precision model: move it before {state.quantized.by}"))
+        if state.factorized is not None:
+            problems.append(Problem(f"sparsify prunes dense projections; {state.factorized.by} made low-rank factors: "
+                                    "sparsify or factorize, not both"))
         if METHODS[self.method].calibrates and not state.train_data:
             problems.append(Problem(f"{self.method} calibrates on data.train: set data.train in the plan", "method"))
         t = self.target
