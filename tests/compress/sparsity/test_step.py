@@ -4,7 +4,6 @@ sparsify 2:4 -> quantize gptq -> export tensorrt (the engine build checked stati
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,39 +11,20 @@ import pytest
 from onnx import numpy_helper
 
 from compress.errors import PlanError
-from compress.models import save_model, tiny_model
 from compress.plan import parse_plan
 from compress.runner import run_plan
 from compress.sparsity.pattern import holds, model_pattern
 
-DOCS = Path(__file__).resolve().parents[3] / "docs"
 
-
-@pytest.fixture(scope="module")
-def texts(tmp_path_factory):
-    """Train and eval text files from the repo's docs (the builtin python-docs text takes seconds to build)."""
-    d = tmp_path_factory.mktemp("text")
-    files = sorted(DOCS.glob("*.md"))
-    (d / "train.txt").write_text("\n".join(f.read_text() for f in files[1:]))
-    (d / "eval.txt").write_text(files[0].read_text())
-    return d
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, bytes_tokenizer, texts):
-    """A random tiny GPT-2 (2 x 64, 128 positions) saved with the byte tokenizer: nothing trains."""
-    path = save_model(tiny_model(seed=0, vocab_size=len(bytes_tokenizer)), tmp_path_factory.mktemp("tiny"),
-                      bytes_tokenizer)
-    return path, texts
+@pytest.fixture
+def tiny_dir(random_tiny_dir):
+    return random_tiny_dir
 
 
 def plan_dict(model, steps, train=True):
-    model_dir, texts = model
-    return {"name": "s", "model": str(model_dir),
-            "data": ({"train": {"path": str(texts / "train.txt")}} if train else {}) | {
-                "eval": {"path": str(texts / "eval.txt"), "seq_len": 64, "max_tokens": 300}},
-            "eval": {"latency": None},
-            "steps": steps}
+    from tests.conftest import text_plan
+
+    return text_plan(model, steps, train)
 
 
 @pytest.mark.parametrize("body,message", [
