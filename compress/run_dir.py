@@ -68,7 +68,7 @@ class Reuse:
     info: dict[str, Any] | None = None
 
 
-def check_reuse(step_dir: Path, h: str, input_outputs: str | None, verify: bool) -> Reuse:
+def check_reuse(step_dir: Path, h: str, made_from: str | None, verify: bool) -> Reuse:
     """Reuse step_dir only if its hash, its own files and its input are all the ones recorded."""
     if not (step_dir / DONE).exists():
         return Reuse(False)  # never finished (or never started): nothing to say
@@ -80,7 +80,7 @@ def check_reuse(step_dir: Path, h: str, input_outputs: str | None, verify: bool)
         return Reuse(False, "it was made by an older gpt2-edge that did not record its files")
     if info.get("hash") != h:
         return Reuse(False, "its config or the inputs it reads (data, model, seed) changed")
-    if info.get("input_outputs") != input_outputs:
+    if info.get("made_from") != made_from:
         return Reuse(False, "the step before it was made again with other results")
     outputs = info.get("outputs")
     if not isinstance(outputs, dict):

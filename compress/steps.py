@@ -66,6 +66,11 @@ class StepConfig(BaseModel):
         args = ", ".join(f"{k}={v}" for k, v in self.model_dump(exclude_defaults=True).items())
         return f"{self.kind}({args})"
 
+    def local_dirs(self) -> dict[str, str]:
+        """Local directories or files the step reads besides its input model (a teacher dir...), by role.
+        A step that has any declares "files" in `reads`: their content is then part of its hash."""
+        return {}
+
     def check(self, state: PlanState) -> Check:
         """Plan time, before any model loads: the state of the model this step leaves, and the problems
         of this step with the model it receives (`state`: its shape, quantization, who made them)."""

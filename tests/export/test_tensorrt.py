@@ -16,7 +16,8 @@ import torch
 
 from compress.errors import UserError
 from compress.models import tiny_model
-from compress.plan import EvalConfig, LatencyConfig
+from compress.plan import LatencyConfig
+from compress.step_inputs import EvalInput, StepInputs
 from compress.steps import StepContext
 from evalsuite.backends import BackendUnavailable, open_runner
 from export.tensorrt import ENGINE_JSON, SCRIPT, finish_step, main
@@ -66,8 +67,9 @@ def make_step_dir(tmp_path: Path, graph: onnx.ModelProto, model=None) -> Path:
 
 
 def context(step: Path, input_dir: Path, latency=LatencyConfig(prompt=32, new_tokens=16)):
-    plan = SimpleNamespace(eval=EvalConfig(latency=latency), data=SimpleNamespace(eval=SimpleNamespace(seq_len=64)))
-    return StepContext(plan=plan, name=step.name, out_dir=step, work_dir=step, input_dir=input_dir,
+    inputs = StepInputs(declared=frozenset({"eval", "latency"}), _latency=latency,
+                        _eval=EvalInput(SimpleNamespace(seq_len=64), digest=""))
+    return StepContext(inputs=inputs, name=step.name, out_dir=step, work_dir=step, input_dir=input_dir,
                        base_dir=input_dir, device=torch.device("cpu"), log=logging.getLogger("test"))
 
 
