@@ -50,7 +50,6 @@ def check_gpt2_dir(path: str | Path) -> Path:
 
     if model_type != "gpt2" and not is_quantized_gpt2(config):  # quantized GPT-2 is stored as GPTBigCode
         raise UserError(f"{config_file}: model_type is {model_type!r}, expected 'gpt2'")
-    check_config_bounds(config, config_file)
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -59,6 +58,7 @@ def check_gpt2_dir(path: str | Path) -> Path:
                             "loaded, so gpt2-edge refuses it; convert it to model.safetensors on a machine you trust "
                             "(torch.load(file, weights_only=True), then safetensors.torch.save_model)")
         raise UserError(f"{path}: no weights (*.safetensors) next to {CONFIG_FILE}")
+    check_config_bounds(config, config_file)
     index = path / "model.safetensors.index.json"
     if index.exists():  # sharded: every shard the index names must be there
         try:

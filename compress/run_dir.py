@@ -7,7 +7,8 @@
 
 A step is built in a hidden temporary sibling and renamed into place after DONE is written, so a
 directory without DONE is never used. step.json records the step's content hash, the sha256 of every
-file the step wrote (`outputs`) and the digest of its input's outputs (`input_outputs`). A finished
+file the step wrote (`outputs`) and what it was made from (`made_from`: the digest of the previous
+step's files and of the base model's, its usual teacher). A finished
 step is reused only when all three still hold: the hash (config and declared inputs, by content), its
 own files byte for byte (re-read on every reuse unless --trust-cache), and the very input it was made
 from. Anything else re-runs the step with a one-line notice saying why.
@@ -31,7 +32,7 @@ STEP_JSON = "step.json"
 METRICS_JSON = "metrics.json"
 LOCK_FILE = ".lock"
 DIGESTS_FILE = ".digests.json"
-RECORD_FORMAT = 2  # step.json with outputs / input_outputs; older records are re-run with a notice
+RECORD_FORMAT = 2  # step.json with outputs / made_from; older records are re-run with a notice
 # Written after the step's outputs are recorded (or rewritten by a re-measure): not part of `outputs`.
 BOOKKEEPING = frozenset({STEP_JSON, METRICS_JSON, DONE, "log.txt", "validation.json.tmp"})
 RUN_MARKERS = ("manifest.json", "plan.resolved.yaml")  # a directory holding one is a run dir of ours

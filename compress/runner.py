@@ -94,6 +94,13 @@ def _digests(run_dir: Path | None) -> DigestCache:
     return DigestCache(run_dir / DIGESTS_FILE if run_dir is not None and run_dir.is_dir() else None)
 
 
+def input_paths(plan: Plan, plan_file: Path | None = None) -> list[Path]:
+    """Every local file or directory the plan reads: a run directory must not be, contain or sit inside one."""
+    paths = [Path(d) for step in plan_steps(plan) for d in step.local_dirs().values()]
+    paths += [Path(s.path) for s in (plan.data.train, plan.data.eval) if s is not None and s.path]
+    return paths + ([Path(plan_file)] if plan_file else [])
+
+
 def resolve_device(plan: Plan) -> torch.device:
     if plan.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was requested but torch sees no CUDA device")
