@@ -28,8 +28,9 @@ from compress.base_model import (ModelSpec, PretrainConfig, PretrainModel, Token
 from compress.errors import PlanError, UserError
 from compress.plan_check import check_steps
 from compress.plan_types import ExistingPath, ModelSource, PlanPath, Seed, Strict  # noqa: F401 (re-exported)
-from compress.steps import StepConfig, missing_steps_hint, step_configs
-from compress.yaml_io import compose_bounded, parse_yaml_value, read_yaml_file
+from compress.catalog import missing_steps_hint, step_configs
+from compress.steps import StepConfig
+from compress.yaml_io import parse_yaml_value, read_yaml_file
 from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
@@ -304,14 +305,6 @@ def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
         if loc[:n] in lines:
             return lines[loc[:n]]
     return None
-
-
-def _yaml_lines(text: str) -> dict[tuple, int]:
-    """Map each key path in the YAML document to its 1-based line number."""
-    try:
-        return _node_lines(compose_bounded(text))
-    except (yaml.YAMLError, PlanError):
-        return {}
 
 
 def _node_lines(root: yaml.Node | None) -> dict[tuple, int]:

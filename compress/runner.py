@@ -37,7 +37,8 @@ from compress.run_dir import (DIGESTS_FILE, DONE, RECORD_FORMAT, STEP_JSON, RunL
                               read_json, record_outputs, write_json)
 from compress.speculative_eval import attach_speculative
 from compress.step_inputs import StepInputs, inputs_for
-from compress.steps import StepConfig, StepContext, handler_for
+from compress.catalog import handler_for
+from compress.steps import StepConfig, StepContext
 from evalsuite.report import write_report
 
 log = logging.getLogger(__name__)

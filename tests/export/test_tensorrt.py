@@ -19,7 +19,8 @@ from compress.models import tiny_model
 from compress.plan import LatencyConfig
 from compress.step_inputs import EvalInput, StepInputs
 from compress.steps import StepContext
-from evalsuite.backends import BackendUnavailable, open_runner
+from evalsuite.backends import open_runner
+from evalsuite.errors import BackendUnavailable
 from export.tensorrt import ENGINE_JSON, SCRIPT, finish_step, main
 from export.trt_qdq import pack_int4, write_qdq
 from export.trt_check import check_model, errors
