@@ -18,9 +18,10 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from compress.guard import Guarded
 from compress.hashing import digest
 from compress.model_shape import HUB_CONFIGS, Shape, source_shape
-from compress.models import is_local_source
+from compress.errors import UserError
+from compress.models import check_tokenizer_dir, is_local_source, tokenizer_size
 from compress.plan_state import Check, Origin, PlanState, Problem
-from compress.plan_types import ExistingPath, ModelSource, Strict
+from compress.plan_types import ExistingPath, ModelSource, Seed, Strict
 from compress.step_inputs import StepInputs
 from compress.steps import StepConfig
 
@@ -58,7 +59,7 @@ class PretrainConfig(Strict, Guarded):
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.1, ge=0, le=1)
     grad_clip: float = Field(1.0, gt=0)
-    seed: int = 0
+    seed: Seed = 0
     eval_every: int = Field(100, ge=1, description="steps between held-out evaluations")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
 
@@ -97,7 +98,6 @@ class LoadModel(StepConfig):
     tokenizer: str | None = None  # the plan's `tokenizer:` (default: the model's own)
 
     def local_dirs(self) -> dict[str, str]:
-        """The local directories this step reads, by role (their content is part of its hash)."""
         dirs = {"model": self.model} if is_local_source(self.model) else {}
         return dirs | ({"tokenizer": self.tokenizer} if self.tokenizer else {})
 
@@ -115,7 +115,23 @@ class LoadModel(StepConfig):
         if state.eval_seq_len is not None and state.eval_seq_len > shape.n_positions:
             problems.append(Problem(f"data.eval.seq_len ({state.eval_seq_len}) exceeds the model's "
                                     f"{shape.n_positions} positions"))
+        problems += self._tokenizer_problems(shape)
         return replace(state, base=shape).with_shape(shape, {"*": origin}), problems
+
+    def _tokenizer_problems(self, shape: Shape) -> list[Problem]:
+        """A tokenizer that makes ids the model has no embedding for fails at plan time, not mid-run."""
+        tok_dir = self.tokenizer or (self.model if is_local_source(self.model) else None)
+        if tok_dir is None or shape.vocab_size is None:
+            return []
+        try:
+            n = tokenizer_size(check_tokenizer_dir(tok_dir))
+        except UserError as e:
+            return [Problem(str(e))]
+        if n > shape.vocab_size:
+            return [Problem(f"the tokenizer ({tok_dir}) makes {n:,} token ids, the model embeds only "
+                            f"vocab_size {shape.vocab_size:,}: use the model's own tokenizer",
+                            )]
+        return []
 
     def content_hash(self, prev: str | None, inputs: StepInputs) -> str:
         # a local directory by its files' content (inputs' files), a hub id by its name

@@ -31,11 +31,6 @@ def rank() -> int:
     return dist.get_rank() if active() else 0
 
 
-def env_rank() -> int:
-    """This process's rank as torchrun announces it (usable before the process group exists)."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def is_main_process() -> bool:
     return rank() == 0
 

@@ -12,9 +12,10 @@ measured before the first optimizer step:
 
 Without held-out evaluation (distill `eval_tokens: 0`, pretrain without eval text) only the rise
 bound applies, to the training loss: it may not climb more than ln(max_ppl_rise) nats above the
-first step's. Failing is a `DivergenceError` (a UserError: one line, exit != 0), raised before the
-step is marked done; the message names what was kept. This module imports no torch, so plan
-validation stays light.
+first step's. A non-finite training loss fails at the step it appears. Failing is a
+`DivergenceError`, a compress.gate.Refusal (one line, exit 2), raised before the step is marked done;
+the message names what was kept and how to go on. This module imports no torch, so plan validation
+stays light.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-from compress.errors import UserError
+from compress.gate import Refusal
 
 
-class DivergenceError(UserError):
+class DivergenceError(Refusal):
     """Training made the model worse; the step is not marked done."""
 
 
@@ -86,6 +87,12 @@ class DivergenceGuard:
             self._fail(f"held-out ppl {ppl:.4g} at step {step} is above {self.cfg.max_ppl_rise:g}x the "
                        f"{self.before:.4g} before training (guard.max_ppl_rise)", kept)
 
+    def check_finite(self, step: int, terms: dict[str, float], kept: str) -> None:
+        """After every optimizer step: every loss term is a finite number."""
+        if not all(math.isfinite(v) for v in terms.values()):
+            self._fail(f"loss became non-finite at step {step} ({', '.join(f'{k}={v}' for k, v in terms.items())})",
+                       kept)
+
     def check_train_loss(self, step: int, loss: float, first_loss: float | None, kept: str) -> None:
         """After every optimizer step when there is no held-out eval."""
         if first_loss is not None and loss > first_loss + math.log(self.cfg.max_ppl_rise):
@@ -103,4 +110,4 @@ class DivergenceGuard:
                        f"{self.cfg.end_tolerance:g})", kept)
 
     def _fail(self, what: str, kept: str) -> None:
-        raise DivergenceError(f"{self.name}: {what}; {self.advice}; {kept}; the step is not marked done")
+        raise DivergenceError(self.name, what, kept=f"{kept}; the step is not marked done", how=self.advice)

@@ -17,7 +17,8 @@ from compress.errors import UserError
 from compress.hashing import digest
 from compress.models import load_model, load_tokenizer
 from compress.run_dir import read_json
-from evalsuite.backends import BackendUnavailable, open_runner
+from evalsuite.backends import open_runner
+from evalsuite.errors import BackendUnavailable
 from evalsuite.errors import EvalInputError
 from evalsuite.metrics import KINDS, EvalSettings, ModelFacts, evaluate, gpt2_facts
 from evalsuite.runner import Runner, TorchRunner

@@ -15,11 +15,11 @@ really loaded, so plan errors come back fast.
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compress.errors import UserError, os_error_of
+from compress.model_files import check_config_bounds, check_weights_match_config, read_header, read_json_file
 
 if TYPE_CHECKING:
     import torch
@@ -42,7 +42,7 @@ def check_gpt2_dir(path: str | Path) -> Path:
     if not path.is_dir():
         raise UserError(f"{path}: model directory does not exist")
     config_file = path / CONFIG_FILE
-    if not config_file.is_file():
+    if not config_file.exists():
         raise UserError(f"{path}: not a model directory (no {CONFIG_FILE})")
     config = read_config(path)
     model_type = config.get("model_type")
@@ -58,17 +58,21 @@ def check_gpt2_dir(path: str | Path) -> Path:
                             "loaded, so gpt2-edge refuses it; convert it to model.safetensors on a machine you trust "
                             "(torch.load(file, weights_only=True), then safetensors.torch.save_model)")
         raise UserError(f"{path}: no weights (*.safetensors) next to {CONFIG_FILE}")
+    check_config_bounds(config, config_file)
     index = path / "model.safetensors.index.json"
-    if index.is_file():  # sharded: every shard the index names must be there
+    if index.exists():  # sharded: every shard the index names must be there
         try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (ValueError, KeyError, TypeError, AttributeError):
+            shards = set(read_json_file(index)["weight_map"].values())
+        except (KeyError, TypeError, AttributeError):
             raise UserError(f"{index}: not a safetensors index (no weight_map)") from None
         missing = sorted(str(s) for s in shards if not (path / str(s)).is_file())
         if missing:
             raise UserError(f"{index}: names shard(s) that are missing: {', '.join(missing)}")
+    headers: dict[str, Any] = {}
     for f in weights:
-        check_safetensors(f)
+        headers |= read_header(f)
+    stock = model_type == "gpt2" and not any(k in config for k in ("quantization_config", "gpt2_edge"))
+    check_weights_match_config(headers, config, path, stock)
     return path
 
 
@@ -76,52 +80,12 @@ def read_config(path: Path) -> dict[str, Any]:
     """config.json of a model directory as a dict; UserError when it is not a JSON object."""
     config_file = Path(path) / CONFIG_FILE
     try:
-        config = json.loads(config_file.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{config_file}: not UTF-8 JSON (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{config_file}: invalid JSON ({e})") from None
+        config = read_json_file(config_file)
     except OSError as e:
         raise UserError(f"{config_file}: cannot read it ({e.strerror})") from None
     if not isinstance(config, dict):
         raise UserError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
     return config
-
-
-def check_safetensors(file: Path) -> None:
-    """A truncated or corrupt safetensors file is refused by its header, without reading the tensors.
-
-    Layout: 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
-    data_offsets: [begin, end]}}, then the data; the largest `end` must be the data's length.
-    """
-    def bad(why: str) -> UserError:
-        return UserError(f"{file}: not a readable safetensors file ({why}); it is truncated or corrupt: "
-                         "save or copy the model again")
-    size = file.stat().st_size
-    with open(file, "rb") as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise bad(f"{size} bytes, shorter than the header")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100 << 20):
-            raise bad(f"header length {n:,} exceeds the file's {size:,} bytes")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise bad("its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise bad("its header is not a JSON object")
-    ends = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-                and 0 <= offsets[0] <= offsets[1]):
-            raise bad(f"tensor {name!r} has no valid data_offsets")
-        ends.append(offsets[1])
-    if max(ends, default=0) != size - 8 - n:
-        raise bad(f"the header describes {max(ends, default=0):,} bytes of tensors, the file holds {size - 8 - n:,}")
 
 
 def load_model(source: str | Path, dtype: "torch.dtype | None" = None) -> "GPT2LMHeadModel":
@@ -168,7 +132,9 @@ def _first_line(e: BaseException) -> str:
 
 def _is_factorized(path: Path) -> bool:
     """config.json carries the factorize step's record (compress.lowrank.modules.CONFIG_KEY)."""
-    return "gpt2_edge_lowrank" in read_config(path)
+    from compress.lowrank.modules import lowrank_record
+
+    return lowrank_record(read_config(path)) is not None
 
 
 def _is_quantized(path: Path) -> bool:
@@ -181,10 +147,46 @@ def check_tokenizer_dir(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise UserError(f"{path}: tokenizer directory does not exist")
-    if not any(all((path / f).is_file() for f in files) for files in TOKENIZER_FILES):
+    if not any(all((path / f).exists() for f in files) for files in TOKENIZER_FILES):
         raise UserError(f"{path}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt); "
                         "copy the tokenizer next to the model or set `tokenizer:` in the plan")
+    tokenizer_size(path)  # every tokenizer file is a regular file of sane size and shape
     return path
+
+
+MAX_TOKENIZER_BYTES = 64 << 20  # GPT-2's tokenizer.json is 3.5 MB
+
+
+def tokenizer_size(path: Path) -> int:
+    """How many token ids the tokenizer of a directory can produce (its vocabulary plus added tokens),
+    from its files alone; UserError naming the file when one is not what a GPT-2 tokenizer writes."""
+    from compress.hashing import regular_file
+
+    for name in ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                 "added_tokens.json"):
+        if (path / name).exists():
+            regular_file(path / name)
+    added: set[int] = set()
+    if (path / "tokenizer.json").exists():
+        spec = read_json_file(path / "tokenizer.json", MAX_TOKENIZER_BYTES)
+        vocab = spec.get("model", {}).get("vocab") if isinstance(spec, dict) and isinstance(spec.get("model"), dict) \
+            else None
+        if not isinstance(vocab, dict):
+            raise UserError(f"{path / 'tokenizer.json'}: has no model.vocab mapping; not a BPE tokenizer file")
+        added = {t.get("id") for t in spec.get("added_tokens") or [] if isinstance(t, dict) and type(t.get("id")) is int}
+    else:
+        vocab = read_json_file(path / "vocab.json", MAX_TOKENIZER_BYTES)
+        if not isinstance(vocab, dict):
+            raise UserError(f"{path / 'vocab.json'}: expected a JSON object of token -> id, got {type(vocab).__name__}")
+        if (path / "added_tokens.json").exists():
+            extra = read_json_file(path / "added_tokens.json")
+            if not isinstance(extra, dict):
+                raise UserError(f"{path / 'added_tokens.json'}: expected a JSON object of token -> id")
+            added = {i for i in extra.values() if type(i) is int}
+    ids = [i for i in vocab.values() if type(i) is int] + sorted(added)
+    if len(ids) != len(vocab) + len(added) or any(i < 0 for i in ids):
+        raise UserError(f"{path}: the tokenizer's vocabulary has ids that are not non-negative integers")
+    return max(ids, default=-1) + 1
 
 
 def load_tokenizer(source: str | Path) -> "PreTrainedTokenizerBase":

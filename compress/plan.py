@@ -27,9 +27,10 @@ from compress.base_model import (ModelSpec, PretrainConfig, PretrainModel, Token
                                  TrainTokenizer)
 from compress.errors import PlanError, UserError
 from compress.plan_check import check_steps
-from compress.plan_types import ExistingPath, ModelSource, PlanPath, Strict  # noqa: F401 (re-exported)
-from compress.steps import StepConfig, missing_steps_hint, step_configs
-from compress.yaml_io import compose_bounded, parse_yaml_value, read_yaml_file
+from compress.plan_types import ExistingPath, ModelSource, PlanPath, Seed, Strict  # noqa: F401 (re-exported)
+from compress.catalog import missing_steps_hint, step_configs
+from compress.steps import StepConfig
+from compress.yaml_io import parse_yaml_value, read_yaml_file
 from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
@@ -109,7 +110,7 @@ class SamplesConfig(Strict):
     top_p: float = Field(SamplingSettings.top_p, gt=0, le=1)
     repetition_penalty: float = Field(SamplingSettings.repetition_penalty, gt=0, le=100,
                                       description="> 1 discourages tokens already seen (sampled text only)")
-    seed: int = Field(SamplingSettings.seed, ge=0)
+    seed: Seed = SamplingSettings.seed
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(temperature=self.temperature, top_p=self.top_p,
@@ -164,7 +165,7 @@ class Plan(Strict):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int | None = Field(None, ge=1, le=1024, description="torch threads of the run (the CLI's --threads "
                                                                  "wins); default: the physical cores")
-    seed: int = 0
+    seed: Seed = 0
     data: DataConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     steps: list[SerializeAsAny[StepConfig]] = Field(default_factory=list)
@@ -304,14 +305,6 @@ def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
         if loc[:n] in lines:
             return lines[loc[:n]]
     return None
-
-
-def _yaml_lines(text: str) -> dict[tuple, int]:
-    """Map each key path in the YAML document to its 1-based line number."""
-    try:
-        return _node_lines(compose_bounded(text))
-    except (yaml.YAMLError, PlanError):
-        return {}
 
 
 def _node_lines(root: yaml.Node | None) -> dict[tuple, int]:

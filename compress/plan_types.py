@@ -6,10 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
 from compress.errors import UserError
 from compress.models import check_gpt2_dir, is_local_source
+
+
+# Every seed of a plan: torch, numpy and Python generators all take this range.
+MAX_SEED = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed, 0 .. 2**31-1")]
 
 
 class Strict(BaseModel):

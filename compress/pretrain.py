@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
+from compress.base_model import PretrainConfig, TrainTokenizer
 from compress.errors import UserError
 from compress.guard import safe_exp
-from compress.plan import PretrainConfig, TrainTokenizer
 from compress.training import LoopSpec, adamw, heldout_loss, resume, sample_batch, train_loop
 EOS = "<|endoftext|>"
 

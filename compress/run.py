@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch threads (default: the plan's `threads`, else OMP_NUM_THREADS, else the physical "
                         "cores); recorded in manifest.json")
+    p.add_argument("--trust-cache", action="store_true",
+                   help="reuse finished steps without re-reading their files (by default every reused step's "
+                        "files are checked against the digests it recorded)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks (also: GPT2_EDGE_DEBUG=1)")
     return p
@@ -105,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
             for line in dry_run(plan, run_dir):
                 print(line)
             return 0
+        from compress.run_dir import check_out_dir
+        from compress.runner import input_paths
+
+        check_out_dir(run_dir, input_paths(plan, args.plan))
         import torch
 
         torch.set_num_threads(threads)  # manifest.json records it (cpu_threads)
         from compress.runner import run_plan
 
-        result = run_plan(plan, run_dir, progress=not args.quiet)
+        result = run_plan(plan, run_dir, progress=not args.quiet, trust_cache=args.trust_cache)
     except KeyboardInterrupt:
         print("interrupted: finished steps are kept; run the same command again to resume", file=sys.stderr)
         return 130

@@ -7,7 +7,8 @@
 
 A step is built in a hidden temporary sibling and renamed into place after DONE is written, so a
 directory without DONE is never used. step.json records the step's content hash, the sha256 of every
-file the step wrote (`outputs`) and the digest of its input's outputs (`input_outputs`). A finished
+file the step wrote (`outputs`) and what it was made from (`made_from`: the digest of the previous
+step's files and of the base model's, its usual teacher). A finished
 step is reused only when all three still hold: the hash (config and declared inputs, by content), its
 own files byte for byte (re-read on every reuse unless --trust-cache), and the very input it was made
 from. Anything else re-runs the step with a one-line notice saying why.
@@ -31,7 +32,7 @@ STEP_JSON = "step.json"
 METRICS_JSON = "metrics.json"
 LOCK_FILE = ".lock"
 DIGESTS_FILE = ".digests.json"
-RECORD_FORMAT = 2  # step.json with outputs / input_outputs; older records are re-run with a notice
+RECORD_FORMAT = 2  # step.json with outputs / made_from; older records are re-run with a notice
 # Written after the step's outputs are recorded (or rewritten by a re-measure): not part of `outputs`.
 BOOKKEEPING = frozenset({STEP_JSON, METRICS_JSON, DONE, "log.txt", "validation.json.tmp"})
 RUN_MARKERS = ("manifest.json", "plan.resolved.yaml")  # a directory holding one is a run dir of ours
@@ -68,7 +69,7 @@ class Reuse:
     info: dict[str, Any] | None = None
 
 
-def check_reuse(step_dir: Path, h: str, input_outputs: str | None, verify: bool) -> Reuse:
+def check_reuse(step_dir: Path, h: str, made_from: str | None, verify: bool) -> Reuse:
     """Reuse step_dir only if its hash, its own files and its input are all the ones recorded."""
     if not (step_dir / DONE).exists():
         return Reuse(False)  # never finished (or never started): nothing to say
@@ -80,7 +81,7 @@ def check_reuse(step_dir: Path, h: str, input_outputs: str | None, verify: bool)
         return Reuse(False, "it was made by an older gpt2-edge that did not record its files")
     if info.get("hash") != h:
         return Reuse(False, "its config or the inputs it reads (data, model, seed) changed")
-    if info.get("input_outputs") != input_outputs:
+    if info.get("made_from") != made_from:
         return Reuse(False, "the step before it was made again with other results")
     outputs = info.get("outputs")
     if not isinstance(outputs, dict):

@@ -28,7 +28,7 @@ from compress.base_model import source_step
 from compress.data import text_digest
 from compress.errors import UserError
 from compress.gate import check_ppl_ratio
-from compress.hashing import DigestCache
+from compress.hashing import DigestCache, digest
 from compress.manifest import start_manifest
 from compress.measure import BASE, Measurer
 from compress.plan import Plan, dump_plan, step_names
@@ -37,7 +37,8 @@ from compress.run_dir import (DIGESTS_FILE, DONE, RECORD_FORMAT, STEP_JSON, RunL
                               read_json, record_outputs, write_json)
 from compress.speculative_eval import attach_speculative
 from compress.step_inputs import StepInputs, inputs_for
-from compress.steps import StepConfig, StepContext, handler_for
+from compress.catalog import handler_for
+from compress.steps import StepConfig, StepContext
 from evalsuite.report import write_report
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,13 @@ def _digests(run_dir: Path | None) -> DigestCache:
     return DigestCache(run_dir / DIGESTS_FILE if run_dir is not None and run_dir.is_dir() else None)
 
 
+def input_paths(plan: Plan, plan_file: Path | None = None) -> list[Path]:
+    """Every local file or directory the plan reads: a run directory must not be, contain or sit inside one."""
+    paths = [Path(d) for step in plan_steps(plan) for d in step.local_dirs().values()]
+    paths += [Path(s.path) for s in (plan.data.train, plan.data.eval) if s is not None and s.path]
+    return paths + ([Path(plan_file)] if plan_file else [])
+
+
 def resolve_device(plan: Plan) -> torch.device:
     if plan.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was requested but torch sees no CUDA device")
@@ -106,11 +114,14 @@ def dry_run(plan: Plan, run_dir: Path) -> list[str]:
     """What run_plan would do, one line per step, without loading any model: whether it is cached,
     what it does, and the model shape it leaves (as far as the plan tells); then the plan's notes."""
     checks = check_steps(plan)
-    lines, prev_outputs, rerun = [], None, False
+    lines, made_from, base_outputs, rerun = [], None, None, False
     for p, state in zip(planned_steps(plan, _digests(run_dir)), checks.states):
-        reuse = check_reuse(run_dir / p.name, p.hash, prev_outputs, verify=False)
+        reuse = check_reuse(run_dir / p.name, p.hash, made_from, verify=False)
         rerun = rerun or not reuse.ok
-        prev_outputs = outputs_digest(reuse.info["outputs"]) if reuse.ok else None
+        if reuse.ok:
+            outputs = outputs_digest(reuse.info["outputs"])
+            base_outputs = base_outputs or outputs
+            made_from = digest(outputs, base_outputs)
         status = "will run" if rerun else "cached"
         shape = f"-> {state.shape}" if state.shape is not None else "-> shape known when it runs"
         q = f", int{state.quantized.bits}" if state.quantized else ""
@@ -146,10 +157,10 @@ def _run(plan: Plan, run_dir: Path, progress: bool, trust_cache: bool) -> RunRes
     main = distributed.is_main_process()  # rank 0 writes every file; other ranks read them
     digests = _digests(run_dir)
     steps = planned_steps(plan, digests)
+    measurer = Measurer(plan, run_dir, device, text_digest(plan.data.eval, digests), progress and main)
     if main:
         digests.save()
         (run_dir / "plan.resolved.yaml").write_text(dump_plan(plan))
-    measurer = Measurer(plan, run_dir, device, text_digest(plan.data.eval, digests), progress and main)
     run = _Run(plan, run_dir, device, progress and main, measurer, verify=not trust_cache)
     manifest = start_manifest(plan)
     if main:
@@ -157,12 +168,14 @@ def _run(plan: Plan, run_dir: Path, progress: bool, trust_cache: bool) -> RunRes
 
     records, rows = [], []
     current = base_dir = None  # the torch model the next step takes; the run's base model
-    input_ppl = prev_outputs = None  # the perplexity of `current`; the digest of the last step's files
+    input_ppl = made_from = base_outputs = None  # the ppl of `current`; what the next step is made from
     for p in steps:
-        record, info, metrics = _run_step(run, p, current, base_dir, input_ppl, prev_outputs)
+        record, info, metrics = _run_step(run, p, current, base_dir, input_ppl, made_from)
         records.append(record)
         rows.append(metrics)
-        prev_outputs = outputs_digest(info.get("outputs", {}))
+        outputs = outputs_digest(info.get("outputs", {}))
+        base_outputs = base_outputs or outputs
+        made_from = digest(outputs, base_outputs)  # the previous step's files and the base's (the teacher)
         if info.get("model_dir"):
             current = run_dir / p.name / info["model_dir"]
             input_ppl = metrics.get("ppl") if metrics else None
@@ -189,16 +202,16 @@ def _run(plan: Plan, run_dir: Path, progress: bool, trust_cache: bool) -> RunRes
 
 
 def _run_step(run: _Run, p: PlannedStep, input_dir: Path | None, base_dir: Path | None,
-              input_ppl: float | None, prev_outputs: str | None) -> tuple[StepRecord, dict, dict | None]:
+              input_ppl: float | None, made_from: str | None) -> tuple[StepRecord, dict, dict | None]:
     """Under torchrun, rank 0 builds the step and the others wait; a `distributed` step (distill)
     is trained by every rank, rank 0 alone writing its directory."""
     if distributed.world_size() == 1:
-        return _build_step(run, p, input_dir, base_dir, input_ppl, prev_outputs)
+        return _build_step(run, p, input_dir, base_dir, input_ppl, made_from)
     main = distributed.is_main_process()
-    reusable = main and check_reuse(run.run_dir / p.name, p.hash, prev_outputs, run.verify).ok
+    reusable = main and check_reuse(run.run_dir / p.name, p.hash, made_from, run.verify).ok
     cached = distributed.broadcast_flag(reusable)
     if main:
-        result = _build_step(run, p, input_dir, base_dir, input_ppl, prev_outputs)
+        result = _build_step(run, p, input_dir, base_dir, input_ppl, made_from)
     elif not cached and getattr(p.step, "distributed", False):
         _join_step(run, p, input_dir, base_dir)
     distributed.barrier()  # the step directory is in place before anyone reads it
@@ -228,9 +241,9 @@ def _join_step(run: _Run, p: PlannedStep, input_dir: Path | None, base_dir: Path
 
 
 def _build_step(run: _Run, p: PlannedStep, input_dir: Path | None, base_dir: Path | None,
-                input_ppl: float | None, prev_outputs: str | None) -> tuple[StepRecord, dict, dict]:
+                input_ppl: float | None, made_from: str | None) -> tuple[StepRecord, dict, dict]:
     step_dir = run.run_dir / p.name
-    reuse = check_reuse(step_dir, p.hash, prev_outputs, run.verify)
+    reuse = check_reuse(step_dir, p.hash, made_from, run.verify)
     if reuse.ok:
         return _reuse_step(run, p, step_dir, reuse.info, input_ppl)
     if reuse.why:
@@ -255,7 +268,7 @@ def _build_step(run: _Run, p: PlannedStep, input_dir: Path | None, base_dir: Pat
         info = {"format": RECORD_FORMAT, "name": p.name, "hash": p.hash, "step_kind": p.step.kind,
                 "config": p.step.model_dump(mode="json"), "inputs": p.inputs.key(), "summary": out.summary,
                 "model_dir": out.model_dir, "artifact": out.artifact, "backend": out.backend, "wall_s": wall,
-                "info": out.info, "input_outputs": prev_outputs, "outputs": record_outputs(tmp)}
+                "info": out.info, "made_from": made_from, "outputs": record_outputs(tmp)}
         write_json(tmp / STEP_JSON, info)
         metrics = run.measurer.measure(p.name, tmp, info, p.step.source)
         write_json(tmp / "metrics.json", metrics)

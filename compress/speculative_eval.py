@@ -22,7 +22,7 @@ from compress.hashing import digest
 from compress.measure import open_step
 from compress.plan import Plan
 from compress.run_dir import write_json
-from evalsuite.backends import BackendUnavailable
+from evalsuite.errors import BackendUnavailable
 from evalsuite.errors import EvalInputError
 from evalsuite.speculative_measure import SpeculativeMeasureSettings, measure_speculative, prompts_from
 

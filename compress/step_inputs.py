@@ -137,8 +137,8 @@ def inputs_for(plan: "Plan", step: Any, step_key: str, cache: "DigestCache") -> 
         raise TypeError(f"{type(step).__name__}.reads names unknown inputs {sorted(unknown)} (known: {sorted(INPUTS)})")
     train = plan.data.train if "train" in declared else None
     evaluation = plan.data.eval if declared & {"eval", "eval_text"} else None
-    files = ({role: dir_digest(Path(d), cache) for role, d in step.local_dirs().items()}
-             if "files" in declared else None)
+    files = ({role: (dir_digest(Path(d), cache) if Path(d).is_dir() else cache.file(Path(d)))
+              for role, d in step.local_dirs().items()} if "files" in declared else None)
     return StepInputs(
         declared=declared, step_key=step_key,
         _seed=plan.seed if "seed" in declared else None,

@@ -1,24 +1,16 @@
-"""The step registry: one pydantic config class and one handler function per step kind.
+"""What a step is: one pydantic config class and one handler function per step kind.
 
-A step kind is added by writing its config class (a `StepConfig` subclass with `kind = "..."` and a
-`check(state)` for plan time) and decorating its handler with `@register_step(ThatConfig)`; the runner
-looks the handler up by the config's type. compress's own step modules are listed in
-`BUILTIN_STEP_MODULES`; a package above compress (export, or any later one) contributes its step
-modules through the `gpt2_edge.steps` entry-point group of its distribution (pyproject.toml):
-
-    [project.entry-points."gpt2_edge.steps"]
-    export = "export.step"
-
-Both are imported once, explicitly, by name or by group: nothing is discovered by scanning, and
-compress never imports the packages above it.
+A step kind is added by writing its config class (a `StepConfig` subclass with `kind = "..."`, the
+plan inputs it `reads`, and a `check(state)` for plan time) and decorating its handler with
+`@register_step(ThatConfig)`. This module only holds the types and the table the decorator fills;
+which modules are imported to fill it, and the look-ups by plan key or config type, are
+compress/catalog.py's (so a step module imports this one and nothing imports it back).
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -32,20 +24,6 @@ from compress.step_inputs import StepInputs
 if TYPE_CHECKING:
     import torch  # annotations only: plan validation must not import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
-
-# compress's own modules whose import registers step handlers (and so plan keys).
-BUILTIN_STEP_MODULES: tuple[str, ...] = (
-    "compress.source",
-    "compress.distillation.step",
-    "compress.pruning.step",
-    "compress.quantization.step",
-    "compress.sparsity.step",
-    "compress.lowrank.step",
-)
-STEP_GROUP = "gpt2_edge.steps"  # entry points: step modules of the packages above compress
-REINSTALL = ("the installed gpt2-edge metadata has no 'gpt2_edge.steps' entry points (it was installed before "
-             "step kinds came from them): reinstall it with `pip install -e .` in the checkout")
-
 
 class StepConfig(BaseModel):
     """Base of every step's config: unknown keys are errors, values are bounded by their fields."""
@@ -67,6 +45,11 @@ class StepConfig(BaseModel):
         """One line for --dry-run: what this step will do."""
         args = ", ".join(f"{k}={v}" for k, v in self.model_dump(exclude_defaults=True).items())
         return f"{self.kind}({args})"
+
+    def local_dirs(self) -> dict[str, str]:
+        """Local directories or files the step reads besides its input model (a teacher dir...), by role.
+        A step that has any declares "files" in `reads`: their content is then part of its hash."""
+        return {}
 
     def check(self, state: PlanState) -> Check:
         """Plan time, before any model loads: the state of the model this step leaves, and the problems
@@ -150,9 +133,7 @@ class StepOutput:
 
 
 StepHandler = Callable[[Any, StepContext], StepOutput]
-_HANDLERS: dict[type[StepConfig], StepHandler] = {}
-_LOADED: list[str] = []  # names of the entry points loaded (empty: none found)
-_BUILTINS_LOADED = False
+HANDLERS: dict[type[StepConfig], StepHandler] = {}  # filled by @register_step; read by compress.catalog
 
 
 def register_step(config_cls: type[StepConfig]) -> Callable[[StepHandler], StepHandler]:
@@ -161,42 +142,7 @@ def register_step(config_cls: type[StepConfig]) -> Callable[[StepHandler], StepH
         raise TypeError(f"{config_cls.__name__} needs a class attribute kind = '...'")
 
     def decorate(fn: StepHandler) -> StepHandler:
-        _HANDLERS[config_cls] = fn
+        HANDLERS[config_cls] = fn
         return fn
 
     return decorate
-
-
-def _load_builtin_steps() -> None:
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        for module in BUILTIN_STEP_MODULES:
-            importlib.import_module(module)
-        for ep in entry_points(group=STEP_GROUP):
-            try:
-                ep.load()  # the module registers its steps on import
-            except ImportError as e:
-                raise UserError(f"step entry point {ep.name} = {ep.value} ({STEP_GROUP}) cannot be imported "
-                                f"({e}); if the checkout changed, reinstall it with `pip install -e .`") from None
-            _LOADED.append(ep.name)
-        _BUILTINS_LOADED = True
-
-
-def step_configs() -> dict[str, type[StepConfig]]:
-    """Plan key -> config class, for every registered step kind (the source steps are `model:`)."""
-    _load_builtin_steps()
-    return {cls.kind: cls for cls in _HANDLERS if not cls.source}
-
-
-def missing_steps_hint() -> str:
-    """Why a plan key may be unknown beyond a typo: the entry points of the install are missing."""
-    _load_builtin_steps()
-    return "" if _LOADED else REINSTALL
-
-
-def handler_for(config: StepConfig) -> StepHandler:
-    _load_builtin_steps()
-    try:
-        return _HANDLERS[type(config)]
-    except KeyError:
-        raise TypeError(f"no handler registered for {type(config).__name__}") from None

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from compress.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from compress.errors import UserError
-from compress.guard import DivergenceError, DivergenceGuard, GuardConfig
+from compress.guard import DivergenceGuard, GuardConfig
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +176,7 @@ def train_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSp
         for group in optimizer.param_groups:
             group["lr"] = lr
         terms = step_fn(step)
-        if not all(math.isfinite(v) for v in terms.values()):
-            raise DivergenceError(f"{name}: loss became non-finite at step {step + 1} "
-                                  f"({', '.join(f'{k}={v}' for k, v in terms.items())}); {spec.advice}; "
-                                  f"{kept()}; the step is not marked done")
+        guard.check_finite(step + 1, terms, kept())
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(module.parameters(), spec.grad_clip)
         scaler.step(optimizer)

@@ -73,10 +73,6 @@ def load_bounded(text: str, source: str | None = None) -> tuple[Any, yaml.Node |
         loader.dispose()
 
 
-def compose_bounded(text: str) -> yaml.Node | None:
-    return load_bounded(text)[1]
-
-
 def parse_yaml_value(value: str) -> Any:
     """A `--set` value parsed as YAML (bounded like a plan); ValueError saying why it is not one."""
     try:

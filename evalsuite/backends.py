@@ -11,13 +11,10 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from evalsuite.errors import BackendUnavailable
 from evalsuite.runner import Runner
 
 GROUP = "gpt2_edge.runners"
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend's runtime cannot run here (not installed, no GPU)."""
 
 
 def backend_names() -> list[str]:

@@ -123,11 +123,3 @@ def tokenize(text: str, tokenizer) -> torch.Tensor:
     if not ids:
         raise EvalInputError("the text tokenizes to zero tokens")
     return torch.tensor(ids, dtype=torch.long)
-
-
-def token_blocks(ids: torch.Tensor, block_len: int) -> torch.Tensor:
-    """Non-overlapping blocks [N, block_len] of a token stream; the ragged tail is dropped."""
-    n = ids.numel() // block_len
-    if n == 0:
-        raise EvalInputError(f"{ids.numel()} tokens are fewer than one block of {block_len}")
-    return ids[: n * block_len].view(n, block_len)

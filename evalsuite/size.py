@@ -14,12 +14,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".engine", ".
 ALTERNATE_GRAPHS = {"model_decode.onnx": "model.onnx"}
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    """Unique parameters and buffers that hold weights (the tied embedding / LM head counted once)."""
-    tensors = {id(p): p for p in model.parameters()}
-    return sum(p.numel() for p in tensors.values())
-
-
 def gpt2_param_count(vocab_size: int, n_positions: int, n_layer: int, n_embd: float, n_inner: float,
                      tied: bool = True) -> float:
     """Parameters of a GPT2LMHeadModel of this shape, the tied head counted once. Widths may be

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from evalsuite.backends import BackendUnavailable, open_runner
+from evalsuite.backends import open_runner
+from evalsuite.errors import BackendUnavailable
 from evalsuite.data import read_text, tokenize
 from evalsuite.errors import EvalInputError
 from evalsuite.metrics import KINDS, EvalSettings, evaluate, gpt2_facts

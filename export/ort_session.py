@@ -13,7 +13,7 @@ import torch
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
 
 from compress.errors import UserError
-from evalsuite.backends import BackendUnavailable
+from evalsuite.errors import BackendUnavailable
 
 
 def providers_for(device: str) -> list[str]:

@@ -197,7 +197,7 @@ def _limits(cfg: ExportConfig, records: dict):
 def _validation_runner(cfg: ExportConfig, onnx_path: Path, ctx: StepContext):
     """ONNX Runtime where the plan runs; on CPU for a tensorrt export (the ONNX is the engine's input),
     for the decode graph, or when this onnxruntime has no CUDA provider."""
-    from evalsuite.backends import BackendUnavailable
+    from evalsuite.errors import BackendUnavailable
     from export.decode_graph import DECODE_FILE
     from export.ort_decode_runner import OrtDecodeRunner
     from export.ort_runner import OrtRunner

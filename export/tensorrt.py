@@ -163,7 +163,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _require_tensorrt() -> None:
-    from evalsuite.backends import BackendUnavailable
+    from evalsuite.errors import BackendUnavailable
     from export.trt_runner import unavailable_reason
 
     reason = unavailable_reason()
@@ -240,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evalsuite.backends import BackendUnavailable
+    from evalsuite.errors import BackendUnavailable
 
     args = parser().parse_args(argv)
     try:

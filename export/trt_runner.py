@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from compress.errors import UserError
-from evalsuite.backends import BackendUnavailable
+from evalsuite.errors import BackendUnavailable
 from evalsuite.errors import EvalInputError
 from export.profiles import BATCH, MASK_INPUTS, PAST, TOKEN_INPUTS, InputSpec, axis_roles
 from export.trt_spec import ENGINE_JSON, LAYERS_JSON, read_spec, sha256, write_step_files

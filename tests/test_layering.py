@@ -62,19 +62,54 @@ def _imports(tree: ast.AST, module: str, is_package: bool):
             stack.append(child)
 
 
-def import_graph() -> tuple[dict[str, dict[str, list[str]]], set[str]]:
-    """module -> {imported module of ours -> ["file:line", ...]}, and the set of our modules."""
+def registry_lists(tree: ast.AST):
+    """(module name, line) for every string in a module-level `*_MODULES = ("pkg.mod", ...)` tuple: a
+    registry that imports its members by name (BUILTIN_STEP_MODULES, METHOD_MODULES)."""
+    for node in getattr(tree, "body", []):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id.endswith("_MODULES") for t in targets) \
+                and isinstance(node.value, (ast.Tuple, ast.List)):
+            for elt in node.value.elts:
+                if isinstance(elt, ast.Constant) and isinstance(elt.value, str):
+                    yield elt.value, node.lineno
+
+
+def entry_point_edges() -> list[tuple[str, str, str]]:
+    """(loader module, entry module, where) for the entry-point groups of pyproject.toml: the module
+    that loads a group by name imports every module the group lists."""
+    import tomllib
+
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("entry-points", {})
+    out = []
+    for group, entries in groups.items():
+        loaders = [module_name(p) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")
+                   if f'"{group}"' in p.read_text(encoding="utf-8")]
+        for loader in loaders:
+            out += [(loader, value.split(":")[0], f"pyproject.toml [{group}] {name}") for name, value in entries.items()]
+    return out
+
+
+def import_graph(plugins: bool = True) -> tuple[dict[str, dict[str, list[str]]], set[str]]:
+    """module -> {imported module of ours -> ["file:line", ...]}, and the set of our modules. Imports by
+    name count: registry lists and, with `plugins`, the entry points a module loads by group."""
     files = {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
     graph: dict[str, dict[str, list[str]]] = {m: {} for m in files}
+
+    def edge(module: str, target: str, where: str) -> None:
+        if target in files and target != module:
+            wheres = graph[module].setdefault(target, [])
+            if where not in wheres:
+                wheres.append(where)
+
     for module, path in files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for (parent, name), line in _imports(tree, module, path.name == "__init__.py"):
-            target = name if name in files else parent
-            if target in files and target != module:
-                where = f"{path.relative_to(ROOT)}:{line}"
-                wheres = graph[module].setdefault(target, [])
-                if where not in wheres:
-                    wheres.append(where)
+            edge(module, name if name in files else parent, f"{path.relative_to(ROOT)}:{line}")
+        for name, line in registry_lists(tree):
+            edge(module, name, f"{path.relative_to(ROOT)}:{line} (registry)")
+    if plugins:
+        for loader, target, where in entry_point_edges():
+            edge(loader, target, where)
     return graph, set(files)
 
 
@@ -137,7 +172,8 @@ def test_no_import_cycles():
 
 
 def test_imports_follow_the_layering():
-    graph, _ = import_graph()
+    # entry points are the one way a lower layer reaches a higher one: by group, never by name
+    graph, _ = import_graph(plugins=False)
     bad = layering_violations(graph)
     assert not bad, "\n".join(bad)
 
@@ -155,3 +191,12 @@ def test_the_checker_finds_a_planted_cycle_and_violation():
              "evalsuite.x": {"export.y": ["evalsuite/x.py:3"]}, "export.y": {}}
     assert cycles(graph) == [["compress.a", "compress.b"]]
     assert layering_violations(graph) == ["evalsuite/x.py:3: evalsuite.x imports export.y (a higher layer)"]
+
+
+def test_the_checker_counts_registry_lists_and_entry_points_as_imports():
+    tree = ast.parse('METHOD_MODULES: tuple[str, ...] = ("compress.quantization.rtn",)\nOTHER = ("x.y",)\n')
+    assert list(registry_lists(tree)) == [("compress.quantization.rtn", 1)]
+    edges = {(loader, target) for loader, target, _ in entry_point_edges()}
+    assert ("compress.catalog", "export.step") in edges and ("evalsuite.backends", "export.ort_runner") in edges
+    graph, _ = import_graph()
+    assert "compress.quantization.step" in graph["compress.catalog"]  # BUILTIN_STEP_MODULES

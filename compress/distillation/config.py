@@ -18,7 +18,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter,
 from compress.guard import Guarded
 from compress.model_shape import Shape, source_shape
 from compress.plan_state import Check, Origin, PlanState, Problem
-from compress.plan_types import ModelSource
+from compress.models import is_local_source
+from compress.plan_types import ModelSource, Seed
 from compress.steps import StepConfig
 
 
@@ -87,6 +88,7 @@ class DistillConfig(StepConfig, Guarded):
     kind: ClassVar[str] = "distill"
     distributed: ClassVar[bool] = True  # under torchrun every rank trains it (DDP); rank 0 writes
     changes_weights: ClassVar[bool] = True
+    reads: ClassVar[frozenset[str]] = frozenset({"seed", "train", "files"})  # files: a teacher dir
     omitted_when: ClassVar[dict[str, object]] = {"fused_head": False}  # plans without it keep their hashes
 
     teacher: Teacher = Field("base", description="'base' (the plan's model), a model dir or an HF id")
@@ -119,7 +121,7 @@ class DistillConfig(StepConfig, Guarded):
     patience: int | None = Field(None, ge=1, le=10**4, description="stop after this many evals without "
                                                                    "improvement; null: never stop early")
     checkpoint_every: int = Field(100, ge=1, le=10**7, description="optimizer steps between checkpoints")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _shapes(self) -> "DistillConfig":
@@ -145,6 +147,9 @@ class DistillConfig(StepConfig, Guarded):
         if self.batch_size is not None:
             return self.batch_size
         return max(1, round(self.batch_tokens / (self.seq_len * self.grad_accum * world_size)))
+
+    def local_dirs(self) -> dict[str, str]:
+        return {"teacher": self.teacher} if self.teacher != "base" and is_local_source(self.teacher) else {}
 
     def describe(self) -> str:
         who = "base" if self.teacher == "base" else self.teacher

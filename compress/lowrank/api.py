@@ -11,7 +11,7 @@ from transformers import GPT2LMHeadModel
 from compress.errors import UserError
 from compress.lowrank.config import FactorizeConfig, projection_shapes
 from compress.lowrank.methods import METHODS
-from compress.lowrank.modules import CONFIG_KEY, LowRankLinear, lowrank_record, set_module
+from compress.lowrank.modules import LowRankLinear, lowrank_record, set_lowrank_record, set_module
 from compress.lowrank.ranks import budget_ranks, energy_rank, max_rank
 from compress.quantization.calibration import calibration_windows, input_hooks, run_model
 from compress.quantization.gptq import HessianSum
@@ -71,7 +71,7 @@ def factorize(model: GPT2LMHeadModel, cfg: FactorizeConfig, calib: torch.Tensor 
         e = sp.s.double() ** 2
         layers[name] = {"rank": r, "shape": list(shapes[local]), "max_rank": caps[name],
                         "energy_kept": round(float(e[:r].sum() / e.sum().clamp_min(1e-30)), 6)}
-    setattr(model.config, CONFIG_KEY, {"method": cfg.method, "ranks": {n: v["rank"] for n, v in layers.items()}})
+    set_lowrank_record(model.config, {"method": cfg.method, "ranks": {n: v["rank"] for n, v in layers.items()}})
     out_log.info("factorize: %d projections, ranks %d-%d (%s)", len(layers), min(ranks.values()),
                  max(ranks.values()), cfg.method)
     return layers

@@ -3,8 +3,10 @@
 A factorized projection keeps GPT-2's Conv1D orientation: y = (x @ weight) @ up + bias with
 weight [in, r] (stored under the original `...c_attn.weight` name), up [r, out], bias [out]. So
 stock `GPT2LMHeadModel.from_pretrained` refuses the checkpoint with a size mismatch on that weight
-(never loads random weights); the toolkit reads config.json's CONFIG_KEY entry (method, rank of every
-factorized projection), builds the modules and loads the tensors strictly (`load_factorized`).
+(never loads random weights); the toolkit reads config.json's `gpt2_edge: {lowrank: {method, ranks}}`
+entry (the rank of every factorized projection), builds the modules and loads the tensors strictly
+(`load_factorized`). A top-level `gpt2_edge` entry also tells compress.models that the directory is not
+a stock GPT-2 (its tensors are not checked against the stock shapes).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-CONFIG_KEY = "gpt2_edge_lowrank"
+CONFIG_KEY, ENTRY = "gpt2_edge", "lowrank"  # config.json: {"gpt2_edge": {"lowrank": {...}}}
 
 
 class LowRankLinear(nn.Module):
@@ -51,8 +53,14 @@ class LowRankLinear(nn.Module):
 
 def lowrank_record(config: Any) -> dict[str, Any] | None:
     """The factorize step's record in a model config (GPT2Config or config.json dict), or None."""
-    value = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
+    outer = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
+    value = outer.get(ENTRY) if isinstance(outer, dict) else None
     return value if isinstance(value, dict) else None
+
+
+def set_lowrank_record(config: Any, record: dict[str, Any]) -> None:
+    outer = dict(getattr(config, CONFIG_KEY, None) or {})
+    setattr(config, CONFIG_KEY, outer | {ENTRY: record})
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:

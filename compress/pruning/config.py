@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from compress.plan_state import Check, Origin, PlanState, Problem
+from compress.plan_types import Seed
 from compress.pruning.shapes import Shape, removed, target_problems, target_shape
 from compress.steps import StepConfig
 
@@ -37,7 +38,7 @@ class PruneConfig(StepConfig):
     calib_tokens: int = Field(16384, ge=64, le=100_000_000, description="calibration tokens (taylor, activation)")
     seq_len: int | None = Field(None, ge=8, le=8192, description="calibration window; default min(256, n_positions)")
     batch_size: int = Field(8, ge=1, le=1024, description="calibration windows per forward pass")
-    seed: int = Field(0, ge=0, description="picks the calibration windows and the random criterion's scores")
+    seed: Seed = Field(0, description="picks the calibration windows and the random criterion's scores")
     correct_layernorm: bool = Field(True, description="rescale LayerNorms for the removed residual channels "
                                     "(needs calibration tokens; see compress/pruning/compensation.py)")
 

@@ -36,7 +36,9 @@ def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | 
     """
     if getattr(model.config, "quantization_config", None) is not None:
         raise UserError("quantize: the model is already quantized; start from an fp32 model")
-    if getattr(model.config, "gpt2_edge_lowrank", None) is not None:
+    from compress.lowrank.modules import lowrank_record
+
+    if lowrank_record(model.config) is not None:
         raise UserError("quantize: the model is factorized (compress.lowrank); quantizing low-rank factors is not "
                         "implemented: export it unquantized")
     check_widths(model, cfg)

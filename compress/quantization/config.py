@@ -13,6 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from compress.plan_state import Check, PlanState, Problem, Quantized
+from compress.plan_types import Seed
 from compress.quantization.outlier_guard import needs_outlier_windows
 from compress.quantization.methods import METHODS, exportable_methods, method, methods_reading, option_classes
 from compress.quantization.registry import Grid, QuantMethod
@@ -45,7 +46,7 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
     # calibration (methods with calibrates=True)
     calib_samples: int = Field(64, ge=1, le=4096, description="calibration windows from data.train")
     calib_seq_len: int = Field(256, ge=8, le=8192, description="tokens per window (capped at n_positions)")
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("method")
     @classmethod

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from compress.errors import UserError
+from compress.gate import Refusal
 from evalsuite.outliers import PROJECTIONS, OutlierProfile, outlier_profile
 
 if TYPE_CHECKING:
@@ -69,18 +70,18 @@ def profile_record(profile: OutlierProfile, checked: tuple[str, ...], allowed: b
             "top_channels": {p.layer: [[c, round(r, 1)] for c, r in p.top(4)] for p in ranked[:4]}}
 
 
-class OutlierRefusal(UserError):
+class OutlierRefusal(Refusal):
     """A per-tensor int8 method refused on a measured outlier; `at(where)` names the plan key path."""
 
-    def __init__(self, what: str, worst: str, where: str = "quantize"):
-        self.what, self.worst, self.where = what, worst, where
-        super().__init__(f"{where}: {what} quantizes activations per tensor and calibration finds {worst} "
-                         f"(limit {OUTLIER_LIMIT:.0f}x: a large perplexity loss is expected); "
-                         f"{EXPORT_SUGGESTION if where.endswith('export') else SUGGESTION}; "
-                         f"or set {where}.allow_outliers: true")
+    def __init__(self, method: str, worst: str, where: str = "quantize"):
+        self.method, self.worst = method, worst
+        super().__init__(where, f"{method} quantizes activations per tensor and calibration finds {worst} "
+                                f"(limit {OUTLIER_LIMIT:.0f}x: a large perplexity loss is expected)",
+                         how=f"{EXPORT_SUGGESTION if where.endswith('export') else SUGGESTION}; "
+                             f"or set {where}.allow_outliers: true")
 
     def at(self, where: str) -> "OutlierRefusal":
-        return OutlierRefusal(self.what, self.worst, where)
+        return OutlierRefusal(self.method, self.worst, where)
 
 
 def check_profile(profile: OutlierProfile, checked: tuple[str, ...], what: str, allowed: bool,
@@ -100,13 +101,6 @@ def check_outliers(model: nn.Module, windows: torch.Tensor, checked: tuple[str, 
     """Profile `model` (before any smoothing is folded in) on calibration windows (N, T) and check it."""
     profile = outlier_profile(model, windows, seq_len=windows.shape[-1], max_windows=None)
     return check_profile(profile, checked, what, allowed, where)
-
-
-def step_key(plan, cfg, step_name: str) -> str:
-    """The plan key path of a step config ('steps[2].quantize'), from the plan or the step dir name
-    ('03-quantize-...': the base model is 00)."""
-    index = next((i for i, s in enumerate(plan.steps) if s is cfg), int(step_name.split("-")[0]) - 1)
-    return f"steps[{index}].{cfg.kind}"
 
 
 # -- the quantize step's methods -----------------------------------------------------------------------

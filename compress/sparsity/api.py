@@ -22,7 +22,9 @@ def check_model(model: GPT2LMHeadModel, cfg: SparsifyConfig) -> None:
     """What the plan may not have known: quantized weights, widths an N:M group does not divide."""
     if getattr(model.config, "quantization_config", None) is not None:
         raise UserError("sparsify: the model is quantized; sparsify before the quantize step")
-    if getattr(model.config, "gpt2_edge_lowrank", None) is not None:
+    from compress.lowrank.modules import lowrank_record
+
+    if lowrank_record(model.config) is not None:
         raise UserError("sparsify: the model is factorized (low-rank factors); sparsify takes dense projections")
     t = cfg.target
     for local in cfg.layers if t.m else ():

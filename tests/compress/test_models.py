@@ -91,7 +91,8 @@ def test_weights_that_do_not_match_config_json(tiny, tmp_path):
     save_model(tiny, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_embd": 128}))
-    with pytest.raises(UserError, match=r"cannot load the model \(the weights do not match config.json: size mismatch"):
+    # refused from the headers, before transformers builds anything
+    with pytest.raises(UserError, match=r"'transformer.h.0.attn.c_attn.bias' has shape \[192\], config.json implies \[384\]"):
         load_model(tmp_path)
 
 
@@ -101,7 +102,7 @@ def test_missing_and_corrupt_tokenizer_files(tiny, byte_tokenizer, tmp_path):
         load_tokenizer(tmp_path)
     byte_tokenizer.save_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{not json")
-    with pytest.raises(UserError, match="cannot load a tokenizer; a tokenizer file is corrupt"):
+    with pytest.raises(UserError, match=r"tokenizer.json: invalid JSON"):
         load_tokenizer(tmp_path)
 
 

@@ -141,10 +141,10 @@ def scramble(cfg: ScrambleConfig, ctx: StepContext) -> StepOutput:
 
 @pytest.fixture
 def scramble_step(monkeypatch):
-    from compress import steps
+    from compress import catalog, steps
 
-    steps.step_configs()  # the built-in steps first, so that the test step is one more
-    monkeypatch.setitem(steps._HANDLERS, ScrambleConfig, scramble)
+    catalog.step_configs()  # the built-in steps first, so that the test step is one more
+    monkeypatch.setitem(steps.HANDLERS, ScrambleConfig, scramble)
 
 
 def test_a_step_far_worse_than_its_input_stops_the_run_and_is_not_done(tmp_path, scramble_step):
@@ -190,20 +190,20 @@ def test_run_plan_passes_values_in_memory_and_tokenizes_once(tmp_path, monkeypat
 
 
 def test_the_step_entry_points_are_loaded_by_group(monkeypatch):
-    from compress import steps
+    from compress import catalog
 
-    registered = steps.step_configs()
+    registered = catalog.step_configs()
     assert {"prune", "distill", "quantize"} <= set(registered) and "base" not in registered  # sources are `model:`
-    if not steps._LOADED:
-        pytest.skip(f"this environment's gpt2-edge metadata predates the entry points: {steps.REINSTALL}")
-    assert "export" in registered and "export" in steps._LOADED
+    if not catalog._LOADED:
+        pytest.skip(f"this environment's gpt2-edge metadata predates the entry points: {catalog.REINSTALL}")
+    assert "export" in registered and "export" in catalog._LOADED
 
 
 def test_missing_step_entry_points_give_the_reinstall_hint(tmp_path, monkeypatch):
-    from compress import steps
+    from compress import catalog
 
-    monkeypatch.setattr(steps, "_LOADED", [])
-    monkeypatch.setattr(steps, "_BUILTINS_LOADED", True)
+    monkeypatch.setattr(catalog, "_LOADED", [])
+    monkeypatch.setattr(catalog, "_BUILTINS_LOADED", True)
     text = TINY_PLAN.replace("TOKENS", "3000") + "steps:\n  - exprt: {}\n"
     (tmp_path / "plan.yaml").write_text(text)
     with pytest.raises(PlanError) as e:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from compress import steps
+from compress import catalog, steps
 from compress.errors import PlanError
 from compress.plan import parse_plan
 from compress.plan_check import check_steps
@@ -14,12 +14,14 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "steps.md").read_text(enco
 
 
 @pytest.fixture
-def doc_step(monkeypatch):
-    steps.step_configs()  # the built-in steps first
-    monkeypatch.setattr(steps, "_HANDLERS", dict(steps._HANDLERS))  # registrations below are undone after
+def doc_step():
+    catalog.step_configs()  # the built-in steps first
+    registered = dict(steps.HANDLERS)
     scope: dict = {}
     exec(compile(re.search(r"```python\n(.*?)```", DOC, re.S).group(1), "docs/steps.md", "exec"), scope)
-    return scope["HalveMlpConfig"]
+    yield scope["HalveMlpConfig"]
+    steps.HANDLERS.clear()  # the registration above is undone
+    steps.HANDLERS.update(registered)
 
 
 def plan(*steps_):
@@ -29,7 +31,7 @@ def plan(*steps_):
 
 
 def test_the_documented_step_kind_plugs_in(doc_step, no_model_loads):
-    assert steps.step_configs()["halve_mlp"] is doc_step
+    assert catalog.step_configs()["halve_mlp"] is doc_step
     p = parse_plan(plan({"halve_mlp": {}}, {"quantize": {"method": "rtn", "bits": 4, "group_size": 64}}))
     assert check_steps(p).states[1].shape.n_inner == 128  # 4 * 64, halved
     with pytest.raises(PlanError) as e:  # the width it made is named when a later step cannot use it
@@ -45,7 +47,7 @@ def test_the_documented_step_kind_plugs_in(doc_step, no_model_loads):
 
 
 def test_source_steps_are_not_plan_keys():
-    known = steps.step_configs()
+    known = catalog.step_configs()
     assert "base" not in known and all(not cls.source for cls in known.values())
     with pytest.raises(PlanError, match=r"steps\[0\]\.base: unknown step"):
         parse_plan(plan({"base": {}}))

@@ -61,7 +61,7 @@ def pair():
 
 def test_distill_at_lr_1_fails_loudly(tmp_path):
     with pytest.raises(DivergenceError, match=r"^distill: held-out ppl \S+ at step \d+ is above 10x the .* "
-                                              r"lower lr \(now 1\).*not marked done$"):
+                                              r"not marked done; lower lr \(now 1\).*then rerun$"):
         distill(*pair(), pattern_ids(), distill_cfg(lr=1.0), checkpoint_dir=tmp_path / "ckpt", progress=False)
 
 
@@ -79,7 +79,8 @@ def test_guard_bounds():
         guard.check_eval(10, math.nan, "kept: x")
     guard.check_end(20, 50.4, 20, "kept: x")  # within end_tolerance (1%)
     with pytest.raises(DivergenceError, match=r"made the model worse: held-out ppl 50 before training, 51 at the "
-                                              r"best eval \(step 20\) after 20 steps \(guard.end_tolerance 0.01\); lower lr; kept: x"):
+                                              r"best eval \(step 20\) after 20 steps \(guard.end_tolerance 0.01\); kept: x; "
+                                              r"the step is not marked done; lower lr$"):
         guard.check_end(20, 51.0, 20, "kept: x")
     DivergenceGuard("pretrain", GuardConfig(), None, "").check_end(20, 1e9, None, "")  # nothing to compare to
 

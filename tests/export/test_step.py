@@ -9,7 +9,7 @@ import torch
 from compress.errors import PlanError, UserError
 from compress.plan import parse_plan
 from compress.runner import run_plan
-from compress.steps import step_configs
+from compress.catalog import step_configs
 from export.step import ExportConfig, build_graph, export_step, fuses
 
 
@@ -122,7 +122,7 @@ def test_quantize_then_export_writes_the_steps_integers(tmp_path, trained_tiny):
 
 
 def test_handler_is_registered_for_the_config():
-    from compress.steps import handler_for
+    from compress.catalog import handler_for
 
     assert handler_for(ExportConfig()) is export_step
 

@@ -16,9 +16,11 @@ import torch
 
 from compress.errors import UserError
 from compress.models import tiny_model
-from compress.plan import EvalConfig, LatencyConfig
+from compress.plan import LatencyConfig
+from compress.step_inputs import EvalInput, StepInputs
 from compress.steps import StepContext
-from evalsuite.backends import BackendUnavailable, open_runner
+from evalsuite.backends import open_runner
+from evalsuite.errors import BackendUnavailable
 from export.tensorrt import ENGINE_JSON, SCRIPT, finish_step, main
 from export.trt_qdq import pack_int4, write_qdq
 from export.trt_check import check_model, errors
@@ -66,8 +68,9 @@ def make_step_dir(tmp_path: Path, graph: onnx.ModelProto, model=None) -> Path:
 
 
 def context(step: Path, input_dir: Path, latency=LatencyConfig(prompt=32, new_tokens=16)):
-    plan = SimpleNamespace(eval=EvalConfig(latency=latency), data=SimpleNamespace(eval=SimpleNamespace(seq_len=64)))
-    return StepContext(plan=plan, name=step.name, out_dir=step, work_dir=step, input_dir=input_dir,
+    inputs = StepInputs(declared=frozenset({"eval", "latency"}), _latency=latency,
+                        _eval=EvalInput(SimpleNamespace(seq_len=64), digest=""))
+    return StepContext(inputs=inputs, name=step.name, out_dir=step, work_dir=step, input_dir=input_dir,
                        base_dir=input_dir, device=torch.device("cpu"), log=logging.getLogger("test"))
 
 

@@ -19,7 +19,8 @@ if not torch.cuda.is_available():
 
 from compress.errors import UserError  # noqa: E402
 from compress.models import tiny_model  # noqa: E402
-from compress.plan import EvalConfig, LatencyConfig  # noqa: E402
+from compress.plan import LatencyConfig  # noqa: E402
+from compress.step_inputs import EvalInput, StepInputs  # noqa: E402
 from compress.steps import StepContext  # noqa: E402
 from export.generate import GenerationConfig, generate  # noqa: E402
 from export.tensorrt import ENGINE_JSON, finish_step  # noqa: E402
@@ -39,9 +40,9 @@ def built(tmp_path_factory):
     graph, _ = build_graph(ExportConfig(format="tensorrt", precision="fp16"), model, {}, logging.getLogger("t"))
     save_onnx(graph, step / "model.onnx")
     model.config.to_json_file(step / "config.json")
-    plan = SimpleNamespace(eval=EvalConfig(latency=LatencyConfig(prompt=32, new_tokens=16)),
-                           data=SimpleNamespace(eval=SimpleNamespace(seq_len=64)))
-    ctx = StepContext(plan=plan, name=step.name, out_dir=step, work_dir=step, input_dir=step, base_dir=step,
+    inputs = StepInputs(declared=frozenset({"eval", "latency"}), _latency=LatencyConfig(prompt=32, new_tokens=16),
+                        _eval=EvalInput(SimpleNamespace(seq_len=64), digest=""))
+    ctx = StepContext(inputs=inputs, name=step.name, out_dir=step, work_dir=step, input_dir=step, base_dir=step,
                       device=torch.device("cpu"), log=logging.getLogger("t"))
     out = finish_step(SimpleNamespace(precision="fp16", profile=None), step / "model.onnx", ctx)
     return step, model, out

@@ -101,7 +101,7 @@ def test_reload_is_exact_and_stock_transformers_refuses(tmp_path):
     factorize(model, FactorizeConfig(method="svd", params=0.6), None)
     path = save_model(model, tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
-    assert set(config["gpt2_edge_lowrank"]["ranks"]) == {f"transformer.h.{i}.{p}" for i in range(2) for p in
+    assert set(config["gpt2_edge"]["lowrank"]["ranks"]) == {f"transformer.h.{i}.{p}" for i in range(2) for p in
                                                           ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
     again = load_model(path)
     ids = calib_ids(64).view(1, 64)

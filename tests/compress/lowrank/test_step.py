@@ -70,7 +70,7 @@ def test_factorize_distill_export_onnx_end_to_end(tmp_path, random_tiny_dir):
     ranks = {name: v["rank"] for name, v in info["layers"].items()}
     assert len(ranks) == 8 and info["projection_weights_after"] <= 0.6 * info["projection_weights_before"]
     distilled = json.loads((run / "02-distill" / "model" / "config.json").read_text())
-    assert distilled["gpt2_edge_lowrank"]["ranks"] == ranks  # distill trained the factors, kept the ranks
+    assert distilled["gpt2_edge"]["lowrank"]["ranks"] == ranks  # distill trained the factors, kept the ranks
     step = run / "03-export-onnx"
     v = json.loads((step / "validation.json").read_text())
     assert v["passed"] and v["max_abs_logit_diff"] < 1e-3

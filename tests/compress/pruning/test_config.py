@@ -49,8 +49,8 @@ def test_earlier_prune_steps_are_accounted_for():
     assert problems({"layers": 2}, {"layers": 2})[0].startswith("steps[1].prune: layers=2 removes all 2 blocks")
 
 
-def test_a_local_model_dir_is_read_for_its_shape(tmp_path):
-    save_model(tiny_model(n_layer=2, n_head=4), tmp_path / "m")
+def test_a_local_model_dir_is_read_for_its_shape(tmp_path, byte_tokenizer):
+    save_model(tiny_model(n_layer=2, n_head=4, vocab_size=len(byte_tokenizer)), tmp_path / "m", byte_tokenizer)
     found = problems({"layers": 2}, model=str(tmp_path / "m"))
     assert found[0].startswith("steps[0].prune: layers=2 removes all 2 blocks of the 2x64 model")
     assert problems({"params": 0.01}, model=str(tmp_path / "m"))[0].startswith(
@@ -68,13 +68,13 @@ def test_a_gpt2_hub_id_is_checked_offline_and_another_when_loaded():
 
 
 @pytest.mark.parametrize("target", [{"params": 0.6, "round_to": 32}, {"width": 0.3, "mlp": 0.37, "layers": 1}])
-def test_the_plan_time_shape_is_the_shape_the_step_makes(tmp_path, target):
+def test_the_plan_time_shape_is_the_shape_the_step_makes(tmp_path, target, byte_tokenizer):
     from compress import prune
     from compress.model_shape import Shape
     from compress.plan_check import check_steps
 
     model = tiny_model(vocab_size=300, n_layer=3, n_embd=96, n_head=6)
-    save_model(model, tmp_path / "m")
+    save_model(model, tmp_path / "m", byte_tokenizer)
     plan = parse_plan(plan_dict({"importance": "magnitude", "correct_layernorm": False, **target},
                                 model=str(tmp_path / "m")))
     planned = check_steps(plan).states[-1].shape
