@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from compress.lowrank.methods import LowRankMethod, Spectrum
+from compress.lowrank.registry import LowRankMethod, Spectrum
 
 
 def decompose_svd(name: str, w: torch.Tensor, H, cfg) -> Spectrum:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from compress.errors import UserError
-from compress.lowrank.methods import LowRankMethod, Spectrum
+from compress.lowrank.registry import LowRankMethod, Spectrum
 
 
 def decompose_whitened(name: str, w: torch.Tensor, H: torch.Tensor, cfg) -> Spectrum:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from compress.sparsity.methods import SparsityMethod
+from compress.sparsity.registry import SparsityMethod
 from compress.sparsity.pattern import select_keep
 
 

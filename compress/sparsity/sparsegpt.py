@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from compress.quantization.gptq import drop_dead_inputs, inverse_hessian_factor
-from compress.sparsity.methods import SparsityMethod
+from compress.sparsity.registry import SparsityMethod
 from compress.sparsity.pattern import Target, select_keep
 
 
