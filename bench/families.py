@@ -63,12 +63,32 @@ def projection_nonzeros(model) -> int:
     return total
 
 
+def latency_lines(teacher, calib_ids, calib, rounds: int = 3) -> list[str]:
+    """Torch decode ms/token (batch 1, prompt 128, 32 new tokens, 1 thread) of the dense teacher and of
+    the whitened low-rank one (params 0.5), in alternating rounds, the fastest of each."""
+    from evalsuite.latency import measure_latency
+
+    low = copy.deepcopy(teacher)
+    factorize(low, FactorizeConfig(method="whiten", params=0.5, **calib), calib_ids)
+    best = {"dense": float("inf"), "low-rank whiten (params 0.5)": float("inf")}
+    for _ in range(rounds):
+        for name, model in (("dense", teacher), ("low-rank whiten (params 0.5)", low)):
+            r = measure_latency(TorchRunner(model), prompt=128, new_tokens=32, repeats=3, warmup=1, threads=1,
+                                progress=False)
+            best[name] = min(best[name], r.decode_ms_per_token_p50)
+    dense = best["dense"]
+    return ["| torch decode, batch 1, 1 thread | ms / token (fastest of alternating rounds) | / dense |",
+            "|---|---:|---:|", *[f"| {k} | {v:.2f} | {v / dense:.2f} |" for k, v in best.items()]]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16k eval tokens, 32 calibration windows")
     p.add_argument("--outliers", type=float, default=None, help="plant activation outliers of this factor first")
     p.add_argument("--rows", nargs="*", default=None, help="only these rows (names as in the table)")
     p.add_argument("--no-int4", action="store_true", help="skip the GPTQ int4 column")
+    p.add_argument("--latency", action="store_true", help="also time torch decode of dense vs whitened low-rank "
+                                                          "(alternating rounds; noisy on a shared machine)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     if not (TEACHER / "config.json").exists():
@@ -113,6 +133,8 @@ def main(argv=None) -> int:
         lines.append(f"| {label} | {nz / 1e6:.2f}M | {value:.2f} | {value / base:.3f} | {int4} | "
                      f"{time.perf_counter() - t0:.0f} |")
         print(lines[-1], flush=True)
+    if args.latency:
+        lines += ["", *latency_lines(teacher, calib_ids, calib)]
     head = [f"# bench/families.py{' --quick' if args.quick else ''}"
             f"{f' --outliers {args.outliers:g}' if args.outliers else ''}, {started:%Y-%m-%d %H:%M} UTC", "",
             f"Host: {hardware.host_cpu()}, 1 torch thread, torch {torch.__version__}. The machine was shared with "
