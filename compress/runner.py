@@ -144,6 +144,7 @@ class _Run:
 def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True, trust_cache: bool = False) -> RunResult:
     """Run every step of the plan in run_dir (resuming what is already done) and write the report."""
     run_dir = Path(run_dir)
+    resolve_device(plan)  # a device that is not here fails before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     if not distributed.is_main_process():
         return _run(plan, run_dir, progress, trust_cache)
