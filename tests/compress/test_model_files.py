@@ -9,8 +9,9 @@ import pytest
 
 from compress.errors import PlanError, UserError
 from compress.model_files import MAX_TENSORS, read_header
-from compress.models import check_gpt2_dir, save_model, tiny_model
+from compress.models import check_gpt2_dir, save_model
 from compress.plan import parse_plan
+from tests.tiny_models import tiny_model
 
 PLAN = {"name": "hostile", "data": {"eval": {"builtin": "python-docs", "split": "heldout", "seq_len": 32}}}
 
@@ -143,3 +144,12 @@ def test_a_sparse_weights_file_is_refused_before_it_is_read(model_dir):
     with open(weights, "r+b") as fh:
         fh.truncate(weights.stat().st_size + (1 << 30))  # a 1 GiB hole at the end
     assert "a sparse file" in refused(model_dir)
+
+
+def test_an_extra_tensor_is_refused_by_name(model_dir):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(model_dir / "model.safetensors")
+    weights["transformer.extra"] = weights["transformer.ln_f.bias"].clone()
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    assert "tensor 'transformer.extra' is not part of a GPT-2" in refused(model_dir)

@@ -10,12 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from compress.models import save_model, tiny_model
+from compress.models import save_model
+
 from evalsuite import hardware
 from evalsuite.__main__ import main
 from evalsuite.data import builtin_text, tokenize
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import TorchRunner
+from tests.tiny_models import tiny_model
 
 FAST = ["--seq-len", "32", "--prompt", "8", "--new-tokens", "4", "--repeats", "2", "--sample-tokens", "4"]
 

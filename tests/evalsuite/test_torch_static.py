@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from compress.models import tiny_model
 from evalsuite.errors import EvalInputError
 from evalsuite.latency import measure_latency
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import Runner, TorchRunner
 from evalsuite.torch_static import TorchStaticRunner
+from tests.tiny_models import tiny_model
 
 TOL = 1e-5
 
