@@ -169,7 +169,7 @@ def latency_rows(name: str, model_dir: Path, device: str, args, graphs: bool) ->
                 row["first_run_s"] = time.perf_counter() - t0
                 r = measure_latency(runner, prompt=args.prompt, new_tokens=args.new_tokens, repeats=args.repeats,
                                     warmup=1, progress=False)
-                row.update(prefill_ms=r.prefill_ms_p50, decode_ms=r.decode_ms_per_token_p50,
+                row.update(prefill_ms=r.prefill_ms["p50"], decode_ms=r.decode_ms_per_token["p50"],
                            compile_s=getattr(runner, "compile_s", 0.0), peak_mb=r.peak_mem_bytes / 1e6)
             except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
                 # a kernel or dtype this model's layers lack on this device: the row says so

@@ -115,7 +115,7 @@ def round_robin_latency(runners: dict, args) -> dict[str, dict]:
         for name, runner in runners.items():
             runs[name].append(measure_latency(runner, prompt=128, new_tokens=args.new_tokens, repeats=1,
                                               warmup=1, threads=args.threads, progress=False))
-    return {name: {"prefill_ms": statistics.median(r.prefill_ms_p50 for r in rs),
+    return {name: {"prefill_ms": statistics.median(r.prefill_ms["p50"] for r in rs),
                    "decode_tok_s": statistics.median(r.tokens_per_s for r in rs)} for name, rs in runs.items()}
 
 

@@ -75,7 +75,7 @@ def _runner_latency(runner, ctx: Context) -> Callable[[], tuple[float, float]]:
     def run():
         r = measure_latency(runner, prompt=PROMPT, new_tokens=ctx.new_tokens, repeats=1, warmup=1,
                             threads=ctx.threads, progress=False)
-        return r.prefill_ms_p50, r.decode_ms_per_token_p50
+        return r.prefill_ms["p50"], r.decode_ms_per_token["p50"]
     return run
 
 

@@ -44,7 +44,7 @@ def ppl(model, ids, seq_len):
 def latency(model, threads):
     r = measure_latency(TorchRunner(model), prompt=128, new_tokens=32, repeats=1, warmup=1, threads=threads,
                         progress=False)
-    return r.prefill_ms_p50, r.decode_ms_per_token_p50
+    return r.prefill_ms["p50"], r.decode_ms_per_token["p50"]
 
 
 def latency_ratios(base, small, rounds, threads):

@@ -89,7 +89,7 @@ def measure(model_dir: Path, eval_ids: torch.Tensor, eval_tokens: int | None, re
     decode_ms = None
     if latency:
         decode_ms = measure_latency(runner, prompt=128, new_tokens=32, repeats=repeats, warmup=1, threads=threads,
-                                    progress=False).decode_ms_per_token_p50
+                                    progress=False).decode_ms_per_token["p50"]
     return {"bytes": bytes_on_disk(model_dir, weights_only=True), "ppl": ppl, "decode_ms": decode_ms}
 
 

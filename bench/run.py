@@ -156,8 +156,8 @@ def latency_rounds(runners: dict, rounds: int, new_tokens: int) -> dict[str, dic
         for name, runner in runners.items():
             runs[name].append(measure_latency(runner, prompt=128, new_tokens=new_tokens, repeats=1, warmup=1,
                                               progress=False))
-    return {k: {"prefill_ms": statistics.median(r.prefill_ms_p50 for r in v),
-                "decode_ms": statistics.median(r.decode_ms_per_token_p50 for r in v)} for k, v in runs.items()}
+    return {k: {"prefill_ms": statistics.median(r.prefill_ms["p50"] for r in v),
+                "decode_ms": statistics.median(r.decode_ms_per_token["p50"] for r in v)} for k, v in runs.items()}
 
 
 def measure_suite(label: str, model, builders: dict, eval_ids, args) -> list[dict]:

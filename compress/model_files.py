@@ -23,6 +23,7 @@ from compress.hashing import regular_file
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB
 MAX_HEADER_BYTES = 16 << 20  # GPT-2 XL's header is ~40 KB; quantized layouts a few times that
 MAX_TENSORS = 20_000  # per file: GPT-2 XL has ~600 tensors, a quantized layout a few per linear
+MAX_WEIGHT_BYTES = 32 << 30  # GPT-2 XL in fp32 is 6.4 GB: more is no GPT-2 this toolkit can shrink here
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 # Bounds of a GPT-2 config that any real checkpoint is far inside; past them a model cannot be built here.
@@ -49,7 +50,12 @@ def read_header(file: Path) -> dict[str, dict[str, Any]]:
     def bad(why: str) -> UserError:
         return UserError(f"{file}: not a readable safetensors file ({why}); it is truncated or corrupt: "
                          "save or copy the model again")
-    size = regular_file(file).st_size
+    st = regular_file(file)
+    size = st.st_size
+    if size > MAX_WEIGHT_BYTES:
+        raise bad(f"{size:,} bytes, more than the {MAX_WEIGHT_BYTES:,} of any GPT-2 this toolkit takes")
+    if size > 1 << 20 and st.st_blocks * 512 < size // 2:  # weights saved by any writer have no holes
+        raise bad(f"a sparse file: {size:,} bytes long but only {st.st_blocks * 512:,} stored")
     with open(file, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:

@@ -1,4 +1,4 @@
-"""Load and save GPT-2 checkpoints and tokenizers; tiny configs for tests.
+"""Load and save GPT-2 checkpoints and tokenizers.
 
 Every torch step reads and writes a `GPT2LMHeadModel` directory made by `save_pretrained`
 (safetensors), with the tokenizer files beside it. Unquantized outputs reload with plain
@@ -23,7 +23,7 @@ from compress.model_files import check_config_bounds, check_weights_match_config
 
 if TYPE_CHECKING:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 CONFIG_FILE = "config.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -239,23 +239,3 @@ def _drop_name_or_path(config_file: Path) -> None:
         tmp = config_file.with_name(config_file.name + ".tmp")
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tmp.replace(config_file)
-
-
-def tiny_config(vocab_size: int = 256, n_layer: int = 2, n_embd: int = 64, n_head: int = 4,
-                n_positions: int = 128, n_inner: int | None = None) -> "GPT2Config":
-    """A small GPT-2 config for tests and quick experiments (no dropout, so outputs are exact)."""
-    from transformers import GPT2Config
-
-    return GPT2Config(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
-                      n_positions=n_positions, n_inner=n_inner, resid_pdrop=0.0, embd_pdrop=0.0,
-                      attn_pdrop=0.0, bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1)
-
-
-def tiny_model(seed: int = 0, **config_kwargs) -> "GPT2LMHeadModel":
-    """A randomly initialised tiny GPT-2 (see tiny_config), in eval mode."""
-    import torch
-    from transformers import GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    return GPT2LMHeadModel(tiny_config(**config_kwargs)).eval()
-

@@ -23,11 +23,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
-from compress.base_model import (ModelSpec, PretrainConfig, PretrainModel, TokenizerSpec,  # noqa: F401 (re-exported)
-                                 TrainTokenizer)
-from compress.errors import PlanError, UserError
+from compress.base_model import ModelSpec, PretrainModel
+from compress.errors import PlanError
 from compress.plan_check import check_steps
-from compress.plan_types import ExistingPath, ModelSource, PlanPath, Seed, Strict  # noqa: F401 (re-exported)
+from compress.plan_types import ExistingPath, Seed, Strict
 from compress.catalog import missing_steps_hint, step_configs
 from compress.steps import StepConfig
 from compress.yaml_io import parse_yaml_value, read_yaml_file

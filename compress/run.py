@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             return 0
         from compress.run_dir import check_out_dir
-        from compress.runner import input_paths
+        from compress.planning import input_paths
 
         check_out_dir(run_dir, input_paths(plan, args.plan))
         import torch

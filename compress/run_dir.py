@@ -35,7 +35,7 @@ DIGESTS_FILE = ".digests.json"
 RECORD_FORMAT = 2  # step.json with outputs / made_from; older records are re-run with a notice
 # Written after the step's outputs are recorded (or rewritten by a re-measure): not part of `outputs`.
 BOOKKEEPING = frozenset({STEP_JSON, METRICS_JSON, DONE, "log.txt", "validation.json.tmp"})
-RUN_MARKERS = ("manifest.json", "plan.resolved.yaml")  # a directory holding one is a run dir of ours
+RUN_MARKERS = ("manifest.json", "plan.resolved.yaml", LOCK_FILE)  # a directory holding one is a run dir of ours
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -24,21 +24,20 @@ from typing import Any
 import torch
 
 from compress import distributed
-from compress.base_model import source_step
+from compress.catalog import handler_for
 from compress.data import text_digest
 from compress.errors import UserError
 from compress.gate import check_ppl_ratio
-from compress.hashing import DigestCache, digest
+from compress.hashing import digest
 from compress.manifest import start_manifest
-from compress.measure import BASE, Measurer
-from compress.plan import Plan, dump_plan, step_names
+from compress.measure import Measurer
+from compress.plan import Plan, dump_plan
 from compress.plan_check import check_steps
-from compress.run_dir import (DIGESTS_FILE, DONE, RECORD_FORMAT, STEP_JSON, RunLock, check_reuse, outputs_digest,
-                              read_json, record_outputs, write_json)
+from compress.planning import PlannedStep, planned_steps, run_digests
+from compress.run_dir import (DONE, RECORD_FORMAT, STEP_JSON, RunLock, check_reuse, outputs_digest, read_json,
+                              record_outputs, write_json)
 from compress.speculative_eval import attach_speculative
-from compress.step_inputs import StepInputs, inputs_for
-from compress.catalog import handler_for
-from compress.steps import StepConfig, StepContext
+from compress.steps import StepContext
 from evalsuite.report import write_report
 
 log = logging.getLogger(__name__)
@@ -62,46 +61,6 @@ class RunResult:
     wall_s: float
 
 
-@dataclass(frozen=True)
-class PlannedStep:
-    """One step as the runner sees it before running: where, what, with which inputs, under which hash."""
-
-    name: str
-    step: StepConfig
-    inputs: StepInputs
-    hash: str
-
-
-def plan_steps(plan: Plan) -> list[StepConfig]:
-    """The source step (the plan's `model:`) and then the plan's steps."""
-    return [source_step(plan.model, plan.tokenizer), *plan.steps]
-
-
-def planned_steps(plan: Plan, cache: DigestCache) -> list[PlannedStep]:
-    """Every step with its declared inputs and content hash (its config, its inputs, its input's hash)."""
-    out: list[PlannedStep] = []
-    keys = ["model"] + [f"steps[{i}].{s.kind}" for i, s in enumerate(plan.steps)]
-    for name, key, step in zip(step_names(plan), keys, plan_steps(plan)):
-        inputs = inputs_for(plan, step, key, cache)
-        out.append(PlannedStep(name, step, inputs, step.content_hash(out[-1].hash if out else None, inputs)))
-    return out
-
-
-def step_hashes(plan: Plan, run_dir: Path | None = None) -> list[str]:
-    return [p.hash for p in planned_steps(plan, _digests(run_dir))]
-
-
-def _digests(run_dir: Path | None) -> DigestCache:
-    return DigestCache(run_dir / DIGESTS_FILE if run_dir is not None and run_dir.is_dir() else None)
-
-
-def input_paths(plan: Plan, plan_file: Path | None = None) -> list[Path]:
-    """Every local file or directory the plan reads: a run directory must not be, contain or sit inside one."""
-    paths = [Path(d) for step in plan_steps(plan) for d in step.local_dirs().values()]
-    paths += [Path(s.path) for s in (plan.data.train, plan.data.eval) if s is not None and s.path]
-    return paths + ([Path(plan_file)] if plan_file else [])
-
-
 def resolve_device(plan: Plan) -> torch.device:
     if plan.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was requested but torch sees no CUDA device")
@@ -115,7 +74,7 @@ def dry_run(plan: Plan, run_dir: Path) -> list[str]:
     what it does, and the model shape it leaves (as far as the plan tells); then the plan's notes."""
     checks = check_steps(plan)
     lines, made_from, base_outputs, rerun = [], None, None, False
-    for p, state in zip(planned_steps(plan, _digests(run_dir)), checks.states):
+    for p, state in zip(planned_steps(plan, run_digests(run_dir)), checks.states):
         reuse = check_reuse(run_dir / p.name, p.hash, made_from, verify=False)
         rerun = rerun or not reuse.ok
         if reuse.ok:
@@ -144,6 +103,7 @@ class _Run:
 def run_plan(plan: Plan, run_dir: str | Path, progress: bool = True, trust_cache: bool = False) -> RunResult:
     """Run every step of the plan in run_dir (resuming what is already done) and write the report."""
     run_dir = Path(run_dir)
+    resolve_device(plan)  # a device that is not here fails before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     if not distributed.is_main_process():
         return _run(plan, run_dir, progress, trust_cache)
@@ -155,7 +115,7 @@ def _run(plan: Plan, run_dir: Path, progress: bool, trust_cache: bool) -> RunRes
     t0 = time.perf_counter()
     device = distributed.init_from_env(resolve_device(plan))  # joins torchrun's process group, if any
     main = distributed.is_main_process()  # rank 0 writes every file; other ranks read them
-    digests = _digests(run_dir)
+    digests = run_digests(run_dir)
     steps = planned_steps(plan, digests)
     measurer = Measurer(plan, run_dir, device, text_digest(plan.data.eval, digests), progress and main)
     if main:
@@ -300,6 +260,3 @@ def _reuse_step(run: _Run, p: PlannedStep, step_dir: Path, info: dict, input_ppl
     check_ppl_ratio(p.name, p.step, metrics, input_ppl, run.plan.eval.max_ppl_ratio, kept=f"{step_dir} (cached)")
     log.info("%s: %s (hash %s)", p.name, status, p.hash[:12])
     return StepRecord(p.name, p.hash, status, info.get("wall_s", 0.0), info.get("summary", "")), info, metrics
-
-
-__all__ = ["BASE", "RunResult", "StepRecord", "dry_run", "plan_steps", "planned_steps", "run_plan", "step_hashes"]

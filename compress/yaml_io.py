@@ -26,8 +26,10 @@ def read_yaml_file(path: Path) -> tuple[Any, yaml.Node | None]:
     path = Path(path)
     if path.is_dir():
         raise PlanFileError("is a directory, not a plan file", source=str(path))
-    if not path.is_file():
+    if not path.exists():
         raise PlanFileError("plan file not found", source=str(path))
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise PlanFileError("is not a regular file, not a plan file", source=str(path))
     try:
         size = path.stat().st_size
         if size > MAX_PLAN_BYTES:

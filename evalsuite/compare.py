@@ -17,7 +17,7 @@ import yaml
 
 from evalsuite.errors import EvalInputError
 from evalsuite.report import load_run_metrics
-from evalsuite.summary import DEFAULT_PPL_BUDGET, best_index, fmt, get, markdown_table, ratio, verdict
+from evalsuite.summary import DEFAULT_PPL_BUDGET, best_index, fmt, get, markdown_table, ratio, unreliable, verdict
 
 # (title, dotted key) of the metrics compared as B / A.
 RATIOS = [("ppl", "ppl"), ("decode ms/token p50", "decode_ms_per_token.p50"), ("prefill ms p50", "prefill_ms.p50"),
@@ -86,6 +86,17 @@ def protocol_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k}: {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
 
 
+def step_slot(name: str) -> tuple[str, str]:
+    """(position, step kind) of a step directory name: '03-quantize-gptq-w4g32' -> ('03', 'quantize'), so
+    that the same place of two plans is compared even when the method (and so the name) differs."""
+    position, _, slug = name.partition("-")
+    return position, slug.split("-")[0]
+
+
+def _pair_label(a: str, b: str) -> str:
+    return a if a == b else f"{a} vs {b}"
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path, force: bool = False) -> str:
     (rows_a, budget_a), (rows_b, budget_b) = load_run(run_a), load_run(run_b)
     differences = protocol_differences(run_protocol(run_a, rows_a), run_protocol(run_b, rows_b))
@@ -99,15 +110,21 @@ def compare_runs(run_a: str | Path, run_b: str | Path, force: bool = False) -> s
         out += ["**NOT COMPARABLE (--force): the runs measured perplexity differently: "
                 + "; ".join(differences) + ". The ratios below mix different measurements.**", ""]
     out += ["# B / A (below 1: B is lower; for tokens/s higher is better, for the rest lower is)", ""]
-    by_name_b = {r["step"]: r for r in rows_b}
-    names_a = {r["step"] for r in rows_a}
-    only_a = [r["step"] for r in rows_a if r["step"] not in by_name_b]
-    only_b = [r["step"] for r in rows_b if r["step"] not in names_a]
-    pairs = [(a["step"], a, by_name_b[a["step"]]) for a in rows_a if a["step"] in by_name_b]
+    by_slot_b = {step_slot(r["step"]): r for r in rows_b}
+    slots_a = {step_slot(r["step"]) for r in rows_a}
+    only_a = [r["step"] for r in rows_a if step_slot(r["step"]) not in by_slot_b]
+    only_b = [r["step"] for r in rows_b if step_slot(r["step"]) not in slots_a]
+    pairs = [(_pair_label(a["step"], by_slot_b[step_slot(a["step"])]["step"]), a, by_slot_b[step_slot(a["step"])])
+             for a in rows_a if step_slot(a["step"]) in by_slot_b]
     best_a, best_b = best_index(rows_a, budget_a), best_index(rows_b, budget_b)
     if best_a is not None and best_b is not None:
         pairs.append((f"best: {rows_a[best_a]['step']} → {rows_b[best_b]['step']}", rows_a[best_a], rows_b[best_b]))
-    table = [ratio_table(pairs)] if pairs else ["(no step name in common and no best point in both runs)"]
+    table = [ratio_table(pairs)] if pairs else ["(no step at the same place of both plans and no best point in both "
+                                                "runs)"]
+    noisy = [f"{label}" for label, a, b in pairs if unreliable(a) or unreliable(b)]
+    if noisy:
+        table.append(f"\nTimings not to be trusted in: {', '.join(noisy)} (a busy machine or runs that disagree: "
+                     "see each run's report); their latency ratios are noise until measured again on a quiet machine.")
     unmatched = []
     if only_a:
         unmatched.append(f"Steps only in A (no ratio): {', '.join(only_a)}")

@@ -1,7 +1,9 @@
 """Latency with a KV cache: prefill of a prompt, then per-token greedy decode steps.
 
-Warm-up runs are discarded; p50/p90 are taken over `repeats` runs. Threads are pinned for the
-measurement and reported, since CPU numbers mean little without them.
+Warm-up runs are discarded; p10/p50/p90 are taken over `repeats` runs. Threads are pinned for the
+measurement and reported, and so are the cores other processes used meanwhile
+(evalsuite.machine_load) and, when the runs spread or the machine was busy, why the number is not to
+be trusted: CPU numbers mean little without them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from evalsuite.errors import EvalInputError
+from evalsuite.machine_load import OtherLoad, reliability
 from evalsuite.runner import Runner
 from evalsuite.size import PeakMemory
 
@@ -26,12 +29,12 @@ class LatencyResult:
     new_tokens: int
     repeats: int
     threads: int
-    prefill_ms_p50: float
-    prefill_ms_p90: float
-    decode_ms_per_token_p50: float
-    decode_ms_per_token_p90: float
-    tokens_per_s: float  # batch * 1000 / decode_ms_per_token_p50
+    prefill_ms: dict[str, float]  # p10, p50, p90
+    decode_ms_per_token: dict[str, float]  # p10, p50, p90 of each run's mean decode step
+    tokens_per_s: float  # batch * 1000 / decode_ms_per_token p50
     peak_mem_bytes: int
+    other_cores: float | None  # cores other processes kept busy while it ran (None: unknown)
+    unreliable: str | None  # why the timing is not to be trusted, or None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -87,13 +90,20 @@ def measure_latency(runner: Runner, prompt: int = 128, new_tokens: int = 64, rep
     with pinned_threads(threads) as n_threads, PeakMemory(runner.device) as mem:
         for _ in range(warmup):
             _one_run(runner, ids, min(new_tokens, 4))
-        for _ in tqdm(range(repeats), desc="latency", leave=False, disable=not progress):
-            p, steps = _one_run(runner, ids, new_tokens)
-            prefill.append(p)
-            decode.append(float(np.mean(steps)) if steps else float("nan"))
-    d50 = float(np.percentile(decode, 50))
+        with OtherLoad() as load:
+            for _ in tqdm(range(repeats), desc="latency", leave=False, disable=not progress):
+                p, steps = _one_run(runner, ids, new_tokens)
+                prefill.append(p)
+                decode.append(float(np.mean(steps)) if steps else float("nan"))
+    pre, dec = percentiles(prefill), percentiles(decode)
+    spread = (dec["p90"] - dec["p10"]) / dec["p50"] if repeats >= 3 and dec["p50"] > 0 else None
     return LatencyResult(
         batch=batch, prompt=prompt, new_tokens=new_tokens, repeats=repeats, threads=n_threads,
-        prefill_ms_p50=float(np.percentile(prefill, 50)), prefill_ms_p90=float(np.percentile(prefill, 90)),
-        decode_ms_per_token_p50=d50, decode_ms_per_token_p90=float(np.percentile(decode, 90)),
-        tokens_per_s=batch * 1e3 / d50 if d50 > 0 else float("nan"), peak_mem_bytes=mem.peak_bytes)
+        prefill_ms=pre, decode_ms_per_token=dec,
+        tokens_per_s=batch * 1e3 / dec["p50"] if dec["p50"] > 0 else float("nan"), peak_mem_bytes=mem.peak_bytes,
+        other_cores=None if load.cores is None else round(load.cores, 3),
+        unreliable=reliability(spread, load.cores))
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    return {f"p{q}": float(np.percentile(values, q)) for q in (10, 50, 90)}

@@ -118,12 +118,13 @@ def evaluate(runner: Runner | None, eval_ids: torch.Tensor | None, facts: ModelF
                      "tokens_total": r.tokens_total, "windows": r.windows}
     if settings.latency is not None:
         lr = measure_latency(runner, progress=progress, **{k: v for k, v in settings.latency.items() if v is not None})
-        m["prefill_ms"] = {"p50": lr.prefill_ms_p50, "p90": lr.prefill_ms_p90}
-        m["decode_ms_per_token"] = {"p50": lr.decode_ms_per_token_p50, "p90": lr.decode_ms_per_token_p90}
+        m["prefill_ms"] = lr.prefill_ms
+        m["decode_ms_per_token"] = lr.decode_ms_per_token
         m["tokens_per_s"] = lr.tokens_per_s
         m["peak_mem_bytes"] = lr.peak_mem_bytes
         m["latency"] = {"batch": lr.batch, "prompt": lr.prompt, "new_tokens": lr.new_tokens,
-                        "repeats": lr.repeats, "threads": lr.threads}
+                        "repeats": lr.repeats, "threads": lr.threads, "cpu": hardware.host_cpu(),
+                        "other_cores": lr.other_cores, "unreliable": lr.unreliable}
         if device == "cpu":  # the host is the one device where both the bound and a measurement exist
             m["host_roofline"] = host_roofline(facts, context, lr.batch, lr.tokens_per_s)
     if tokenizer is not None and settings.sample_prompts:

@@ -53,6 +53,20 @@ def decode_ms(row: dict[str, Any]) -> float | None:
     return get(row, "decode_ms_per_token.p50")
 
 
+def unreliable(row: dict[str, Any]) -> str | None:
+    """Why the row's timing is not to be trusted (a busy machine, runs that disagree), or None."""
+    return get(row, "latency.unreliable")
+
+
+def speedup(row: dict[str, Any], base: dict[str, Any], spec: str = "{:.2f}x") -> str:
+    """How much faster row decodes than base, marked when either timing is not to be trusted."""
+    value = ratio(decode_ms(base), decode_ms(row))
+    if value is None:
+        return "–"
+    noisy = unreliable(row) or unreliable(base)
+    return spec.format(value) + (" (noisy timing)" if noisy else "")
+
+
 def is_measured(row: dict[str, Any]) -> bool:
     """Has both coordinates of the perplexity/latency plane."""
     return row.get("ppl") is not None and decode_ms(row) is not None
@@ -89,7 +103,7 @@ def verdict(rows: list[dict[str, Any]], ppl_budget: float = DEFAULT_PPL_BUDGET) 
         return f"Best point ({rule}): the base model itself; no compressed step is faster within that budget."
     parts = [f"decode {decode_ms(b):.2f} ms/token"]
     if decode_ms(base):
-        parts[-1] += f" ({decode_ms(base) / decode_ms(b):.2f}x faster than the base)"
+        parts[-1] += f" ({speedup(b, base)} faster than the base)"
     if b.get("bytes_on_disk") and base.get("bytes_on_disk"):
         parts.append(f"{human_bytes(b['bytes_on_disk'])} on disk "
                      f"({base['bytes_on_disk'] / b['bytes_on_disk']:.2f}x smaller)")
@@ -102,7 +116,9 @@ def verdict(rows: list[dict[str, Any]], ppl_budget: float = DEFAULT_PPL_BUDGET) 
 
 def _p50_p90(row: dict[str, Any], key: str, spec: str) -> str:
     d = row.get(key) or {}
-    return "–" if d.get("p50") is None else f"{spec.format(d['p50'])} / {spec.format(d['p90'])}"
+    if d.get("p50") is None:
+        return "–"
+    return f"{spec.format(d['p50'])} / {spec.format(d['p90'])}" + (" ?" if unreliable(row) else "")
 
 
 def _host_fraction(row: dict[str, Any]) -> str:
@@ -111,6 +127,8 @@ def _host_fraction(row: dict[str, Any]) -> str:
         return "–"
     share = h["measured_over_projected"]
     percent = f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"
+    if share > 1:  # the roofline is an upper bound: above it, the measurement (or the bandwidth) is noise
+        return f"{percent} of {h['projected_tokens_per_s']:,.0f}: above the bound, noise"
     return f"{percent} of {h['projected_tokens_per_s']:,.0f}"
 
 
@@ -139,7 +157,7 @@ COLUMNS: list[tuple[str, Any]] = [
     ("ppl / base", lambda r, b: fmt(r.get("ppl_ratio_to_base"), "{:.3f}")),
     ("prefill ms p50 / p90", lambda r, b: _p50_p90(r, "prefill_ms", "{:.1f}")),
     ("decode ms/token p50 / p90", lambda r, b: _p50_p90(r, "decode_ms_per_token", "{:.2f}")),
-    ("faster than base", lambda r, b: fmt(ratio(decode_ms(b), decode_ms(r)), "{:.2f}x")),
+    ("faster than base", lambda r, b: speedup(r, b)),
     ("tokens/s", lambda r, b: fmt(r.get("tokens_per_s"), "{:,.1f}")),
     ("peak mem", lambda r, b: fmt(r.get("peak_mem_bytes"), "bytes")),
     ("tok/s vs host roofline", lambda r, b: _host_fraction(r)),
@@ -198,7 +216,12 @@ def protocol_lines(rows: list[dict[str, Any]]) -> list[str]:
     if lat:
         out.append(f"Latency: batch {lat['batch']}, prompt {lat['prompt']} tokens, then {lat['new_tokens']} "
                    f"greedy decode steps with KV cache; p50 / p90 over {lat['repeats']} runs after warm-up, "
-                   f"{lat['threads']} threads. Tokens/s = batch x 1000 / decode ms p50.")
+                   f"{lat['threads']} threads" + (f", on {lat['cpu']}" if lat.get("cpu") else "")
+                   + ". Tokens/s = batch x 1000 / decode ms p50.")
+        noisy = [f"{r.get('step', '?')} ({unreliable(r)})" for r in rows if unreliable(r)]
+        if noisy:
+            out.append("Timings marked ? are not to be trusted: " + "; ".join(noisy)
+                       + ". Rerun on a quiet machine before reading their ratios.")
     out.append("Projected tok/s: memory-bandwidth roofline, bandwidth / (weight bytes + KV-cache bytes read "
                "per token), an upper bound for each target device, not a measurement.")
     host = next((r["host_roofline"] for r in rows if r.get("host_roofline")), None)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.models import save_model, tiny_config, tiny_model
+from compress.models import save_model
+from tests.tiny_models import tiny_config, tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,7 +26,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def byte_tokenizer(tmp_path_factory):
     """A 256+1-token byte-level BPE tokenizer (no merges) saved in a directory."""
-    from compress.plan import TrainTokenizer
+    from compress.base_model import TrainTokenizer
     from compress.pretrain import train_tokenizer
     from evalsuite.data import builtin_text
 
@@ -42,7 +43,7 @@ def trained_tiny(tmp_path_factory, byte_tokenizer):
     Returns (model_dir, heldout_ids). Trained models have real structure (uneven importance,
     outlier channels), which pruning, distillation and quantization tests need.
     """
-    from compress.plan import PretrainConfig
+    from compress.base_model import PretrainConfig
     from compress.pretrain import pretrain
     from evalsuite.data import builtin_text, tokenize
 

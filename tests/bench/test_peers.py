@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.models import save_model, tiny_model
+from compress.models import save_model
+from tests.tiny_models import tiny_model
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 DATA = BENCH.parents[1] / "shared" / "data"

@@ -5,10 +5,11 @@ import logging
 import os
 
 import pytest
-from compress.models import save_model, tiny_model
+from compress.models import save_model
 from compress.plan import load_plan
 from compress.run_dir import check_reuse
 from compress.runner import dry_run, run_plan
+from tests.tiny_models import tiny_model
 
 PLAN = """\
 name: cache

@@ -4,7 +4,8 @@ import textwrap
 import pytest
 
 from compress.errors import PlanError, UserError
-from compress.plan import PretrainModel, apply_override, format_loc, load_plan, parse_plan
+from compress.base_model import PretrainModel
+from compress.plan import apply_override, format_loc, load_plan, parse_plan
 
 GOOD = """\
 name: t

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from compress.errors import PlanError
-from compress.models import save_model, tiny_model
+from compress.models import save_model
 from compress.plan import load_plan
 from compress.runner import dry_run
+from tests.tiny_models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -10,9 +10,9 @@ from compress import DistillConfig, distill
 from compress.checkpoint import STATE_FILE
 from compress.errors import UserError
 from compress.guard import DivergenceError, DivergenceGuard, GuardConfig
-from compress.models import tiny_config, tiny_model
-from compress.plan import PretrainConfig
+from compress.base_model import PretrainConfig
 from compress.pretrain import pretrain
+from tests.tiny_models import tiny_config, tiny_model
 
 
 def pattern_ids(n=6000, vocab=64):

@@ -21,7 +21,7 @@ def test_prefill_then_one_token_decode_steps_with_cache():
     assert len(runner.calls) == 3 * (1 + 5)
     assert runner.calls[0] == ((2, 7), True)  # prefill: the whole prompt, no cache
     assert all(shape == (2, 1) and not fresh for shape, fresh in runner.calls[1:6])  # decode: one token, cached
-    assert r.prefill_ms_p50 <= r.prefill_ms_p90 and r.decode_ms_per_token_p50 <= r.decode_ms_per_token_p90
+    assert r.prefill_ms["p50"] <= r.prefill_ms["p90"] and r.decode_ms_per_token["p50"] <= r.decode_ms_per_token["p90"]
     assert r.tokens_per_s > 0 and r.batch == 2 and r.repeats == 3
 
 

@@ -10,12 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from compress.models import save_model, tiny_model
+from compress.models import save_model
+
 from evalsuite import hardware
 from evalsuite.__main__ import main
 from evalsuite.data import builtin_text, tokenize
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import TorchRunner
+from tests.tiny_models import tiny_model
 
 FAST = ["--seq-len", "32", "--prompt", "8", "--new-tokens", "4", "--repeats", "2", "--sample-tokens", "4"]
 
@@ -168,16 +170,43 @@ def test_compare_refuses_runs_measured_differently(tmp_path, capsys):
     assert "| 01-prune | 1.000 |" in out  # the ratios are there, under the warning
 
 
-def test_compare_accepts_the_same_protocol_and_lists_unmatched_steps(tmp_path, capsys):
+def _rename_step(run, old: str, new: str, **metrics) -> None:
+    (run / old).rename(run / new)
+    m = json.loads((run / new / "metrics.json").read_text())
+    (run / new / "metrics.json").write_text(json.dumps({**m, "step": new, **metrics}))
+
+
+def test_compare_matches_steps_by_place_and_kind_not_by_name(tmp_path, capsys):
     _write_run(tmp_path / "a", [10.0, 5.0])
     _write_run(tmp_path / "b", [10.0, 2.5])
-    renamed = tmp_path / "b" / "01-prune-heads"
-    (tmp_path / "b" / "01-prune").rename(renamed)
-    m = json.loads((renamed / "metrics.json").read_text())
-    (renamed / "metrics.json").write_text(json.dumps({**m, "step": "01-prune-heads"}))
+    _rename_step(tmp_path / "a", "01-prune", "01-quantize-gptq-w4g32")
+    _rename_step(tmp_path / "b", "01-prune", "01-quantize-awq-w4g32")
     for run in ("a", "b"):
         _with_protocol(tmp_path / run, vocab={"a": 0, "b": 1})
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
-    assert "NOT COMPARABLE" not in out
-    assert "Steps only in A (no ratio): 01-prune\n" in out and "Steps only in B (no ratio): 01-prune-heads" in out
+    assert "NOT COMPARABLE" not in out and "only in" not in out
+    assert "| 01-quantize-gptq-w4g32 vs 01-quantize-awq-w4g32 |" in out
+
+
+def test_compare_lists_steps_of_another_kind_as_unmatched(tmp_path, capsys):
+    _write_run(tmp_path / "a", [10.0, 5.0])
+    _write_run(tmp_path / "b", [10.0, 2.5])
+    _rename_step(tmp_path / "b", "01-prune", "01-distill")
+    for run in ("a", "b"):
+        _with_protocol(tmp_path / run, vocab={"a": 0, "b": 1})
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "Steps only in A (no ratio): 01-prune\n" in out and "Steps only in B (no ratio): 01-distill" in out
+
+
+def test_compare_flags_timings_not_to_be_trusted(tmp_path, capsys):
+    _write_run(tmp_path / "a", [10.0, 5.0])
+    _write_run(tmp_path / "b", [10.0, 2.5])
+    m = json.loads((tmp_path / "b" / "01-prune" / "metrics.json").read_text())
+    m["latency"] = {**(m.get("latency") or {}), "unreliable": "other processes used 1.20 cores while it ran"}
+    (tmp_path / "b" / "01-prune" / "metrics.json").write_text(json.dumps(m))
+    for run in ("a", "b"):
+        _with_protocol(tmp_path / run, vocab={"a": 0, "b": 1})
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "Timings not to be trusted in: 01-prune" in capsys.readouterr().out

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from compress.models import tiny_model
 from evalsuite.runner import TorchRunner
 from evalsuite.samples import SamplingSettings, decode, generate_samples, greedy
+from tests.tiny_models import tiny_model
 
 
 def _argmax_without_cache(model, prompt: list[int], n: int) -> list[int]:

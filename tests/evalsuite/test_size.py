@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from compress.models import tiny_config
 from evalsuite.metrics import gpt2_facts
 from evalsuite.size import bytes_on_disk
+from tests.tiny_models import tiny_config
 
 
 def test_param_arithmetic_from_config_matches_model():

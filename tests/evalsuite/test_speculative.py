@@ -6,12 +6,12 @@ import itertools
 import pytest
 import torch
 
-from compress.models import tiny_model
 from evalsuite import speculative
 from evalsuite.errors import EvalInputError
 from evalsuite.runner import TorchRunner
 from evalsuite.samples import greedy
 from evalsuite.speculative import SpeculativeSettings, speculative_generate
+from tests.tiny_models import tiny_model
 
 PROMPTS = ([7], [5, 17, 99, 3], list(range(40, 61)))
 

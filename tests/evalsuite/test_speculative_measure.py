@@ -5,13 +5,13 @@ import copy
 import pytest
 import torch
 
-from compress.models import tiny_model
 from evalsuite.errors import EvalInputError
 from evalsuite.metrics import ModelFacts
 from evalsuite.runner import TorchRunner
 from evalsuite.speculative_measure import (SpeculativeMeasureSettings, measure_speculative, projected_speedup,
                                            prompts_from, step_seconds, verdicts)
 from evalsuite.speculative_report import speculative_lines
+from tests.tiny_models import tiny_model
 
 BIG = ModelFacts(params=124_000_000, n_layer=12, n_embd=768, weight_bytes=248_000_000)
 SMALL = ModelFacts(params=30_000_000, n_layer=4, n_embd=384, weight_bytes=15_000_000)

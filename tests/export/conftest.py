@@ -64,7 +64,7 @@ def same_outputs():
 @pytest.fixture(scope="session")
 def graphs():
     """The tiny decoder exported twice: with torch's constant folding (default) and without it."""
-    from compress.models import tiny_model
+    from tests.tiny_models import tiny_model
 
     model = tiny_model(seed=2)
     return export_decoder(model, opset=18), _unfolded(model)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compress.errors import UserError
-from compress.models import load_model, save_model, tiny_model
+from compress.models import load_model, save_model
 from evalsuite.runner import TorchRunner
 from evalsuite.samples import greedy
 from evalsuite.speculative import SpeculativeSettings, speculative_generate, turn_taking
@@ -20,6 +20,7 @@ from export.onnx import save_onnx
 from export.ort_decode_runner import OrtDecodeRunner
 from export.ort_runner import OrtRunner, open_runner
 from export.step import ExportConfig, build_graph
+from tests.tiny_models import tiny_model
 
 ATOL = 1e-4  # fp32 logits, the bound
 

@@ -3,9 +3,11 @@ acceptance and speed printed at the end."""
 
 import pytest
 
-from compress.models import load_model, load_tokenizer, save_model, tiny_model
+from compress.models import load_model, load_tokenizer, save_model
+
 from export import generate as gen_mod
 from export.onnx import export_decoder, save_onnx
+from tests.tiny_models import tiny_model
 
 ARGS = ["def main(", "--max-new-tokens", "16", "--no-stop-at-eos"]
 

@@ -18,7 +18,7 @@ ATOL = 1e-4  # fp32 graph vs fp32 torch; observed ~3e-7 on the tiny model
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from compress.models import tiny_model
+    from tests.tiny_models import tiny_model
 
     model = tiny_model(seed=1)
     graph = export_decoder(model, opset=18)
@@ -115,7 +115,7 @@ def test_graph_without_kv_cache_is_refused(tmp_path):
     """A no-cache export (optimum task text-generation) cannot serve decode: say so, in one line."""
     from optimum.exporters.onnx import onnx_export_from_model
 
-    from compress.models import tiny_model
+    from tests.tiny_models import tiny_model
 
     onnx_export_from_model(tiny_model(), tmp_path, task="text-generation", do_validation=False)
     with pytest.raises(UserError, match="not a KV-cache decoder") as e:
@@ -131,7 +131,7 @@ def test_optimum_ties_the_head_to_the_token_table_without_a_word(capfd):
     head reads the token table itself through a Transpose instead of a second copy of it."""
     import logging
 
-    from compress.models import tiny_model
+    from tests.tiny_models import tiny_model
 
     model = tiny_model(seed=5)
     assert logging.getLogger("optimum").isEnabledFor(logging.WARNING)  # its warnings would show

@@ -58,7 +58,7 @@ def export_quantized(qmodel, records, tmp_path, accuracy_level=0):
 
 @pytest.fixture(scope="module")
 def model():
-    from compress.models import tiny_model
+    from tests.tiny_models import tiny_model
 
     return tiny_model(seed=3)
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from compress.models import tiny_model
 from compress.quantization.outlier_guard import OutlierRefusal
 from compress.quantization.smooth_dynamic import prepare_ort_dynamic
 from evalsuite.outliers import plant_outliers
 from export.step import ExportConfig, build_graph
+from tests.tiny_models import tiny_model
 
 TRAIN = torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
 

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from compress.models import tiny_model
 from evalsuite.runner import TorchRunner
 from evalsuite.samples import greedy
 from evalsuite.speculative import SpeculativeSettings, speculative_generate, turn_taking
 from export.onnx import export_decoder, save_onnx
 from export.ort_runner import OrtRunner
+from tests.tiny_models import tiny_model
 
 PROMPTS = ([7], [5, 17, 99, 3], list(range(40, 61)))
 

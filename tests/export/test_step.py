@@ -131,7 +131,7 @@ def test_validation_limits_name_the_numbers():
     """validate() against a runner that is off by a constant: the logit limit trips, with numbers."""
     import torch
 
-    from compress.models import tiny_model
+    from tests.tiny_models import tiny_model
     from evalsuite.runner import TorchRunner
     from export.validate import Limits, validate
 
@@ -164,7 +164,7 @@ def test_build_graph_shares_the_tied_table_after_every_quantizer(options, shared
     """The tie is found on the fp32 graph and the lookup rewritten after ORT's quantizers ran."""
     import numpy as np
 
-    from compress.models import tiny_model
+    from tests.tiny_models import tiny_model
 
     graph, done = build_graph(ExportConfig(**options), tiny_model(seed=2), {}, logging.getLogger("test"))
     assert done["tied_embedding"] == shared
@@ -174,7 +174,8 @@ def test_build_graph_shares_the_tied_table_after_every_quantizer(options, shared
 
 
 def test_a_quantize_step_int4_head_is_stored_once(tmp_path, run_decoder):
-    from compress.models import load_model, save_model, tiny_model
+    from compress.models import load_model, save_model
+    from tests.tiny_models import tiny_model
     from compress.quantization import QuantizeConfig, quantize, quantized_linears
     from evalsuite.runner import TorchRunner
     from export.ort_runner import OrtRunner

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from compress.errors import UserError
-from compress.models import tiny_model
 from compress.plan import LatencyConfig
 from compress.step_inputs import EvalInput, StepInputs
 from compress.steps import StepContext
@@ -24,6 +23,7 @@ from evalsuite.errors import BackendUnavailable
 from export.tensorrt import ENGINE_JSON, SCRIPT, finish_step, main
 from export.trt_qdq import pack_int4, write_qdq
 from export.trt_check import check_model, errors
+from tests.tiny_models import tiny_model
 
 GROUP = 64  # a block size TensorRT documents for INT4
 

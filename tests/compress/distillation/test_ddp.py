@@ -17,7 +17,7 @@ WORKER = textwrap.dedent("""
     import torch
     from safetensors.torch import save_file
     from compress import DistillConfig, distill, distributed
-    from compress.models import tiny_model
+    from tests.tiny_models import tiny_model
 
     out = Path(sys.argv[1])
     distributed.init_from_env(torch.device("cpu"))

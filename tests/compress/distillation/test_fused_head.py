@@ -7,7 +7,7 @@ from compress.distillation import DistillConfig
 from compress.distillation.fused_head import fused_head_losses
 from compress.distillation.losses import ce_loss, kl_loss
 from compress.distillation.loop import Distiller
-from compress.models import tiny_model
+from tests.tiny_models import tiny_model
 
 
 def _leaves(seed: int, n: int = 37, c: int = 16, ct: int = 24, v: int = 101):

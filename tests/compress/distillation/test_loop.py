@@ -11,8 +11,9 @@ from compress.checkpoint import STATE_FILE
 from compress.distillation import StudentInit, run_distillation, student_from_teacher
 from compress.distillation.evaluate import heldout_eval
 from compress.errors import UserError
-from compress.models import load_model, tiny_model
+from compress.models import load_model
 from compress.training import heldout_loss
+from tests.tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")

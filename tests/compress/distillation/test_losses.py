@@ -7,7 +7,7 @@ from compress.distillation import StudentInit, student_from_teacher
 from compress.distillation.losses import HiddenProjection, ce_loss, even_layer_map, hidden_loss, kl_loss
 from compress.distillation.student import pick_layers
 from compress.errors import UserError
-from compress.models import tiny_model
+from tests.tiny_models import tiny_model
 
 
 def test_kl_matches_hand_computation_and_scales_by_t_squared():

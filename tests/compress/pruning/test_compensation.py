@@ -3,11 +3,11 @@
 import torch
 
 from compress import PruneConfig, prune
-from compress.models import tiny_model
 from compress.pruning import correct_layernorms, slice_gpt2
 from compress.pruning.compensation import layernorm_ratios
 from compress.pruning.selection import Keep
 from compress.pruning.shapes import Shape
+from tests.tiny_models import tiny_model
 
 BATCHES = [torch.randint(0, 256, (4, 33), generator=torch.Generator().manual_seed(i)) for i in range(2)]
 IDS = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(9))

@@ -4,8 +4,9 @@ import pytest
 
 from compress import PruneConfig
 from compress.errors import PlanError
-from compress.models import save_model, tiny_model
+from compress.models import save_model
 from compress.plan import parse_plan
+from tests.tiny_models import tiny_model
 
 
 def plan_dict(*steps, model=None):

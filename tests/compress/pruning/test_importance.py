@@ -5,9 +5,10 @@ import torch
 
 from compress import PruneConfig
 from compress.errors import UserError
-from compress.models import load_model, tiny_model
+from compress.models import load_model
 from compress.pruning import choose, importance, select
 from compress.pruning.importance import group_sums
+from tests.tiny_models import tiny_model
 
 WEAK = 0.01  # planted structures: their weights scaled down 100x, not zeroed
 HEADS = {0: [2], 1: [0]}  # one of 4 heads per block: width=0.25

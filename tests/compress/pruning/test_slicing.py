@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from compress import PruneConfig, prune
-from compress.models import load_model, save_model, tiny_model
+from compress.models import load_model, save_model
 from compress.pruning import Shape, choose, param_count
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import TorchRunner
+from tests.tiny_models import tiny_model
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from compress import QuantizeConfig, quantize
-from compress.models import load_model, save_model, tiny_model
+from compress.models import load_model, save_model
 from compress.quantization.awq import scale_model, search_clip, search_scale, output_error, fake_quant
 from compress.quantization.folding import fold_into_layernorm
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import TorchRunner
+from tests.tiny_models import tiny_model
 
 CALIB = dict(calib_samples=8, calib_seq_len=64)
 OUTLIERS, FACTOR = (3, 17, 40, 51), 40.0  # channels of ln_1 / ln_2 made 40x larger, as in real GPT-2

@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 from compress import QuantizeConfig, quantize
-from compress.models import load_model, save_model, tiny_config, tiny_model
+from compress.models import load_model, save_model
+from tests.tiny_models import tiny_config, tiny_model
 
 pytest.importorskip("compressed_tensors", reason="compressed-tensors not installed: pip install -e '.[dev]'")
 

@@ -6,12 +6,13 @@ import pytest
 import yaml
 
 from compress.errors import UserError
-from compress.models import save_model, tiny_model
+from compress.models import save_model
 from compress.plan import load_plan
 from compress.plan_state import PlanState
 from compress.quantization import QuantizeConfig
 from compress.runner import run_plan
 from evalsuite.outliers import plant_outliers
+from tests.tiny_models import tiny_model
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it rests by the river.\n\n" * 60
 

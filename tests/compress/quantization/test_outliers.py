@@ -7,9 +7,10 @@ import torch
 
 from compress import QuantizeConfig, quantize
 from compress.errors import UserError
-from compress.models import load_model, save_model, tiny_model
+from compress.models import load_model, save_model
 from compress.quantization.outlier_guard import OUTLIER_LIMIT, OutlierRefusal
 from evalsuite.outliers import plant_outliers
+from tests.tiny_models import tiny_model
 
 CHANNELS = [3, 17, 40, 59]
 CALIB = torch.randint(0, 256, (8, 64), generator=torch.Generator().manual_seed(0))

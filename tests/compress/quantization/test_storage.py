@@ -9,10 +9,11 @@ from transformers import GPT2LMHeadModel
 
 from compress import QuantizeConfig, quantize
 from compress.errors import UserError
-from compress.models import load_model, save_model, tiny_config, tiny_model
+from compress.models import load_model, save_model
 from compress.quantization import is_quantized_dir, quantized_linears
 from compress.quantization.bigcode_layout import rows_to_stock
 from compress.quantization.modules import quant_linears
+from tests.tiny_models import tiny_config, tiny_model
 
 CALIB = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(0))
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
