@@ -15,10 +15,11 @@ from compress.lowrank.config import FactorizeConfig
 from compress.lowrank.methods import METHODS
 from compress.lowrank.modules import LowRankLinear
 from compress.lowrank.ranks import break_even, budget_ranks, max_rank
-from compress.models import load_model, save_model, tiny_model
+from compress.models import load_model, save_model
 from compress.quantization.calibration import input_hooks, run_model
 from compress.quantization.gptq import HessianSum
 from compress.quantization.modules import linear_weight
+from tests.tiny_models import tiny_model
 
 
 def calib_ids(n: int = 4096, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from compress.errors import UserError
-from compress.models import tiny_model
+from tests.tiny_models import tiny_model
 from compress.quantization.api import quantize
 from compress.quantization.config import QuantizeConfig
 from compress.quantization.modules import quant_linears
