@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from compress.errors import UserError
-from tests.tiny_models import tiny_model
 from compress.quantization.api import quantize
 from compress.quantization.config import QuantizeConfig
 from compress.quantization.modules import quant_linears
@@ -17,6 +16,7 @@ from compress.sparsity.api import sparsify
 from compress.sparsity.config import SparsifyConfig
 from compress.sparsity.pattern import (CONFIG_KEY, Target, block_weights, holds, measure, model_pattern,
                                        select_keep, sparsity_record)
+from tests.tiny_models import tiny_model
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
