@@ -21,12 +21,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def setup(request):
-    shared = request.getfixturevalue("shared_data")
-    teacher_dir = request.getfixturevalue("reference_teacher")
+def setup():
+    from tests.conftest import SHARED_DATA
+
+    teacher_dir = SHARED_DATA / "teachers" / "gpt2-6x384-corpus"
+    if not (teacher_dir / "config.json").exists():
+        pytest.skip(f"reference teacher not found at {teacher_dir}")
     tok = load_tokenizer(teacher_dir)
-    eval_ids = tokenize(read_text(shared / "corpus" / "heldout", max_chars=40_000), tok)
-    calib_ids = tokenize(read_text(shared / "corpus" / "train", max_chars=300_000), tok)
+    eval_ids = tokenize(read_text(SHARED_DATA / "corpus" / "heldout", max_chars=40_000), tok)
+    calib_ids = tokenize(read_text(SHARED_DATA / "corpus" / "train", max_chars=300_000), tok)
     return load_model(teacher_dir), eval_ids, calib_ids
 
 
