@@ -94,6 +94,13 @@ def test_examples_quickstart_and_gpt2(tmp_path):
         assert [re.search(r"\[-> (\S+?)[],]", line).group(1) for line in lines[:4]] == shapes, lines
 
 
+def test_example_smoke_validates(tmp_path):
+    plan = load_plan(ROOT / "examples" / "smoke.yaml")
+    lines = dry_run(plan, tmp_path / "run")
+    assert [line.split()[0] for line in lines] == ["00-base", "01-prune", "02-quantize-rtn-w8"]
+    assert "[-> 2x64, int8]" in lines[2]
+
+
 def test_example_gpt2_local_on_a_model_of_its_shape(tmp_path):
     """The shared teacher when ../shared/data is here; otherwise a model dir of the same shape
     (6 x 384, 6 heads, GPT-2 vocabulary: the example's comment) and stand-in text files."""
