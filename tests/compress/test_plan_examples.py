@@ -120,15 +120,18 @@ def test_example_gpt2_local_on_a_model_of_its_shape(tmp_path):
 
 
 def test_the_readme_library_snippet_runs_on_a_tiny_model(tmp_path, monkeypatch):
-    """The README's calls as written; only the model path, the output dir and the distillation budget
-    are substituted (a 2-block, 4-head GPT-2 whose pruned widths take groups of 64, like gpt2's)."""
+    """The README's calls as written; only the model path, the output dir and the calibration and
+    distillation budgets are substituted (a 2-block, 4-head GPT-2 whose pruned widths take groups of
+    64, like gpt2's). The small budgets keep it at a few seconds: what it proves is that the calls,
+    their argument names and the shapes they leave are as the README says, not the quality."""
     monkeypatch.undo()  # this test loads models on purpose
     code = readme_block("## Library API", "python")
     model_dir = save_model(tiny_model(vocab_size=256, n_layer=2, n_embd=256, n_head=4, n_positions=256),
                            tmp_path / "gpt2")
     out = tmp_path / "out"
     for old, new in [('"path/to/gpt2"', repr(str(model_dir))), ('"out/"', repr(str(out))),
-                     ("tokens=2_000_000", "tokens=16_384")]:
+                     ("tokens=2_000_000", "tokens=4096, batch_tokens=2048, eval_tokens=2048"),
+                     ("width=0.25)", "width=0.25, calib_tokens=2048)"), ("group_size=64)", "group_size=64, calib_samples=8)")]:
         assert old in code, old
         code = code.replace(old, new)
     g = torch.Generator().manual_seed(0)
