@@ -71,12 +71,11 @@ def _both(model: Path, text_file: Path, capsys, *extra: str) -> tuple[str, str]:
     return gen, _one_line(capsys)
 
 
-@pytest.mark.parametrize("shape, why", [([2 ** 40, 2 ** 40], "does not fit its"), ([-1, 64], "invalid shape"),
-                                        ([2 ** 20, 2 ** 20], "does not fit its")])
-def test_safetensors_with_a_huge_or_negative_shape(model_dir, text_file, capsys, shape, why):
+@pytest.mark.parametrize("shape", [[2 ** 40, 2 ** 40], [-1, 64], [2 ** 20, 2 ** 20]])
+def test_safetensors_with_a_huge_or_negative_shape(model_dir, text_file, capsys, shape):
     bad = _edit_header(model_dir, "bad-shape", shape)
     gen, ev = _both(bad, text_file, capsys)
-    assert "model.safetensors" in gen and why in gen
+    assert "model.safetensors: not a readable safetensors file" in gen
     assert "model.safetensors" in ev or "cannot load the checkpoint" in ev
 
 
@@ -85,7 +84,7 @@ def test_vocab_json_that_is_a_list(model_dir, text_file, capsys):
     (bad / "tokenizer.json").unlink()  # vocab.json + merges.txt is the tokenizer then
     (bad / "vocab.json").write_text(json.dumps(["a", "b"]))
     for line in _both(bad, text_file, capsys):
-        assert "vocab.json: expected a JSON object, got a list" in line
+        assert "vocab.json: expected a JSON object" in line and "list" in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without a usable CUDA")
