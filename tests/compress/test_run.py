@@ -164,7 +164,7 @@ def test_sigterm_during_a_run_is_one_line_143_like_ctrl_c(tmp_path, capsys, monk
 
     import compress.runner
 
-    def killed(plan, run_dir, progress=True):
+    def killed(plan, run_dir, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # the handler raises Terminated here, in the main thread
         time.sleep(30)
 
