@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from compress import QuantizeConfig, quantize
-from compress.models import load_model, save_model, tiny_model
+from compress.models import load_model, save_model
+from tests.tiny_models import tiny_model
 from evalsuite import backends, hardware
 from evalsuite.__main__ import main
 from evalsuite.data import builtin_text, tokenize

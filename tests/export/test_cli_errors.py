@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress.models import save_model, tiny_model
+from compress.models import save_model
+from tests.tiny_models import tiny_model
 from evalsuite.__main__ import main as eval_main
 from evalsuite.data import builtin_text
 from export import generate as gen_mod
