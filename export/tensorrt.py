@@ -231,6 +231,8 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="warn about layers that fell back from int8/int4 (layers.json or engine)")
     a.add_argument("path")
     a.set_defaults(fn=cmd_audit)
+    for sub_parser in (c, b, r, s, a):
+        cli.add_debug_flag(sub_parser)  # `run STEP --debug` as well as `--debug run STEP`
     return p
 
 

@@ -114,6 +114,10 @@ def test_tensorrt_step_dir_without_tensorrt(model_dir, text_file, capsys, tmp_pa
     for cmd in (["run", str(step), "hi"], ["build", str(step)]):
         assert trt_mod.main(cmd) == 2
         assert "TensorRT is not installed here" in _one_line(capsys)
+    from evalsuite.errors import BackendUnavailable
+
+    with pytest.raises(BackendUnavailable):  # --debug: the traceback instead of the line
+        trt_mod.main(["run", str(step), "hi", "--debug"])
 
 
 def test_evalsuite_on_an_onnx_file_prints_the_toolkits_own_error_as_one_line(model_dir, text_file, capsys):
