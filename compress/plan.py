@@ -26,6 +26,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 from compress.base_model import ModelSpec, PretrainModel
 from compress.errors import PlanError
 from compress.plan_check import check_steps
+from compress.plan_hints import close_key
 from compress.plan_types import ExistingPath, Seed, Strict
 from compress.catalog import missing_steps_hint, step_configs
 from compress.steps import StepConfig
@@ -196,7 +197,8 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise PlanError(["the plan must be a YAML mapping (name:, model:, data:, steps:)"], source=str(path))
     problems = apply_overrides(raw, overrides)
     lines = _node_lines(root)
-    return parse_plan(raw, base_dir=path.parent.resolve(), source=str(path), lines=lines, problems=problems)
+    return parse_plan(raw, base_dir=path.parent.resolve(), source=str(path), lines=lines, problems=problems,
+                      overrides=[o for o in overrides if not any(p.startswith(f"--set {o}: ") for p in problems)])
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -211,16 +213,24 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> list[s
 
 
 def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | None = None,
-               lines: dict[tuple, int] | None = None, problems: list[str] | None = None) -> Plan:
-    """Validate a plan given as a dict. Steps are validated one by one so every problem is found."""
+               lines: dict[tuple, int] | None = None, problems: list[str] | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> Plan:
+    """Validate a plan given as a dict. Steps are validated one by one so every problem is found.
+    A problem under a key path an override (`--set a.b=v`) set names that --set, not a line of the file."""
     problems = list(problems or [])
     lines = lines or {}
+    set_paths = {_override_path(o): o for o in overrides}
     context = {"base_dir": base_dir}
     raw = dict(raw)
     raw_steps = raw.pop("steps", None) or []
     known = step_configs()
 
     def add(loc: tuple, msg: str) -> None:
+        clean = _clean(loc)
+        by_set = max((p for p in set_paths if clean[:len(p)] == p), key=len, default=None)
+        if by_set is not None:
+            problems.append(f"{format_loc(loc)}: {msg} (--set {set_paths[by_set]})")
+            return
         line = _line_for(lines, loc)
         problems.append(f"{format_loc(loc)}: {msg}" + (f" (line {line})" if line else ""))
 
@@ -243,12 +253,12 @@ def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | No
             steps.append(known[kind].model_validate(body or {}, context=context))
         except ValidationError as e:
             for err in e.errors():
-                add(("steps", i, kind, *err["loc"]), _message(err))
+                add(("steps", i, kind, *err["loc"]), _message(err, known[kind]))
     try:
         plan = Plan.model_validate(raw, context=context)
     except ValidationError as e:
         for err in e.errors():
-            add(err["loc"], _message(err))
+            add(err["loc"], _message(err, Plan))
         plan = None
     if plan is not None and not problems:
         plan = plan.model_copy(update={"steps": steps})
@@ -273,10 +283,11 @@ def format_loc(loc: tuple) -> str:
     return out or "(plan)"
 
 
-def _message(err: dict) -> str:
+def _message(err: dict, root: type | None = None) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        return "unknown key"
+        hint = close_key(root, err["loc"]) if root is not None else None
+        return "unknown key" + (f"; did you mean '{hint}'?" if hint else "")
     if err["type"] == "missing":
         return "required key is missing"
     msg = msg.removeprefix("Value error, ")
@@ -328,6 +339,11 @@ def _node_lines(root: yaml.Node | None) -> dict[tuple, int]:
                 children.append((item, (*path, i)))
         stack.extend(reversed(children))  # depth first in document order: an anchor before its aliases
     return out
+
+
+def _override_path(item: str) -> tuple:
+    """`steps.0.prune.mlp=0.3` -> ('steps', 0, 'prune', 'mlp'), the form of a cleaned error location."""
+    return tuple(int(p) if p.isdigit() else p for p in item.partition("=")[0].split("."))
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -155,3 +155,24 @@ def test_diverged_pretraining_fails_the_base_step(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: pretrain: held-out ppl") and "lower model.pretrain.lr (now 1)" in err
     assert not (tmp_path / "run" / "00-base").exists()
+
+
+def test_sigterm_during_a_run_is_one_line_143_like_ctrl_c(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import compress.runner
+
+    def killed(plan, run_dir, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises Terminated here, in the main thread
+        time.sleep(30)
+
+    monkeypatch.setattr(compress.runner, "run_plan", killed)
+    plan = tmp_path / "p.yaml"
+    plan.write_text(PLAN)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main([str(plan), "--out", str(tmp_path / "run"), "-q", "--threads", "1"]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "terminated (SIGTERM): finished steps are kept; run the same command again to resume"]
+    assert signal.getsignal(signal.SIGTERM) == before
