@@ -5,7 +5,8 @@ import pytest
 
 from compress.errors import PlanError, UserError
 from compress.base_model import PretrainModel
-from compress.plan import apply_override, format_loc, load_plan, parse_plan
+from compress.plan import load_plan, parse_plan
+from compress.plan_locations import apply_override, format_loc
 
 GOOD = """\
 name: t
