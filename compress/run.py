@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a plan value, e.g. --set steps.0.prune.mlp=0.3 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved plan and what each step will do; load no model")
+                   help="print what each step will do and whether it is cached; load no model")
+    p.add_argument("--show-plan", action="store_true",
+                   help="with --dry-run: also print the resolved plan (every default filled in)")
     p.add_argument("--threads", type=cli.thread_count, default=None, metavar="N",
                    help="torch threads (default: the plan's `threads`, else OMP_NUM_THREADS, else the physical "
                         "cores); recorded in manifest.json")
@@ -97,11 +99,12 @@ def _main(argv: list[str] | None) -> int:
         if args.dry_run:
             from compress.runner import dry_run
 
-            print(dump_plan(plan))
-            print(f"# run directory: {run_dir}")
-            print(f"# threads: {threads}")
             for line in dry_run(plan, run_dir):
                 print(line)
+            print(f"# run directory: {run_dir}; threads: {threads}"
+                  + ("" if args.show_plan else "; --show-plan prints the resolved plan"))
+            if args.show_plan:
+                print(dump_plan(plan))
             return 0
         from compress.run_dir import check_out_dir
         from compress.planning import input_paths

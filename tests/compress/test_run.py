@@ -30,12 +30,15 @@ def test_bad_plan_is_one_line_per_problem_without_traceback(tmp_path):
     assert "eval.colour: unknown key (line 8)" in proc.stderr
 
 
-def test_dry_run_prints_resolved_plan_and_steps(tmp_path, capsys):
+def test_dry_run_prints_the_steps_first_and_the_plan_on_request(tmp_path, capsys):
     plan = tmp_path / "p.yaml"
     plan.write_text(PLAN)
     assert main([str(plan), "--dry-run", "--out", str(tmp_path / "run"), "--set", "model.pretrain.n_layer=2"]) == 0
     out = capsys.readouterr().out
-    assert "n_layer: 2" in out and "00-base" in out and "will run" in out
+    assert out.startswith("00-base") and "will run" in out and "n_layer: 2" not in out
+    assert main([str(plan), "--dry-run", "--show-plan", "--out", str(tmp_path / "run"),
+                 "--set", "model.pretrain.n_layer=2"]) == 0
+    assert "n_layer: 2" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
 
 
