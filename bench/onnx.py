@@ -39,6 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 import torch  # noqa: E402
 
 from compress.models import load_model, load_tokenizer, save_model  # noqa: E402
+from evalsuite import cli  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402
 from evalsuite.latency import measure_latency  # noqa: E402
 from evalsuite.perplexity import perplexity  # noqa: E402
@@ -166,11 +167,16 @@ def print_table(results: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
+    return cli.run_cli(lambda: _main(argv), argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.add_debug_flag(cli.ArgumentParser(prog="python bench/onnx.py", description=__doc__.splitlines()[0]))
     p.add_argument("--quick", action="store_true", help="16k eval tokens, 16 decode steps, 5 rounds")
     p.add_argument("--models", nargs="+", default=["teacher", "gpt2-small"], choices=["teacher", "gpt2-small"])
     p.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS, metavar="ROW")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch and ORT (default: torch's)")
+    p.add_argument("--threads", type=cli.thread_count, default=None, help="intra-op threads for torch and ORT (default: torch's)")
     args = p.parse_args(argv)
     if not (TEACHER / "config.json").exists():
         print(f"reference teacher not found at {TEACHER} (needs ../shared/data beside the repo)", file=sys.stderr)

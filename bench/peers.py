@@ -237,6 +237,14 @@ def peer_rows(suite: str, model_dir: Path, tokenizer_dir: Path, eval_ids, rounds
     return rows_from_file(out, suite, names)
 
 
+def _thread_count(text: str) -> int:
+    """--threads: 1..1024, as evalsuite.cli.thread_count (not imported: this runs in the peers' venv)."""
+    n = int(text)
+    if not 1 <= n <= 1024:
+        raise argparse.ArgumentTypeError(f"must be in 1..1024 (got {n})")
+    return n
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="import each engine, print versions, exit")
@@ -245,7 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--eval-ids", type=Path, help="token ids (.npy, 1-D) to score; no perplexity without it")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=_thread_count, default=2)
     p.add_argument("--work", type=Path, help="where the converted models go (default: a temporary folder)")
     p.add_argument("--out", type=Path, help="write the rows here as JSON (default: print them)")
     p.add_argument("--only", nargs="+", choices=list(PEERS), default=list(PEERS), help="these peers only")

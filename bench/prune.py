@@ -26,6 +26,7 @@ from compress.models import load_model, load_tokenizer
 from compress.pruning import (PruneConfig, Shape, budget_shape, correct_layernorms, importance, select,
                               slice_gpt2)
 from compress.pruning.api import calibration_batches
+from evalsuite import cli
 from evalsuite.data import read_text, tokenize
 from evalsuite.latency import measure_latency
 from evalsuite.perplexity import perplexity
@@ -59,11 +60,16 @@ def latency_ratios(base, small, rounds, threads):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
+    return cli.run_cli(lambda: _main(argv), argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.add_debug_flag(cli.ArgumentParser(prog="python bench/prune.py", description=__doc__.splitlines()[0]))
     p.add_argument("--quick", action="store_true", help="30k eval tokens, 8k calibration tokens, 3 latency rounds")
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
     p.add_argument("--keeps", nargs="+", type=float, default=list(KEEPS))
-    p.add_argument("--threads", type=int, default=None, help="torch threads for latency (default: torch's)")
+    p.add_argument("--threads", type=cli.thread_count, default=None, help="torch threads for latency (default: torch's)")
     p.add_argument("--eval-tokens", type=int, default=None, help="held-out tokens (default: all; 30k with --quick)")
     p.add_argument("--calib-tokens", type=int, default=None, help="calibration tokens (default 32k; 8k with --quick)")
     p.add_argument("--no-latency", action="store_true", help="perplexity only")

@@ -35,6 +35,7 @@ from compress.models import load_model, load_tokenizer, save_model
 from compress.quantization import QuantizeConfig, quantize
 from compress.quantization.methods import method
 from compress.quantization.outlier_guard import OutlierRefusal
+from evalsuite import cli
 from evalsuite.data import read_text, tokenize
 from evalsuite.latency import measure_latency
 from evalsuite.outliers import outlier_profile, plant_outliers
@@ -107,10 +108,15 @@ def print_table(title: str, results: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
+    return cli.run_cli(lambda: _main(argv), argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.add_debug_flag(cli.ArgumentParser(prog="python bench/quantize.py", description=__doc__.splitlines()[0]))
     p.add_argument("--quick", action="store_true", help="40k eval tokens, 32 calibration windows, 3 repeats")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for latency (default: torch's)")
+    p.add_argument("--threads", type=cli.thread_count, default=None, help="torch threads for latency (default: torch's)")
     args = p.parse_args(argv)
     if not (TEACHER / "config.json").exists():
         print(f"reference teacher not found at {TEACHER} (needs ../shared/data beside the repo)", file=sys.stderr)

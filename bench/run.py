@@ -58,7 +58,8 @@ import torch  # noqa: E402
 from compress.models import load_model, load_tokenizer, save_model  # noqa: E402
 from compress.plan import load_plan  # noqa: E402
 from compress.runner import run_plan  # noqa: E402
-from evalsuite import hardware  # noqa: E402
+from evalsuite import cli, hardware  # noqa: E402
+from evalsuite.errors import ToolkitError  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402
 from evalsuite.latency import measure_latency  # noqa: E402
 from evalsuite.metrics import gpt2_facts, projections  # noqa: E402
@@ -240,7 +241,12 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
+    return cli.run_cli(lambda: _main(argv), argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.add_debug_flag(cli.ArgumentParser(prog="python bench/run.py", description=__doc__.splitlines()[0]))
     p.add_argument("--quick", action="store_true", help="16k eval tokens, short distillation, 3 latency rounds")
     p.add_argument("--eval-tokens", type=int, help=f"held-out tokens every row is scored on (default "
                    f"{QUICK_EVAL_TOKENS} quick, {FULL_EVAL_TOKENS} full; 0: all of them)")
@@ -257,15 +263,12 @@ def main(argv=None) -> int:
                    help="the peers' venv python (bench/setup_peers.sh)")
     args = p.parse_args(argv)
     if not (args.teacher / "config.json").exists():
-        print(f"teacher not found at {args.teacher} (the reference needs ../shared/data beside the repo)",
-              file=sys.stderr)
-        return 1
+        raise ToolkitError(f"teacher not found at {args.teacher} (the reference needs ../shared/data beside the repo)")
     args.new_tokens, args.rounds = (16, 3) if args.quick else (64, 7)
     if args.eval_tokens is None:
         args.eval_tokens = QUICK_EVAL_TOKENS if args.quick else FULL_EVAL_TOKENS
     if args.eval_tokens < 0:
-        print(f"--eval-tokens {args.eval_tokens}: must be >= 0 (0: all held-out tokens)", file=sys.stderr)
-        return 2
+        raise ToolkitError(f"--eval-tokens {args.eval_tokens}: must be >= 0 (0: all held-out tokens)")
     started = datetime.datetime.now()
     teacher = load_model(args.teacher)
     eval_ids = tokenize(read_text(args.heldout), load_tokenizer(args.teacher))

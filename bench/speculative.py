@@ -34,7 +34,8 @@ import yaml  # noqa: E402
 from compress.models import load_model, load_tokenizer  # noqa: E402
 from compress.plan import load_plan  # noqa: E402
 from compress.runner import run_plan  # noqa: E402
-from evalsuite import hardware  # noqa: E402
+from evalsuite import cli, hardware  # noqa: E402
+from evalsuite.errors import ToolkitError  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402
 from evalsuite.metrics import ModelFacts  # noqa: E402
 from evalsuite.size import gpt2_param_count  # noqa: E402
@@ -132,7 +133,13 @@ def run_pipeline(plan: Path, overrides: list[str], out: Path, reuse: Path | None
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
+    return cli.run_cli(lambda: _main(argv), argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.add_debug_flag(cli.ArgumentParser(prog="python bench/speculative.py",
+                                              description=__doc__.splitlines()[0]))
     p.add_argument("--quick", action="store_true", help="2 prompts, 1 round, k 2/4/6, 16k distillation tokens")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where the results .md is written")
     p.add_argument("--work", type=Path, help="keep the pipeline runs here (default: a temporary dir)")
@@ -143,8 +150,7 @@ def main(argv=None) -> int:
                    "bench/run.py's, so a --work dir of bench/run.py is reused as it is)")
     args = p.parse_args(argv)
     if not (TEACHER / "config.json").exists():
-        print(f"teacher not found at {TEACHER} (the reference needs ../shared/data beside the repo)", file=sys.stderr)
-        return 1
+        raise ToolkitError(f"teacher not found at {TEACHER} (the reference needs ../shared/data beside the repo)")
     started = datetime.datetime.now()
     bench_onnx, bench_run = _bench_module("onnx"), _bench_module("run")
     if args.eval_tokens is None:

@@ -29,7 +29,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]  # bench
 import torch  # noqa: E402
 
 from compress.models import load_model, load_tokenizer  # noqa: E402
-from evalsuite import hardware  # noqa: E402
+from evalsuite import cli, hardware  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402
 from evalsuite.latency import measure_latency  # noqa: E402
 from evalsuite.perplexity import perplexity  # noqa: E402
@@ -93,14 +93,19 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
+    return cli.run_cli(lambda: _main(argv), argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.add_debug_flag(cli.ArgumentParser(prog="python bench/torch_static.py", description=__doc__.splitlines()[0]))
     p.add_argument("--quick", action="store_true", help="16 decode steps, 3 rounds")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
     p.add_argument("--teacher", type=Path, default=TEACHER)
     p.add_argument("--heldout", type=Path, default=DATA / "corpus" / "heldout")
     p.add_argument("--skip-gpt2-small", action="store_true")
     p.add_argument("--out", type=Path, default=HERE / "results")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own; on a busy "
+    p.add_argument("--threads", type=cli.thread_count, default=None, help="torch threads (default: torch's own; on a busy "
                                                              "machine 1 avoids OpenMP spin-waiting)")
     args = p.parse_args(argv)
     if not (args.teacher / "config.json").exists():

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import re
+from evalsuite.errors import ToolkitError, os_error_of  # noqa: F401 (os_error_of re-exported)
 
 
-class UserError(Exception):
+class UserError(ToolkitError):
     """A mistake in a plan, a path or a model the user gave us (not a bug in the toolkit)."""
 
 
@@ -29,13 +28,3 @@ class PlanFileError(PlanError):
         self.problems = [problem]
         self.source = source
         UserError.__init__(self, f"{source}: {problem}" if source else problem)
-
-
-def os_error_of(e: Exception, path: object = None) -> OSError | None:
-    """The OSError inside a safetensors error, which carries it only as text ("Os { code: 28, ... }")."""
-    found = re.search(r"[Oo]s \{ code: (\d+)|os error (\d+)", str(e))
-    if not found:
-        return None
-    code = int(found.group(1) or found.group(2))
-    return OSError(code, os.strerror(code), None if path is None else str(path))
-

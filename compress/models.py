@@ -121,6 +121,15 @@ def load_model(source: str | Path, dtype: "torch.dtype | None" = None) -> "GPT2L
     return model.eval()
 
 
+def open_quantized_runner(path: str | Path, device: str = "cpu"):
+    """The `torch-quantized` runner of the gpt2_edge.runners entry points (pyproject.toml): a quantized
+    checkpoint dir (a quantize step's model/ or a save_model output) as a TorchRunner, the way the plan
+    runner measures it, for `python -m evalsuite`, which cannot import compress itself."""
+    from evalsuite.runner import TorchRunner
+
+    return TorchRunner(load_model(Path(path)), device)
+
+
 def _first_line(e: BaseException) -> str:
     """The line of an error that says what is wrong (a state_dict error's first size mismatch)."""
     lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]

@@ -16,7 +16,6 @@ one line per problem naming the key path and the YAML line.
 from __future__ import annotations
 
 import difflib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,12 +23,13 @@ import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
 from compress.base_model import ModelSpec, PretrainModel
+from compress.catalog import missing_steps_hint, step_configs
 from compress.errors import PlanError
 from compress.plan_check import check_steps
+from compress.plan_locations import apply_override, clean_loc, format_loc, line_for, message, node_lines, override_path
 from compress.plan_types import ExistingPath, Seed, Strict
-from compress.catalog import missing_steps_hint, step_configs
 from compress.steps import StepConfig
-from compress.yaml_io import parse_yaml_value, read_yaml_file
+from compress.yaml_io import read_yaml_file
 from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
@@ -195,8 +195,9 @@ def load_plan(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     if not isinstance(raw, dict):
         raise PlanError(["the plan must be a YAML mapping (name:, model:, data:, steps:)"], source=str(path))
     problems = apply_overrides(raw, overrides)
-    lines = _node_lines(root)
-    return parse_plan(raw, base_dir=path.parent.resolve(), source=str(path), lines=lines, problems=problems)
+    lines = node_lines(root)
+    return parse_plan(raw, base_dir=path.parent.resolve(), source=str(path), lines=lines, problems=problems,
+                      overrides=[o for o in overrides if not any(p.startswith(f"--set {o}: ") for p in problems)])
 
 
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -211,17 +212,25 @@ def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> list[s
 
 
 def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | None = None,
-               lines: dict[tuple, int] | None = None, problems: list[str] | None = None) -> Plan:
-    """Validate a plan given as a dict. Steps are validated one by one so every problem is found."""
+               lines: dict[tuple, int] | None = None, problems: list[str] | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> Plan:
+    """Validate a plan given as a dict. Steps are validated one by one so every problem is found.
+    A problem under a key path an override (`--set a.b=v`) set names that --set, not a line of the file."""
     problems = list(problems or [])
     lines = lines or {}
+    set_paths = {override_path(o): o for o in overrides}
     context = {"base_dir": base_dir}
     raw = dict(raw)
     raw_steps = raw.pop("steps", None) or []
     known = step_configs()
 
     def add(loc: tuple, msg: str) -> None:
-        line = _line_for(lines, loc)
+        clean = clean_loc(loc)
+        by_set = max((p for p in set_paths if clean[:len(p)] == p), key=len, default=None)
+        if by_set is not None:
+            problems.append(f"{format_loc(loc)}: {msg} (--set {set_paths[by_set]})")
+            return
+        line = line_for(lines, loc)
         problems.append(f"{format_loc(loc)}: {msg}" + (f" (line {line})" if line else ""))
 
     steps: list[StepConfig] = []
@@ -243,12 +252,12 @@ def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | No
             steps.append(known[kind].model_validate(body or {}, context=context))
         except ValidationError as e:
             for err in e.errors():
-                add(("steps", i, kind, *err["loc"]), _message(err))
+                add(("steps", i, kind, *err["loc"]), message(err, known[kind]))
     try:
         plan = Plan.model_validate(raw, context=context)
     except ValidationError as e:
         for err in e.errors():
-            add(err["loc"], _message(err))
+            add(err["loc"], message(err, Plan))
         plan = None
     if plan is not None and not problems:
         plan = plan.model_copy(update={"steps": steps})
@@ -260,100 +269,6 @@ def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | No
         raise PlanError(problems, source=source)
     assert plan is not None  # no problems means the plan validated
     return plan
-
-
-_UNION_TAGS = {"source", "dir", "train", "pretrain"}
-
-
-def format_loc(loc: tuple) -> str:
-    """('steps', 2, 'quantize', 'bits') -> 'steps[2].quantize.bits' (union tags dropped)."""
-    out = ""
-    for part in _clean(loc):
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(plan)"
-
-
-def _message(err: dict) -> str:
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if err["type"] == "missing":
-        return "required key is missing"
-    msg = msg.removeprefix("Value error, ")
-    if err["type"] not in ("value_error", "assertion_error") and "input" in err and not isinstance(err["input"], (dict, list)):
-        msg += f" (got {json.dumps(err['input'], default=str)})"
-    return msg
-
-
-def _clean(loc: tuple) -> tuple:
-    """The YAML key path of a pydantic location (union tags dropped)."""
-    out: list = []
-    for part in loc:
-        if out and part == out[-1] and part in _UNION_TAGS:
-            continue
-        if part in ("source", "dir") and out and out[-1] in ("model", "tokenizer"):
-            continue
-        out.append(part)
-    return tuple(out)
-
-
-def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
-    """Line of the deepest existing YAML node on the path (the key itself when it exists)."""
-    loc = _clean(loc)
-    for n in range(len(loc), 0, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-def _node_lines(root: yaml.Node | None) -> dict[tuple, int]:
-    """Key path -> line of a composed document. A node reached again through an alias is not walked
-    again (a path through an alias reports the alias's line), so an alias bomb costs linear time."""
-    out: dict[tuple, int] = {}
-    seen: set[int] = set()
-    stack: list[tuple[yaml.Node, tuple]] = [(root, ())] if root is not None else []
-    while stack:
-        node, path = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        children = []
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                out[(*path, key.value)] = key.start_mark.line + 1
-                children.append((value, (*path, key.value)))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                out[(*path, i)] = item.start_mark.line + 1
-                children.append((item, (*path, i)))
-        stack.extend(reversed(children))  # depth first in document order: an anchor before its aliases
-    return out
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Apply `a.b.0.c=value` (value parsed as YAML) to the raw plan dict, in place."""
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise ValueError("expected KEY.PATH=VALUE")
-    parts = key.split(".")
-    node: Any = raw
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ValueError(f"{'.'.join(parts[:depth + 1])}: no list item {part}")
-            part = int(part)
-        elif isinstance(node, dict):
-            if not last and part not in node:
-                if parts[depth + 1].isdigit():
-                    raise ValueError(f"{'.'.join(parts[:depth + 1])}: no such list in the plan")
-                node[part] = {}
-        else:
-            raise ValueError(f"{'.'.join(parts[:depth])} is not a mapping or list")
-        if last:
-            node[part] = parse_yaml_value(value)
-        else:
-            node = node[part]
 
 
 def dump_plan(plan: Plan) -> str:

@@ -9,40 +9,29 @@ the traceback instead. Plan errors come back before torch is imported (see the l
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
 from pathlib import Path
 
-from safetensors import SafetensorError  # the Rust extension only; safetensors.torch would import torch
-
-from compress.errors import UserError, os_error_of
-from evalsuite.errors import EvalInputError
-
-EXIT_USER = 2  # a plan, input or training problem (UserError)
-EXIT_WORLD = 3  # the machine said no: disk full, read-only, permissions, out of memory
-
-_OS_ADVICE = {
-    errno.ENOSPC: "free space and rerun the same command: finished steps are reused",
-    errno.EDQUOT: "free space (disk quota exceeded) and rerun the same command: finished steps are reused",
-    errno.EROFS: "choose a writable --out",
-    errno.EACCES: "choose a writable --out, or fix the permissions",
-    errno.EPERM: "choose a writable --out, or fix the permissions",
-}
+from compress.errors import UserError
+from evalsuite import cli
+from evalsuite.cli import EXIT_USER, EXIT_WORLD, FAILURES, Terminated  # noqa: F401 (EXIT_* re-exported)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m compress.run",
-                                description="Run a gpt2-edge compression plan (prune, distil, quantize, export, "
-                                            "with evaluation after every step).")
+    p = cli.ArgumentParser(prog="python -m compress.run",
+                           description="Run a gpt2-edge compression plan (prune, distil, quantize, export, "
+                                       "with evaluation after every step).")
     p.add_argument("plan", type=Path, help="the plan YAML file")
     p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<plan name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a plan value, e.g. --set steps.0.prune.mlp=0.3 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved plan and what each step will do; load no model")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="print what each step will do and whether it is cached; load no model")
+    p.add_argument("--show-plan", action="store_true",
+                   help="with --dry-run: also print the resolved plan (every default filled in)")
+    p.add_argument("--threads", type=cli.thread_count, default=None, metavar="N",
                    help="torch threads (default: the plan's `threads`, else OMP_NUM_THREADS, else the physical "
                         "cores); recorded in manifest.json")
     p.add_argument("--trust-cache", action="store_true",
@@ -83,6 +72,14 @@ def choose_threads(cli: int | None, plan: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with cli.sigterm_raises():  # SIGTERM ends the run like Ctrl-C: one line, finished steps kept
+        try:
+            return _main(argv)
+        except Terminated as e:  # arrived outside _main's own boundary (while parsing arguments)
+            return cli.handle(e, debug=False)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("GPT2_EDGE_DEBUG", "") not in ("", "0")
     rank = int(os.environ.get("RANK", "0"))  # torchrun's; only rank 0 reports progress
@@ -102,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from compress.runner import dry_run
 
-            print(dump_plan(plan))
-            print(f"# run directory: {run_dir}")
-            print(f"# threads: {threads}")
             for line in dry_run(plan, run_dir):
                 print(line)
+            print(f"# run directory: {run_dir}; threads: {threads}"
+                  + ("" if args.show_plan else "; --show-plan prints the resolved plan"))
+            if args.show_plan:
+                print(dump_plan(plan))
             return 0
         from compress.run_dir import check_out_dir
         from compress.planning import input_paths
@@ -118,15 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         from compress.runner import run_plan
 
         result = run_plan(plan, run_dir, progress=not args.quiet, trust_cache=args.trust_cache)
-    except KeyboardInterrupt:
-        print("interrupted: finished steps are kept; run the same command again to resume", file=sys.stderr)
-        return 130
-    except (UserError, EvalInputError, OSError, SafetensorError, MemoryError) as e:
-        if debug:
-            raise
-        code, line = describe_failure(e, run_dir)
-        print(f"error: {line}", file=sys.stderr)
-        return code
+    except (KeyboardInterrupt, Terminated, *FAILURES) as e:  # one line (evalsuite.cli); the rest keeps its traceback
+        return cli.handle(e, debug, run_dir, run=True)
     finally:
         if "compress.distributed" in sys.modules:
             sys.modules["compress.distributed"].shutdown()
@@ -138,21 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def describe_failure(e: BaseException, run_dir: Path | None) -> tuple[int, str]:
     """(exit code, message) of a failure the user can act on: what failed, where, what was kept, what next."""
-    if isinstance(e, (UserError, EvalInputError)):
-        return EXIT_USER, str(e)  # a PlanError has one line per problem
-    kept = f"finished steps in {run_dir} are kept" if run_dir is not None and run_dir.is_dir() \
-        else "nothing was written"
-    if isinstance(e, OSError):
-        where = f" ({e.filename})" if e.filename else ""
-        what = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
-        advice = _OS_ADVICE.get(e.errno, "fix the cause and rerun the same command: finished steps are reused")
-        return EXIT_WORLD, f"{what}{where}; {kept}; {advice}"
-    if isinstance(e, SafetensorError):  # its I/O errors carry the OS error only as text
-        inner = os_error_of(e)
-        if inner is not None:
-            return describe_failure(inner, run_dir)
-        return EXIT_USER, f"safetensors: {str(e).splitlines()[0] if str(e) else 'unreadable file'}; {kept}"
-    return EXIT_WORLD, f"out of memory; {kept}; lower batch sizes or free memory and rerun the same command"
+    return cli.describe_failure(e, run_dir, run=True)
 
 
 if __name__ == "__main__":

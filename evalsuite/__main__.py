@@ -3,7 +3,8 @@ python -m evalsuite compare RUN_A RUN_B [--force] two runs' tables and their rat
                                                  they measured perplexity differently)
 
 MODEL is a GPT-2 checkpoint directory, an ONNX file (or a directory with one), or a step directory
-of a run (runs/<name>/03-quantize). Exit status 2 and one line on stderr for bad input.
+of a run (runs/<name>/03-quantize). Failures are one line on stderr (evalsuite.cli): exit 2 for bad
+input, 3 when the machine says no; --debug shows the traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from evalsuite import cli
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
 
@@ -20,7 +22,7 @@ DEFAULT_TARGETS = ("orin-nano", "agx-orin", "host")
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evalsuite",
+    p = cli.ArgumentParser(prog="python -m evalsuite",
                                 description="Measure one GPT-2 (checkpoint dir, ONNX file or step dir): perplexity, "
                                             "latency, size, projected tokens/s, sample generations. "
                                             "`python -m evalsuite compare RUN_A RUN_B` compares two runs.")
@@ -32,7 +34,7 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", type=int, default=128, help="latency: prompt tokens (default 128)")
     p.add_argument("--new-tokens", type=int, default=64, help="latency: decode steps (default 64)")
     p.add_argument("--repeats", type=int, default=10, help="latency: timed runs (default 10)")
-    p.add_argument("--threads", type=int, default=None, help="latency: torch threads (default: torch's own)")
+    p.add_argument("--threads", type=cli.thread_count, default=None, help="latency: torch threads (default: torch's own)")
     p.add_argument("--targets", nargs="+", choices=KNOWN_TARGETS, default=list(DEFAULT_TARGETS),
                    help=f"devices to project decode tokens/s for (default: {' '.join(DEFAULT_TARGETS)})")
     p.add_argument("--sample", dest="samples", action="append", default=None, metavar="TEXT",
@@ -41,17 +43,17 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=Path, default=None, help="tokenizer directory (default: beside the model)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--json", type=Path, default=None, help="also write the metrics dict to this file")
-    return p
+    return cli.add_debug_flag(p)
 
 
 def compare_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evalsuite compare", description="Compare two run directories.")
+    p = cli.ArgumentParser(prog="python -m evalsuite compare", description="Compare two run directories.")
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--force", action="store_true",
                    help="print ratios even when the runs measured perplexity differently (tokenizer, eval data, "
                         "seq_len, stride), marked NOT COMPARABLE")
-    return p
+    return cli.add_debug_flag(p)
 
 
 def _settings(args: argparse.Namespace):
@@ -72,7 +74,8 @@ def run_eval(argv: list[str]) -> str:
     from evalsuite.summary import markdown_table, protocol_lines
 
     args = eval_parser().parse_args(argv)
-    m = evaluate_path(args.model, args.data, _settings(args), args.device, args.tokenizer, progress=False)
+    settings = _settings(args)
+    m = evaluate_path(args.model, args.data, settings, cli.check_device(args.device), args.tokenizer, progress=False)
     if args.json:
         args.json.write_text(json.dumps(m, indent=1) + "\n")
     out = [markdown_table([m], relative=False), ""] + [f"- {line}" for line in protocol_lines([m])]
@@ -83,17 +86,17 @@ def run_eval(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        if argv[:1] == ["compare"]:
-            from evalsuite.compare import compare_runs
+    return cli.run_cli(lambda: _main(argv), argv)
 
-            args = compare_parser().parse_args(argv[1:])
-            print(compare_runs(args.run_a, args.run_b, force=args.force))
-        else:
-            print(run_eval(argv))
-    except EvalInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _main(argv: list[str]) -> int:
+    if argv[:1] == ["compare"]:
+        from evalsuite.compare import compare_runs
+
+        args = compare_parser().parse_args(argv[1:])
+        print(compare_runs(args.run_a, args.run_b, force=args.force))
+    else:
+        print(run_eval(argv))
     return 0
 
 

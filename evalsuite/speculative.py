@@ -148,6 +148,33 @@ def check_pair(target: Runner, draft: Runner) -> None:
                                  "truncate_past), so it cannot take part in speculative decoding")
 
 
+def tokenizer_digest(tokenizer: Any) -> str:
+    """Content digest of what a token id means: sha256 of the tokenizer's id -> token string table
+    (added and special tokens included). Equal for the same tokenizer saved as tokenizer.json or as
+    vocab.json + merges.txt; different for two vocabularies of the same size."""
+    import hashlib
+    import json
+
+    table = sorted((int(i), str(t)) for t, i in tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(table, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def check_same_tokenizer(target_tokenizer: Any, draft_tokenizer: Any, draft_label: str = "the draft") -> None:
+    """Refuse a draft whose tokenizer differs from the target's: the same vocabulary size is not enough,
+    its ids must mean the same text (else the target "accepts" proposals that are different words)."""
+    a, b = tokenizer_digest(target_tokenizer), tokenizer_digest(draft_tokenizer)
+    if a == b:
+        return
+    ids_a = {i: t for t, i in target_tokenizer.get_vocab().items()}
+    ids_b = {i: t for t, i in draft_tokenizer.get_vocab().items()}
+    first = min((i for i in ids_a.keys() | ids_b.keys() if ids_a.get(i) != ids_b.get(i)), default=None)
+    example = "" if first is None else \
+        f"; e.g. id {first} is {ids_a.get(first)!r} for the target, {ids_b.get(first)!r} for the draft"
+    raise EvalInputError(f"{draft_label}: its tokenizer differs from the target's ({len(ids_b)} vs {len(ids_a)} "
+                         f"tokens, content digest {b[:12]} vs {a[:12]}{example}): a draft must share the target's "
+                         "tokenizer")
+
+
 @torch.inference_mode()
 def speculative_generate(target: Runner, draft: Runner, prompt_ids: list[int], settings: SpeculativeSettings,
                          warp: Warp = identity_warp, on_token: Callable[[int], None] | None = None

@@ -4,8 +4,10 @@ Whatever the input, the result is the same metrics dict (evalsuite.metrics) a pl
 `python -m evalsuite MODEL --data PATH` prints the same row as the run's report.
 
 - a checkpoint directory: a stock GPT2LMHeadModel (config.json + safetensors), loaded with plain
-  `from_pretrained(local_files_only=True)`. Quantized checkpoints need gpt2-edge's compress package
-  to load, which evalsuite does not import: measure those inside a plan, or export them to ONNX.
+  `from_pretrained(local_files_only=True)`. A quantized checkpoint (a quantize step's model/ or a
+  save_model output: `quantization_config` in config.json, the GPTBigCode form) needs gpt2-edge's
+  compress package, which evalsuite does not import: it is opened through the `torch-quantized`
+  runner plugin that compress registers (gpt2_edge.runners entry points), like ONNX through export's.
 - an ONNX file (or a directory holding one): through the `onnxruntime` runner plugin.
 - a step directory (has step.json): its artifact and backend are read from step.json.
 """
@@ -23,15 +25,17 @@ from safetensors import SafetensorError
 from evalsuite.backends import open_runner
 from evalsuite.errors import BackendUnavailable
 from evalsuite.data import read_text, tokenize
-from evalsuite.errors import EvalInputError
+from evalsuite.errors import EvalInputError, ToolkitError
 from evalsuite.metrics import KINDS, EvalSettings, evaluate, gpt2_facts
 from evalsuite.runner import Runner, TorchRunner
 from evalsuite.size import bytes_on_disk
+from evalsuite.tokenizer_files import check_tokenizer_files
 
 SUFFIX_BACKENDS = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
-QUANTIZED_HINT = ("quantized checkpoints load only with gpt2-edge's compress package, which evalsuite does not "
-                  "import: measure it inside a plan (python -m compress.run; the step's metrics.json has this "
-                  "row), or export it to ONNX and pass the .onnx file or the export step's directory")
+QUANTIZED_BACKEND = "torch-quantized"  # compress.models:open_quantized_runner, an entry point (pyproject.toml)
+QUANTIZED_HINT = ("quantized checkpoints load only with gpt2-edge's compress package, whose `torch-quantized` runner "
+                  "is not registered here: reinstall gpt2-edge (pip install -e .), or measure it inside a plan "
+                  "(python -m compress.run), or pass its ONNX export")
 
 
 @dataclass
@@ -96,7 +100,22 @@ def load_torch_runner(path: Path, device: str = "cpu") -> TorchRunner:
     return TorchRunner(model, device)
 
 
+def is_quantized_checkpoint(config: dict[str, Any]) -> bool:
+    """config.json of a quantized checkpoint gpt2-edge wrote (compressed-tensors on the GPTBigCode form, or
+    bitsandbytes on the GPT-2 form): anything with a quantization_config, or a GPTBigCode model."""
+    return "quantization_config" in config or config.get("model_type") == "gpt_bigcode"
+
+
 def open_artifact(art: Artifact, device: str = "cpu") -> Runner:
+    if art.backend == "torch" and art.path.is_dir() and is_quantized_checkpoint(_config(art.path)):
+        try:
+            return open_runner(QUANTIZED_BACKEND, art.path, device)
+        except BackendUnavailable as e:
+            raise EvalInputError(f"{art.path}: quantized checkpoint; {QUANTIZED_HINT} ({e})") from None
+        except EvalInputError:
+            raise
+        except ToolkitError as e:  # compress's UserError: the dir is not a checkpoint compress can rebuild
+            raise EvalInputError(f"{art.path}: quantized checkpoint that gpt2-edge cannot load: {e}") from None
     if art.backend == "torch":
         return load_torch_runner(art.path, device)
     try:
@@ -113,6 +132,7 @@ def load_tokenizer(art: Artifact, tokenizer_dir: str | Path | None = None):
                                                               / "00-base" / "model"]
     for d in candidates:
         if d.is_dir() and any((d / f).is_file() for f in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+            check_tokenizer_files(d)
             try:
                 return AutoTokenizer.from_pretrained(str(d), local_files_only=True)
             except (OSError, ValueError) as e:

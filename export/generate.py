@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.errors import UserError
+from evalsuite import cli
 from evalsuite.runner import Runner
 from evalsuite.sampling import choose_token, next_token_logits  # noqa: F401 (next_token_logits re-exported)
 
@@ -104,9 +105,15 @@ def open_any(path: str | Path, device: str = "cpu", threads: int | None = None) 
         info = json.loads(step.read_text())
         rel = info.get("artifact") or info.get("model_dir")
         if info.get("backend", "torch") not in ("torch", "onnxruntime"):
-            from evalsuite.backends import open_runner
+            from evalsuite.backends import BackendUnavailable, open_runner
 
-            return open_runner(info["backend"], path / rel, device), path
+            try:
+                return open_runner(info["backend"], path / rel, device), path
+            except BackendUnavailable as e:
+                onnx_file = path / "model.onnx"
+                alt = f"; or run its ONNX file with ONNX Runtime here: python -m export.generate {onnx_file} ..." \
+                    if onnx_file.is_file() else ""
+                raise UserError(f"{path}: a {info['backend']} step: {e}{alt}") from None
         return open_any(path / rel, device, threads)
     if path.is_dir() and (path / "model.onnx").is_file():
         path = path / "model.onnx"
@@ -123,7 +130,7 @@ def open_any(path: str | Path, device: str = "cpu", threads: int | None = None) 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m export.generate", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m export.generate", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="step dir of a run, dir with model.onnx, a .onnx file, or a torch model dir")
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=50)
@@ -135,12 +142,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-stop-at-eos", action="store_true", help="keep going past the end-of-text token")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="intra-op threads (default: torch's setting)")
+    p.add_argument("--threads", type=cli.thread_count, help="intra-op threads (default: torch's setting)")
     p.add_argument("--draft", help="speculative decoding: a smaller model with the same tokenizer (any of the "
                                    "forms MODEL takes) proposes tokens that MODEL verifies (docs/speculative.md)")
     p.add_argument("-k", type=int, help="draft tokens per target call (with --draft; default 4)")
     p.add_argument("--adaptive", action="store_true", help="with --draft: adapt k to the acceptance as it goes")
-    return p.parse_args(argv)
+    return cli.add_debug_flag(p).parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace, eos_token_id: int | None) -> GenerationConfig:
@@ -157,28 +164,32 @@ def config_from_args(args: argparse.Namespace, eos_token_id: int | None) -> Gene
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        from compress.models import load_tokenizer
+    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
+    return cli.run_cli(lambda: _main(argv), argv)
 
-        runner, tok_dir = open_any(args.model, args.device, args.threads)
-        tokenizer = load_tokenizer(tok_dir)
-        cfg = config_from_args(args, tokenizer.eos_token_id)
-        ids = tokenizer.encode(args.prompt)
-        threads = getattr(runner, "threads", torch.get_num_threads())
-        print(f"[{runner.backend} on {runner.device}, {threads} threads: {args.model}]", file=sys.stderr)
-        sys.stdout.write(args.prompt)
-        t0 = time.perf_counter()
-        if not args.draft and (args.k is not None or args.adaptive):
-            raise UserError("-k, --adaptive: only used with --draft DRAFT")
-        if args.draft:
-            out, stats = generate_with_draft(runner, args, ids, cfg, TextStream(tokenizer))
-        else:
-            out, stats = generate(runner, ids, cfg, TextStream(tokenizer)), None
-        wall = time.perf_counter() - t0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _main(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    cli.check_device(args.device)
+    from compress.models import load_tokenizer
+
+    runner, tok_dir = open_any(args.model, args.device, args.threads)
+    tokenizer = load_tokenizer(tok_dir)
+    cfg = config_from_args(args, tokenizer.eos_token_id)
+    ids = tokenizer.encode(args.prompt)
+    threads = getattr(runner, "threads", torch.get_num_threads())
+    print(f"[{runner.backend} on {runner.device}, {threads} threads: {args.model}]", file=sys.stderr)
+    if not args.draft and (args.k is not None or args.adaptive):
+        raise UserError("-k, --adaptive: only used with --draft DRAFT")
+    if args.draft:
+        draft = open_draft(args, tokenizer)
+    sys.stdout.write(args.prompt)
+    t0 = time.perf_counter()
+    if args.draft:
+        out, stats = generate_with_draft(runner, args, ids, cfg, TextStream(tokenizer), draft)
+    else:
+        out, stats = generate(runner, ids, cfg, TextStream(tokenizer)), None
+    wall = time.perf_counter() - t0
     print()
     print(f"[{len(out)} tokens in {wall:.2f} s, {len(out) / wall:.1f} tokens/s incl. prefill]", file=sys.stderr)
     if stats is not None:
@@ -189,8 +200,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def open_draft(args: argparse.Namespace, tokenizer) -> Runner:
+    """The --draft model, refused unless its tokenizer is the target's (by content digest, not by size)."""
+    from compress.models import TOKENIZER_FILES, load_tokenizer
+    from evalsuite.errors import EvalInputError
+    from evalsuite.speculative import check_same_tokenizer
+
+    k = 4 if args.k is None else args.k
+    if not 1 <= k <= 64:
+        raise UserError(f"-k: must be in 1..64 (got {k})")
+    draft, draft_tok_dir = open_any(args.draft, args.device, args.threads)
+    if any(all((Path(draft_tok_dir) / f).is_file() for f in files) for files in TOKENIZER_FILES):
+        try:
+            check_same_tokenizer(tokenizer, load_tokenizer(draft_tok_dir), f"--draft {args.draft}")
+        except EvalInputError as e:
+            raise UserError(str(e)) from None
+    else:
+        print(f"[draft: no tokenizer beside {draft_tok_dir}: only its vocabulary size is compared with the "
+              "target's]", file=sys.stderr)
+    return draft
+
+
 def generate_with_draft(runner: Runner, args: argparse.Namespace, ids: list[int], cfg: GenerationConfig,
-                        on_token: Callable[[int], None]):
+                        on_token: Callable[[int], None], draft: Runner | None = None):
     """Speculative decoding of `runner` with the --draft model: the same tokens as generate() when
     greedy, the same distribution when sampling (evalsuite.speculative)."""
     from evalsuite.errors import EvalInputError
@@ -199,7 +231,8 @@ def generate_with_draft(runner: Runner, args: argparse.Namespace, ids: list[int]
     k = 4 if args.k is None else args.k
     if not 1 <= k <= 64:
         raise UserError(f"-k: must be in 1..64 (got {k})")
-    draft, _ = open_any(args.draft, args.device, args.threads)
+    if draft is None:
+        draft, _ = open_any(args.draft, args.device, args.threads)
     runner, draft = turn_taking(runner), turn_taking(draft)  # sessions that do not spin against each other
     print(f"[draft: {draft.backend} on {draft.device}: {args.draft}, k={k}"
           f"{' (adaptive)' if args.adaptive else ''}]", file=sys.stderr)

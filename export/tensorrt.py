@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 
 from compress.errors import UserError
+from evalsuite import cli
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
 from export.trt_check import check_model, errors
 from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
@@ -210,8 +211,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export.tensorrt", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = cli.add_debug_flag(cli.ArgumentParser(prog="python -m export.tensorrt", description=__doc__.split("\n\n")[0]))
+    sub = p.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
     c = sub.add_parser("check", help="static TensorRT check of model.onnx (runs anywhere)")
     c.add_argument("path", help="step directory or .onnx file")
     c.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default=None)
@@ -236,18 +237,18 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", help="warn about layers that fell back from int8/int4 (layers.json or engine)")
     a.add_argument("path")
     a.set_defaults(fn=cmd_audit)
+    for sub_parser in (c, b, r, s, a):
+        cli.add_debug_flag(sub_parser)  # `run STEP --debug` as well as `--debug run STEP`
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from evalsuite.errors import BackendUnavailable
+    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
+    def body() -> int:
+        args = parser().parse_args(argv)
+        return args.fn(args)  # `run` without TensorRT: BackendUnavailable says why, before any device is used
 
-    args = parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except (UserError, BackendUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli.run_cli(body, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ import pytest
 
 from compress.errors import PlanError, UserError
 from compress.base_model import PretrainModel
-from compress.plan import apply_override, format_loc, load_plan, parse_plan
+from compress.plan import load_plan, parse_plan
+from compress.plan_locations import apply_override, format_loc
 
 GOOD = """\
 name: t
@@ -40,7 +41,28 @@ def test_good_plan_loads_with_defaults(tmp_path):
 
 def test_unknown_key_names_path_and_line(tmp_path):
     p = problems(tmp_path, GOOD.replace("seq_len: 32}", "seq_len: 32, sequence: 9}"))
-    assert p == ["data.eval.sequence: unknown key (line 6)"]
+    assert p == ["data.eval.sequence: unknown key; did you mean 'seq_len'? (line 6)"]
+
+
+def test_unknown_keys_get_a_did_you_mean_at_every_level(tmp_path):
+    text = (GOOD.replace("n_layer: 1", "n_layr: 1").replace("seq_len: 32}", "seq_lenn: 32}")
+            .replace("name: t", "name: t\ndevce: cpu") + "steps:\n  - prune: {mlpp: 0.5}\n")
+    p = problems(tmp_path, text)
+    assert "model.pretrain.n_layr: unknown key; did you mean 'n_layer'? (line 4)" in p
+    assert any(x.startswith("data.eval.seq_lenn: unknown key; did you mean 'seq_len'?") for x in p), p
+    assert any(x.startswith("devce: unknown key; did you mean 'device'?") for x in p), p
+    assert any(x.startswith("steps[0].prune.mlpp: unknown key; did you mean 'mlp'?") for x in p), p
+    assert any(x.startswith("eval.colour: unknown key (") for x in problems(tmp_path, GOOD + "eval: {colour: red}\n"))
+
+
+def test_a_set_that_fails_validation_names_the_set_not_a_line(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text(GOOD)
+    with pytest.raises(PlanError) as e:
+        load_plan(path, ["model.pretrain.n_layer=0", "data.eval.zzz=1"])
+    assert sorted(e.value.problems) == sorted([
+        "model.pretrain.n_layer: Input should be greater than or equal to 1 (got 0) (--set model.pretrain.n_layer=0)",
+        "data.eval.zzz: unknown key (--set data.eval.zzz=1)"])
 
 
 def test_wrong_type_and_out_of_range_are_all_reported(tmp_path):

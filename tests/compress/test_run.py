@@ -30,12 +30,15 @@ def test_bad_plan_is_one_line_per_problem_without_traceback(tmp_path):
     assert "eval.colour: unknown key (line 8)" in proc.stderr
 
 
-def test_dry_run_prints_resolved_plan_and_steps(tmp_path, capsys):
+def test_dry_run_prints_the_steps_first_and_the_plan_on_request(tmp_path, capsys):
     plan = tmp_path / "p.yaml"
     plan.write_text(PLAN)
     assert main([str(plan), "--dry-run", "--out", str(tmp_path / "run"), "--set", "model.pretrain.n_layer=2"]) == 0
     out = capsys.readouterr().out
-    assert "n_layer: 2" in out and "00-base" in out and "will run" in out
+    assert out.startswith("00-base") and "will run" in out and "n_layer: 2" not in out
+    assert main([str(plan), "--dry-run", "--show-plan", "--out", str(tmp_path / "run"),
+                 "--set", "model.pretrain.n_layer=2"]) == 0
+    assert "n_layer: 2" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
 
 
@@ -155,3 +158,24 @@ def test_diverged_pretraining_fails_the_base_step(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: pretrain: held-out ppl") and "lower model.pretrain.lr (now 1)" in err
     assert not (tmp_path / "run" / "00-base").exists()
+
+
+def test_sigterm_during_a_run_is_one_line_143_like_ctrl_c(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+    import time
+
+    import compress.runner
+
+    def killed(plan, run_dir, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises Terminated here, in the main thread
+        time.sleep(30)
+
+    monkeypatch.setattr(compress.runner, "run_plan", killed)
+    plan = tmp_path / "p.yaml"
+    plan.write_text(PLAN)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main([str(plan), "--out", str(tmp_path / "run"), "-q", "--threads", "1"]) == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "terminated (SIGTERM): finished steps are kept; run the same command again to resume"]
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -3,7 +3,8 @@
 import pytest
 
 from compress.errors import PlanError, PlanFileError
-from compress.plan import _node_lines, load_plan
+from compress.plan import load_plan
+from compress.plan_locations import node_lines
 from compress.yaml_io import MAX_EXPANDED_NODES, load_bounded, parse_yaml_value
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -51,7 +52,7 @@ def test_recursive_alias_and_deep_nesting(tmp_path):
 def test_modest_aliases_still_work_and_map_lines():
     data, _ = load_bounded("base: &b {mlp: 0.5}\nsteps:\n  - prune: *b\n  - prune: *b\n")
     assert data["steps"] == [{"prune": {"mlp": 0.5}}] * 2
-    lines = _node_lines(load_bounded("base: &b {mlp: 0.5}\nsteps:\n  - prune: *b\n")[1])
+    lines = node_lines(load_bounded("base: &b {mlp: 0.5}\nsteps:\n  - prune: *b\n")[1])
     assert lines[("base", "mlp")] == 1 and lines[("steps", 0, "prune")] == 3
 
 
