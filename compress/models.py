@@ -105,6 +105,10 @@ def load_model(source: str | Path, dtype: "torch.dtype | None" = None) -> "GPT2L
             from compress.quantization.storage import load_quantized
 
             return load_quantized(path).eval()
+        if _is_factorized(path):  # low-rank factors: rebuilt by compress.lowrank
+            from compress.lowrank.modules import load_factorized
+
+            return load_factorized(path).to(dtype).eval()
         try:
             model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=dtype, use_safetensors=True)
         except (OSError, ValueError, RuntimeError, TypeError) as e:
@@ -133,6 +137,13 @@ def _first_line(e: BaseException) -> str:
     if mismatch:
         return f"the weights do not match {CONFIG_FILE}: {mismatch[0]}"
     return lines[0] if lines else type(e).__name__
+
+
+def _is_factorized(path: Path) -> bool:
+    """config.json carries the factorize step's record (compress.lowrank.modules.CONFIG_KEY)."""
+    from compress.lowrank.modules import lowrank_record
+
+    return lowrank_record(read_config(path)) is not None
 
 
 def _is_quantized(path: Path) -> bool:

@@ -50,6 +50,26 @@ class Quantized:
 
 
 @dataclass(frozen=True)
+class Sparsity:
+    """The weight sparsity a sparsify step left on the block projections (compress/sparsity)."""
+
+    by: str  # "steps[0].sparsify"
+    method: str  # magnitude, wanda, sparsegpt
+    pattern: str | None  # "2:4" (N kept of every M consecutive input weights); None: unstructured
+    fraction: float  # zeros per matrix, requested (1 - N/M for a pattern)
+    layers: tuple[str, ...]  # the projections pruned ("attn.c_attn", ...)
+
+
+@dataclass(frozen=True)
+class Factorized:
+    """The block projections a factorize step replaced by two low-rank matmuls (compress/lowrank)."""
+
+    by: str  # "steps[0].factorize"
+    method: str  # svd, whiten
+    layers: tuple[str, ...]  # the projections factorized ("attn.c_attn", ...)
+
+
+@dataclass(frozen=True)
 class PlanState:
     """The model as the next step will receive it, as far as the plan alone tells."""
 
@@ -63,6 +83,9 @@ class PlanState:
     base: Shape | None = None  # the plan's base model (a distill teacher: base)
     quantized: Quantized | None = None
     artifact: str = "torch"  # what the last step produced: torch (a model dir), onnx, tensorrt
+    sparsity: Sparsity | None = None  # zeros a sparsify step made (quantize keeps them; distill refills them)
+    factorized: Factorized | None = None  # low-rank factors (distill and export take them; prune, sparsify
+    #                                      and quantize do not)
 
     def origin(self, dim: str) -> Origin:
         """The step that made dimension `dim` (n_layer, n_embd, n_inner) of the current shape."""

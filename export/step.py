@@ -318,9 +318,11 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     if outliers:
         info["outliers"] = outliers
     if cfg.format == "tensorrt":
+        from compress.sparsity.pattern import model_pattern
         from export.tensorrt import finish_step
 
-        out = finish_step(cfg, onnx_path, ctx, qdq=done.get("qdq_for_tensorrt", {}))
+        sparse = model_pattern(model) == "2:4"  # measured on the weights: the ONNX itself stays dense
+        out = finish_step(cfg, onnx_path, ctx, qdq=done.get("qdq_for_tensorrt", {}), sparse_weights=sparse)
         out.info = {"onnx": info, **out.info}
         out.summary = f"{out.summary}; ONNX {_checked(validation)}"
         return out

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 # -- the export step's TensorRT part -------------------------------------------------------------------
 
 def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOptions | None = None,
-                qdq: dict[str, int] | None = None) -> "StepOutput":
+                qdq: dict[str, int] | None = None, sparse_weights: bool = False) -> "StepOutput":
     """Check, engine.json, build_engine.sh and (where TensorRT runs) the engine. See the module doc.
     The graph at onnx_path is final (Q/DQ already written by the export step, `qdq` its counts):
     nothing here rewrites it, so engine.json's sha256 is that of the validated file."""
@@ -70,19 +70,21 @@ def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOpt
         raise UserError(f"{onnx_path}: {len(bad)} problem(s) for TensorRT {options.target}:\n  " + "\n  ".join(bad))
     for f in findings:
         ctx.log.info("trt check: %s", f)
-    spec = engine_spec(graph, onnx_path, precision, profile, options, findings)
+    spec = engine_spec(graph, onnx_path, precision, profile, options, findings, sparse_weights)
     write_step_files(step_dir, spec)
     reason = unavailable_reason()
     info = {"precision": precision, "qdq_layers": qdq, "warnings": sum(f.severity == "warning" for f in findings),
-            "profile": spec["profile"], "engine_built": reason is None}
+            "profile": spec["profile"], "engine_built": reason is None, "sparse_weights": sparse_weights}
+    sparse = " with 2:4 sparse weights" if sparse_weights else ""
     if reason is not None:
         ctx.log.info("engine not built here (%s): run %s on the target", reason, SCRIPT)
-        return StepOutput(summary=f"TensorRT {precision}: ONNX checked ({info['warnings']} warnings), engine to be "
-                                  f"built on target with {SCRIPT}", artifact=ONNX_FILE, backend="tensorrt", info=info)
+        return StepOutput(summary=f"TensorRT {precision}{sparse}: ONNX checked ({info['warnings']} warnings), engine "
+                                  f"to be built on target with {SCRIPT}", artifact=ONNX_FILE, backend="tensorrt",
+                          info=info)
     built = build_engine(step_dir)
     info["built"] = built
-    return StepOutput(summary=f"TensorRT {precision} engine built with TensorRT {built['tensorrt']} on {built['gpu']}",
-                      artifact=ENGINE_FILE, backend="tensorrt", info=info)
+    return StepOutput(summary=f"TensorRT {precision}{sparse} engine built with TensorRT {built['tensorrt']} on "
+                              f"{built['gpu']}", artifact=ENGINE_FILE, backend="tensorrt", info=info)
 
 
 def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
@@ -99,6 +101,10 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
                                                                 state.eval_seq_len, prompt, new_tokens)]
     if precision == "int4" and cfg.opset < 21:
         out.append(Problem("TensorRT's INT4 DequantizeLinear needs opset: 21", "opset"))
+    sp = getattr(state, "sparsity", None)
+    if sp is not None and sp.pattern != "2:4":
+        out.append(Problem(f"the {sp.pattern or 'unstructured'} sparsity of {sp.by} has no TensorRT sparse kernels "
+                           "(2:4 only): the engine is built dense", note=True))
     if precision not in ("int8", "int4"):
         return out
     q = state.quantized

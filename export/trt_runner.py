@@ -157,6 +157,8 @@ def build_engine(step_dir: Path, workspace_mib: int | None = None, optimization_
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec["workspace_mib"] << 20)
     for flag in spec["builder_flags"]:
         config.set_flag({"FP16": trt.BuilderFlag.FP16, "INT8": trt.BuilderFlag.INT8}[flag])
+    if spec.get("sparse_weights"):  # 2:4 weights (a sparsify step): let TensorRT pick sparse tactics
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     if trt_version(trt) >= (8, 6):  # the setting appeared in 8.6
         config.builder_optimization_level = spec["optimization_level"]
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the audit

@@ -60,13 +60,16 @@ def builder_flags(precision: Precision, typed: bool) -> list[str]:
 
 
 def engine_spec(graph: onnx.ModelProto, onnx_path: Path, precision: Precision, profile: TensorRTProfile,
-                options: BuildOptions, findings: list) -> dict[str, Any]:
-    """engine.json before the build: everything both build routes (Python API, trtexec) read."""
+                options: BuildOptions, findings: list, sparse_weights: bool = False) -> dict[str, Any]:
+    """engine.json before the build: everything both build routes (Python API, trtexec) read.
+    sparse_weights: every block projection holds 2:4 (a sparsify step), so the build enables
+    TensorRT's sparse weights (BuilderFlag.SPARSE_WEIGHTS, trtexec --sparsity=enable); the ONNX is dense."""
     # Strong typing arrived in TensorRT 9: 8.x has no STRONGLY_TYPED network flag and no trtexec --stronglyTyped
     typed = strongly_typed(graph) and TRT_VERSIONS[options.target].version >= (9, 0)
     return {
         "onnx": onnx_path.name, "onnx_sha256": sha256(onnx_path), "engine": ENGINE_FILE,
         "precision": precision, "strongly_typed": typed, "builder_flags": builder_flags(precision, typed),
+        "sparse_weights": sparse_weights,
         "target": {"tensorrt": options.target, "ships_with": TRT_VERSIONS[options.target].ships_with},
         "profile": profile.model_dump(mode="json"),
         "shapes": {name: {p: list(s) for p, s in pts.items()} for name, pts in
@@ -83,7 +86,9 @@ def trtexec_args(spec: dict[str, Any]) -> list[str]:
     precision = ["--stronglyTyped"] if spec["strongly_typed"] else [f"--{f.lower()}" for f in spec["builder_flags"]]
     level = f"--builderOptimizationLevel={spec['optimization_level']}"
     old_trtexec = TRT_VERSIONS[spec["target"]["tensorrt"]].version < (8, 6)  # no optimization levels before 8.6
+    sparse = ["--sparsity=enable"] if spec.get("sparse_weights") else []  # 2:4 weights: sparse tensor cores
     return [f"--onnx={spec['onnx']}", f"--saveEngine={spec['engine']}", *trtexec_shape_flags(shapes), *precision,
+            *sparse,
             f"--timingCacheFile={spec['timing_cache']}", *([] if old_trtexec else [level]),
             f"--memPoolSize=workspace:{spec['workspace_mib']}",
             # layer precisions for `python -m export.tensorrt audit` (the int8-slower-than-fp16 check)

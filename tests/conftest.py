@@ -91,3 +91,48 @@ def perturbed():
         return out
 
     return make
+
+
+@pytest.fixture(scope="session")
+def bytes_tokenizer(tmp_path_factory):
+    """A byte-level GPT-2 tokenizer written by hand (256 bytes + <|endoftext|>, no merges): made in
+    milliseconds, where training one (byte_tokenizer) takes seconds on a busy machine."""
+    import json
+
+    from transformers import GPT2TokenizerFast
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    path = tmp_path_factory.mktemp("bytes_tokenizer")
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())} | {"<|endoftext|>": 256}
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    return GPT2TokenizerFast(vocab_file=str(path / "vocab.json"), merges_file=str(path / "merges.txt"))
+
+
+@pytest.fixture(scope="session")
+def docs_text(tmp_path_factory):
+    """train.txt and eval.txt from the repo's docs/*.md: real text in no time (the builtin python-docs
+    text takes seconds to build). Returns the directory."""
+    docs = sorted((Path(__file__).resolve().parents[1] / "docs").glob("*.md"))
+    d = tmp_path_factory.mktemp("docs_text")
+    (d / "train.txt").write_text("\n".join(f.read_text() for f in docs[1:]))
+    (d / "eval.txt").write_text(docs[0].read_text())
+    return d
+
+
+@pytest.fixture(scope="session")
+def random_tiny_dir(tmp_path_factory, bytes_tokenizer, docs_text):
+    """A random tiny GPT-2 (2 x 64, 128 positions, vocab 257) saved with bytes_tokenizer, and the text
+    directory: (model_dir, text_dir). Nothing trains."""
+    path = save_model(tiny_model(seed=0, vocab_size=len(bytes_tokenizer)), tmp_path_factory.mktemp("random_tiny"),
+                      bytes_tokenizer)
+    return path, docs_text
+
+
+def text_plan(model, steps, train=True, **extra):
+    """A plan dict over random_tiny_dir's model and texts (no latency run)."""
+    model_dir, texts = model
+    return {"name": "t", "model": str(model_dir),
+            "data": ({"train": {"path": str(texts / "train.txt")}} if train else {}) | {
+                "eval": {"path": str(texts / "eval.txt"), "seq_len": 64, "max_tokens": 300}},
+            "eval": {"latency": None}, "steps": steps, **extra}

@@ -178,6 +178,10 @@ class DistillConfig(StepConfig, Guarded):
             made = {"n_layer": built, **({"n_inner": built} if self.student.n_inner else {}),
                     "*": Origin(f"the teacher {self.teacher} ({teacher.n_layer}x{teacher.n_embd})")}
             next_state = replace(state, quantized=None).with_shape(student, made)
+        if state.sparsity is not None:  # every weight is trained: the zeros fill in
+            problems.append(Problem(f"distill trains every weight: the zeros of {state.sparsity.by} fill in "
+                                    "(distill before sparsify to keep them)", note=True))
+            next_state = replace(next_state, sparsity=None)
         if student is not None and self.seq_len > student.n_positions:
             problems.append(Problem(f"{self.seq_len} exceeds the student's {student.n_positions} positions", "seq_len"))
         if teacher is not None and self.hidden_layers and max(self.hidden_layers) >= teacher.n_layer:

@@ -56,6 +56,12 @@ class PruneConfig(StepConfig):
         if state.quantized is not None:
             return state, [Problem(f"prune needs a full-precision model: move it before {state.quantized.by}")]
         problems = []
+        if state.factorized is not None:
+            problems.append(Problem(f"prune slices dense projections; {state.factorized.by} made low-rank factors: "
+                                    "prune before factorize"))
+        if state.sparsity is not None and state.sparsity.pattern is not None:
+            problems.append(Problem(f"prune removes input channels of the {state.sparsity.pattern} groups that "
+                                    f"{state.sparsity.by} made: prune before sparsify"))
         if self.importance in CALIBRATED and not state.train_data:
             problems.append(Problem(f"{self.importance} calibrates on data.train: set data.train in the plan",
                                     "importance"))

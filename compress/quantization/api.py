@@ -36,6 +36,11 @@ def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | 
     """
     if getattr(model.config, "quantization_config", None) is not None:
         raise UserError("quantize: the model is already quantized; start from an fp32 model")
+    from compress.lowrank.modules import lowrank_record
+
+    if lowrank_record(model.config) is not None:
+        raise UserError("quantize: the model is factorized (compress.lowrank); quantizing low-rank factors is not "
+                        "implemented: export it unquantized")
     check_widths(model, cfg)
     model.eval()
     windows = None

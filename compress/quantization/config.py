@@ -139,6 +139,10 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
         problems = []
         if state.quantized is not None:
             problems.append(Problem(f"the model is already quantized by {state.quantized.by}"))
+        if state.factorized is not None:
+            problems.append(Problem(f"quantize takes dense projections and {state.factorized.by} made low-rank factors "
+                                    "(quantizing each factor is not implemented yet): export the factorized model "
+                                    "in fp32/fp16, or quantize without factorize"))
         if self.quant_method.calibrates and not state.train_data:
             problems.append(Problem(f"{self.method} calibrates on data.train; set data.train in the plan", "method"))
         if needs_outlier_windows(self) and not state.train_data:

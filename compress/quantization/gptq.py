@@ -21,6 +21,7 @@ from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import fit_groups, fit_grid, to_codes
+from compress.sparsity.pattern import CONFIG_KEY, sparsity_record
 
 if TYPE_CHECKING:
     from compress.quantization.config import QuantizeConfig
@@ -30,17 +31,37 @@ log = logging.getLogger(__name__)
 BLOCK_SIZE = 128  # columns updated together (lazy batch updates); a multiple of every group size
 
 
+def drop_dead_inputs(W: torch.Tensor, H: torch.Tensor) -> None:
+    """Inputs that are always zero: their weights do not matter (set to 0), their Hessian row is made
+    invertible (in place on both; shared with SparseGPT, compress/sparsity/sparsegpt.py)."""
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+
+def inverse_hessian_factor(H: torch.Tensor, damp: float, name: str, method: str = "gptq") -> torch.Tensor:
+    """The upper Cholesky factor of (H + damp * mean(diag H) * I)^-1: the rows OBS-style updates read
+    (GPTQ's rounding errors, SparseGPT's pruning errors)."""
+    H = H + damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0])
+    try:
+        return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    except torch.linalg.LinAlgError:
+        raise UserError(f"{method}: the Hessian of {name} is not positive definite; raise damp "
+                        f"(now {damp}) or the calibration tokens") from None
+
+
 @torch.no_grad()
 def gptq(name: str, w: torch.Tensor, bias: torch.Tensor | None, H: torch.Tensor, bits: int,
-         group_size: int | None, sym: bool, damp: float, act_order: bool) -> LinearCodes:
-    """Quantize w [out, in] given the Hessian H [in, in] of its inputs."""
+         group_size: int | None, sym: bool, damp: float, act_order: bool,
+         keep: torch.Tensor | None = None) -> LinearCodes:
+    """Quantize w [out, in] given the Hessian H [in, in] of its inputs. `keep` (bool [out, in]): weights
+    outside it are pruned (compress/sparsity) and stay exactly zero: each column is masked before it is
+    rounded, and the error of the pruned weights' drift is spread like a rounding error."""
     W = w.clone().float()
     out_f, in_f = W.shape
     g = group_size or in_f
     H = H.clone().float()
-    dead = torch.diag(H) == 0  # inputs that are always zero: their weights do not matter
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    drop_dead_inputs(W, H)
 
     # Grids fitted up front from the original weights when columns are visited out of order (act-order
     # keeps groups contiguous: "static groups") or per channel; otherwise at each group's first column.
@@ -52,12 +73,8 @@ def gptq(name: str, w: torch.Tensor, bias: torch.Tensor | None, H: torch.Tensor,
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f)
     W, H = W[:, perm], H[perm][:, perm]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f)
-    try:
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    except torch.linalg.LinAlgError:
-        raise UserError(f"gptq: the Hessian of {name} is not positive definite; raise damp "
-                        f"(now {damp}) or calib_samples") from None
+    Hinv = inverse_hessian_factor(H, damp, name)
+    mask = None if keep is None else keep[:, perm].float()  # 1: a weight, 0: pruned (stays zero)
 
     codes = torch.empty(out_f, in_f)
     for i1 in range(0, in_f, BLOCK_SIZE):
@@ -69,10 +86,12 @@ def gptq(name: str, w: torch.Tensor, bias: torch.Tensor | None, H: torch.Tensor,
             col = int(perm[i1 + i])  # the column's index in the original order
             grp = col // g
             if not static and col % g == 0:
-                s, z = fit_grid(W1[:, i:i + g], bits, sym)
+                group = W1[:, i:i + g] if mask is None else W1[:, i:i + g] * mask[:, i1 + i:i1 + i + g]
+                s, z = fit_grid(group, bits, sym)
                 scales[:, grp], zeros[:, grp] = s, z
             s, z = scales[:, grp], zeros[:, grp]
-            q = to_codes(W1[:, i:i + 1], s, z, bits)[:, 0]  # (out,)
+            wcol = W1[:, i:i + 1] if mask is None else W1[:, i:i + 1] * mask[:, i1 + i:i1 + i + 1]
+            q = to_codes(wcol, s, z, bits)[:, 0]  # (out,); a pruned weight's code is its zero point
             codes[:, col] = q
             err = (W1[:, i] - (q - z) * s) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
@@ -105,8 +124,9 @@ class HessianSum:
 @torch.no_grad()
 def quantize_gptq(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, group_size: int | None,
                   sym: bool, damp: float, act_order: bool, head_bits: int | None = None,
-                  head_group: int | None = None, log=None) -> GPT2LMHeadModel:
-    """GPTQ every block projection (and the LM head when head_bits is set), block by block, in place."""
+                  head_group: int | None = None, log=None, keep_zeros: bool = False) -> GPT2LMHeadModel:
+    """GPTQ every block projection (and the LM head when head_bits is set), block by block, in place.
+    keep_zeros: the zeros of the block projections stay zero (a sparsified model)."""
     calls = capture_block_inputs(model, windows)
     for i, block in enumerate(model.transformer.h):
         hs = HessianSum()
@@ -116,7 +136,8 @@ def quantize_gptq(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, grou
         for local in BLOCK_LINEARS:
             name = f"transformer.h.{i}.{local}"
             w, bias = linear_weight(block.get_submodule(local))
-            records[name] = gptq(name, w, bias, hs.get(local), bits, group_size, sym, damp, act_order)
+            keep = (w != 0) if keep_zeros else None
+            records[name] = gptq(name, w, bias, hs.get(local), bits, group_size, sym, damp, act_order, keep)
         install(model, records)
         calls = run_block(block, calls)  # the quantized block's outputs feed block i+1
         if log:
@@ -140,8 +161,11 @@ class GptqOptions(BaseModel):
 
 def run_gptq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) -> GPT2LMHeadModel:
     bits, head_bits = cfg.weight_bits, cfg.head_bits
+    sparse = sparsity_record(model.config) is not None  # a sparsify step's zeros are kept
+    if sparse:
+        log.info("gptq: the model is sparsified (%s): pruned weights stay zero", CONFIG_KEY)
     return quantize_gptq(model, windows, bits, cfg.group_for(bits), cfg.sym, cfg.damp, cfg.act_order,
-                         head_bits, cfg.group_for(head_bits) if head_bits else None, log=log)
+                         head_bits, cfg.group_for(head_bits) if head_bits else None, log=log, keep_zeros=sparse)
 
 
 METHODS = (QuantMethod("gptq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
