@@ -148,6 +148,8 @@ class LoopSpec:
     checkpoint_every: int
     advice: str  # how to go on when the guard fails, e.g. "lower lr (now 1.0)"
     patience: int | None = None  # evals without improvement before stopping early; None: never
+    keep_start: bool = False  # the weights before training compete as "best" (step 0): a run that never
+    #                           beats them hands them on unchanged (finetune, qat)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
 
@@ -211,6 +213,11 @@ def train_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSp
     if state["before"] is None and state["step"] == 0 and evaluate is not None:
         state["before"] = evaluate()
         log.info("%s: before training, held-out %s", name, _fmt(state["before"]))
+        if spec.keep_start:
+            state.update(best_ppl=state["before"]["ppl"], best_step=0, after=state["before"])
+            best = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            if main and best_file is not None:
+                save_weights(module, best_file)
     guard = DivergenceGuard(name, spec.guard, state["before"]["ppl"] if state["before"] else None, spec.advice)
     start = state["step"]
     saved = start or None  # step of the checkpoint on disk

@@ -1,0 +1,1 @@
+"""Quantization-aware training: a quantized model trained through its own grid (compress.qat.loop)."""
