@@ -2,6 +2,7 @@
 
     python bench/training.py            # 32,768 training tokens per arm, 16,384 held-out tokens
     python bench/training.py --tokens 8192 --eval-tokens 8192   # what fits a loaded 2-core VM
+    python bench/training.py --only qat --outliers   # QAT vs PTQ on the teacher with planted outliers
 
 Three tables, all in one run, written to bench/results/<date>-training.md:
 
@@ -85,7 +86,7 @@ def qat_table(args, train_ids, held_ids, teacher, ppl_teacher) -> list[str]:
     for method in ("rtn", "gptq"):
         qcfg = QuantizeConfig(method=method, bits=4, group_size=128, calib_samples=args.calib_samples,
                               calib_seq_len=SEQ_LEN)
-        ptq = quantize(load_model(TEACHER), qcfg, train_ids)
+        ptq = quantize(copy.deepcopy(teacher), qcfg, train_ids)
         ppl_ptq = ppl(ptq, held_ids)
         cfg = QatConfig(tokens=args.tokens, seq_len=SEQ_LEN, batch_size=4, lr=args.qat_lr, warmup_steps=2,
                         eval_tokens=0)
@@ -97,7 +98,10 @@ def qat_table(args, train_ids, held_ids, teacher, ppl_teacher) -> list[str]:
                     f"{ppl_qat / ppl_teacher:.3f} | {rec} | {r.tokens:,} | {args.qat_lr:g} | "
                     f"{r.codes_changed / r.codes_total:.2%} | {r.tokens_per_s:,.0f} |")
         print(rows[-1], flush=True)
-    head = (f"Teacher held-out ppl {ppl_teacher:.2f}. QAT: the PTQ scales and zero points frozen, latent fp32 weights "
+    variant = ("the outlier variant of the reference teacher (bench/quantize.py hard_teacher: x40 LayerNorm outliers "
+               "in 4 residual channels of every block, the fp32 function unchanged), quantized and distilled from. "
+               if args.outliers else "")
+    head = (f"{variant}Teacher held-out ppl {ppl_teacher:.2f}. QAT: the PTQ scales and zero points frozen, latent fp32 weights "
             f"started at the PTQ codes, straight-through rounding, KL to the teacher (T=1) on corpus/train, batch 4 x "
             f"{SEQ_LEN}, no in-training eval (the codes after the last step are measured). GPTQ calibrated on "
             f"{args.calib_samples} windows of {SEQ_LEN} tokens.")
@@ -133,6 +137,8 @@ def main(argv=None) -> int:
     p.add_argument("--qat-lr", type=float, default=2e-5)
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--only", choices=("finetune", "qat", "bf16"), action="append", help="run these tables only")
+    p.add_argument("--outliers", action="store_true", help="QAT table on the outlier variant of the teacher "
+                   "(results file <date>-training-outliers.md)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -148,6 +154,10 @@ def main(argv=None) -> int:
     train_ids = tokenize(read_text(DATA / "corpus" / "train"), tokenizer)
     held_ids = tokenize(read_text(DATA / "corpus" / "heldout"), tokenizer)[: args.eval_tokens]
     teacher = load_model(TEACHER)
+    if args.outliers:
+        from quantize import hard_teacher  # the sibling script (bench/ is on sys.path)
+
+        teacher = hard_teacher(teacher)
     ppl_teacher = ppl(teacher, held_ids)
     out = [f"# bench/training.py {' '.join(sys.argv[1:])}".rstrip() + f", {started:%Y-%m-%d %H:%M}", "",
            f"Host: {hardware.host_cpu()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
@@ -166,7 +176,7 @@ def main(argv=None) -> int:
     text = "\n".join(out)
     print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{started:%Y-%m-%d}-training.md"
+    path = args.out / f"{started:%Y-%m-%d}-training{'-outliers' if args.outliers else ''}.md"
     path.write_text(text + "\n")
     print(f"written to {path}")
     return 0
