@@ -50,6 +50,7 @@ class FakeQuantLinear(nn.Module):
         self.register_buffer("zeros", layer.zeros.clone())  # uint8 (out, n_groups)
         self.weight = nn.Parameter(dequantize(layer.q, layer.scales, layer.zeros, layer.group_size))  # (out, in)
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.clone())
+        self.start_codes = layer.q.clone()  # a plain attribute (not state): how many codes training moved
 
     def _grid(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(W grouped (out, n_groups, G), scales and zeros broadcast to it (out, n_groups, 1))."""
@@ -106,7 +107,7 @@ def from_fake_quant(model: GPT2LMHeadModel, layers: dict[str, FakeQuantLinear]) 
     for name, layer in layers.items():
         record = layer.record()
         set_module(model, name, QuantLinear(record).to(layer.scales.device))
-        changed += int(layer.original_q.ne(record.q.to(layer.original_q.device)).sum())
+        changed += int(layer.start_codes.ne(record.q.to(layer.start_codes.device)).sum())
     return changed
 
 
@@ -147,8 +148,6 @@ def run_qat(model: GPT2LMHeadModel, teacher: GPT2LMHeadModel, ids: torch.Tensor,
     device = next(model.parameters()).device
     teacher = teacher.to(device).eval().requires_grad_(False)
     layers = to_fake_quant(model)
-    for layer in layers.values():
-        layer.original_q = layer.codes()  # a plain attribute: not trained, not checkpointed
     module = Tuned(model.train())
     optimizer = adamw(module, cfg.lr, cfg.weight_decay)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
