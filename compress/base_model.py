@@ -10,7 +10,7 @@ the shape is unknown: the checks that need it wait for the model to load.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -61,6 +61,10 @@ class PretrainConfig(Strict, Guarded):
     seed: Seed = 0
     eval_every: int = Field(100, ge=1, description="steps between held-out evaluations")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    amp: Literal["auto", "bf16", "off"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPUs with AVX512-BF16/AMX "
+                            "(else fp32, recorded); off: fp32")
+    omitted_when: ClassVar[dict[str, Any]] = {"amp": "auto"}  # plans without it keep their hashes
 
     @model_validator(mode="after")
     def _shapes(self) -> "PretrainConfig":

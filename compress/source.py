@@ -27,6 +27,7 @@ def load_base(cfg: LoadModel, ctx: StepContext) -> StepOutput:
 @register_step(PretrainBase)
 def pretrain_base(cfg: PretrainBase, ctx: StepContext) -> StepOutput:
     from compress.pretrain import gpt2_config, pretrain, train_tokenizer, total_steps
+    from compress.training import resolve_precision
 
     p = cfg.pretrain
     text = source_text(ctx.inputs.train.source)
@@ -45,4 +46,5 @@ def pretrain_base(cfg: PretrainBase, ctx: StepContext) -> StepOutput:
     summary = (f"pretrained {p.n_layer}x{p.n_embd} GPT-2 (vocab {len(tokenizer)}) for "
                f"{total_steps(p) * p.batch_size * p.grad_accum * p.seq_len:,} tokens "
                f"on {train_ids.numel():,}-token data.train")
-    return StepOutput(summary=summary, model_dir="model", info={"train_tokens": train_ids.numel()})
+    precision = resolve_precision(p.amp, ctx.device).record()
+    return StepOutput(summary=summary, model_dir="model", info={"train_tokens": train_ids.numel(), **precision})
