@@ -7,7 +7,8 @@ from transformers import GPT2LMHeadModel
 
 from compress.errors import PlanError
 from compress.plan import parse_plan
-from compress.runner import run_plan, step_hashes
+from compress.planning import step_hashes
+from compress.runner import run_plan
 
 pytest.importorskip("peft")
 
