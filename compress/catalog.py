@@ -18,7 +18,7 @@ import importlib
 from importlib.metadata import entry_points
 
 from compress.errors import UserError
-from compress.steps import HANDLERS, StepConfig, StepHandler
+from compress.step_api import HANDLERS, StepConfig, StepHandler
 
 # compress's own modules whose import registers step handlers (and so plan keys).
 BUILTIN_STEP_MODULES: tuple[str, ...] = (

@@ -5,9 +5,9 @@ was kept and how to go on:
 
     <where>: <what>; <kept>; <how to go on>
 
-The rules: a non-finite training loss and the divergence guard (compress.guard, during training), a
+The rules: a non-finite training loss and the divergence guard (compress.divergence, during training), a
 step whose perplexity rose above eval.max_ppl_ratio times its input's (check_ppl_ratio, here), an
-activation outlier that a per-tensor int8 method cannot take (compress.quantization.outlier_guard),
+activation outlier that a per-tensor int8 method cannot take (compress.quantization.outlier_check),
 and an export whose file does not reproduce the model (export.step). None of them marks the step done.
 This module imports no torch.
 """

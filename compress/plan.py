@@ -22,13 +22,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
-from compress.base_model import ModelSpec, PretrainModel
+from compress.source_config import ModelSpec, PretrainModel
 from compress.catalog import missing_steps_hint, step_configs
 from compress.errors import PlanError
 from compress.plan_check import check_steps
 from compress.plan_locations import apply_override, clean_loc, format_loc, line_for, message, node_lines, override_path
 from compress.plan_types import ExistingPath, Seed, Strict, TextSource
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 from compress.yaml_io import read_yaml_file
 from evalsuite.data import read_text
 from evalsuite.errors import EvalInputError

@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-from compress.base_model import PretrainConfig, TrainTokenizer
+from compress.source_config import PretrainConfig, TrainTokenizer
 from compress.errors import UserError
-from compress.guard import safe_exp
+from compress.divergence import safe_exp
 from compress.training import LoopSpec, adamw, heldout_loss, resolve_precision, resume, sample_batch, train_loop
 EOS = "<|endoftext|>"
 
@@ -52,7 +52,7 @@ def pretrain(cfg: PretrainConfig, config: GPT2Config, train_ids: torch.Tensor,
 
     With `checkpoint_dir`, a checkpoint is written every cfg.checkpoint_every steps and training
     resumes from it. With `heldout_ids`, held-out ppl is measured every cfg.eval_every steps, the
-    best weights are returned and the divergence guard judges them (compress.guard).
+    best weights are returned and the divergence guard judges them (compress.divergence).
     `on_step(step, loss)` is called after each optimizer step.
     """
     if train_ids.numel() <= cfg.seq_len + 1:

@@ -3,16 +3,16 @@
     model: gpt2 | path/to/dir   -> LoadModel: loaded and saved in fp32 with its tokenizer
     model: {pretrain: {...}}    -> PretrainBase: a GPT-2 trained from scratch on data.train
 
-Registered like every step (compress.steps); their configs and plan-time checks are in
-compress/base_model.py.
+Registered like every step (compress.step_api); their configs and plan-time checks are in
+compress/source_config.py.
 """
 
 from __future__ import annotations
 
-from compress.base_model import LoadModel, PretrainBase
+from compress.source_config import LoadModel, PretrainBase
 from compress.data import source_text
 from compress.models import load_model, load_tokenizer, save_model
-from compress.steps import StepContext, StepOutput, register_step
+from compress.step_api import StepContext, StepOutput, register_step
 from evalsuite.data import tokenize
 
 

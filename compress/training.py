@@ -3,7 +3,7 @@ optimizer, precision (fp32, or bf16/fp16 autocast where the device has it).
 
 `train_loop` owns what both trainings do around their own forward/backward (`step_fn`): the lr
 schedule, the NaN stop, clipping, progress and TensorBoard logging, held-out evals, best weights,
-checkpoint cadence, early stopping and the divergence guard (compress.guard).
+checkpoint cadence, early stopping and the divergence guard (compress.divergence).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from compress.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from compress.errors import UserError
-from compress.guard import DivergenceGuard, GuardConfig
+from compress.divergence import DivergenceGuard, GuardConfig
 
 log = logging.getLogger(__name__)
 

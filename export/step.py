@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from compress.errors import UserError
 from compress.hashing import digest
 from compress.plan_state import Check, PlanState, Problem
-from compress.steps import StepConfig, StepContext, StepOutput, register_step
+from compress.step_api import StepConfig, StepContext, StepOutput, register_step
 from export.profiles import TensorRTProfile
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class ExportConfig(StepConfig):
         4, description="MatMulNBits compute on CPU: 4 = activations quantized to int8 per block (fast "
                        "decode), 0 = fp32 (bit-matches torch; 8-bit weights then run a slow fallback)")
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
-    # quantize: dynamic-int8 only: activation outliers (compress/quantization/outlier_guard.py, smooth_dynamic.py)
+    # quantize: dynamic-int8 only: activation outliers (compress/quantization/outlier_check.py, smooth_dynamic.py)
     smooth: float | None = Field(None, ge=0, le=1, description="SmoothQuant alpha folded into the torch model "
                                                                "before ORT's dynamic int8 (needs data.train)")
     allow_outliers: bool = Field(False, description="run ORT's dynamic int8 even when calibration on data.train "
@@ -286,7 +286,7 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     model = ctx.load_input()
     outliers = None
     if cfg.quantize == "dynamic-int8" and ctx.has_train_text:  # check, then smooth, in torch
-        from compress.quantization.outlier_guard import OutlierRefusal
+        from compress.quantization.outlier_check import OutlierRefusal
         from compress.quantization.smooth_dynamic import prepare_ort_dynamic
 
         try:

@@ -42,7 +42,7 @@ from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, S
 
 if TYPE_CHECKING:
     from compress.plan_state import PlanState, Problem
-    from compress.steps import StepContext, StepOutput
+    from compress.step_api import StepContext, StepOutput
 
 # -- the export step's TensorRT part -------------------------------------------------------------------
 
@@ -51,7 +51,7 @@ def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOpt
     """Check, engine.json, build_engine.sh and (where TensorRT runs) the engine. See the module doc.
     The graph at onnx_path is final (Q/DQ already written by the export step, `qdq` its counts):
     nothing here rewrites it, so engine.json's sha256 is that of the validated file."""
-    from compress.steps import StepOutput
+    from compress.step_api import StepOutput
     from export.trt_runner import build_engine, unavailable_reason
 
     options = options or BuildOptions()

@@ -15,12 +15,12 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
                       model_validator)
 
-from compress.guard import Guarded
+from compress.divergence import Guarded
 from compress.model_shape import Shape, source_shape
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.models import is_local_source
 from compress.plan_types import ModelSource, Seed
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 
 def _teacher(value: str, info: ValidationInfo) -> str:

@@ -14,10 +14,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from compress.guard import Guarded
+from compress.divergence import Guarded
 from compress.plan_state import Check, PlanState, Problem
 from compress.plan_types import Strict, TextSource
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 # GPT-2's projections (Conv1D), as LoRA target names: a suffix of the module path.
 PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compress.finetune.config import FinetuneConfig
 from compress.finetune.loop import run_finetune
-from compress.steps import StepContext, StepOutput, register_step
+from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(FinetuneConfig)

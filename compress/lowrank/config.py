@@ -13,7 +13,7 @@ from compress.lowrank.ranks import break_even, max_rank
 from compress.plan_state import Check, Factorized, PlanState, Problem
 from compress.plan_types import Seed
 from compress.sparsity.pattern import PROJECTIONS
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 Method = Literal[tuple(METHODS)]  # svd, whiten
 Projection = Literal[PROJECTIONS]  # type: ignore[valid-type]

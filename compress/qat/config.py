@@ -15,9 +15,9 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from compress.distillation.config import Teacher
-from compress.guard import Guarded
+from compress.divergence import Guarded
 from compress.plan_state import Check, PlanState, Problem
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 Amp = Literal["auto", "bf16", "fp16", "off"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from compress.models import load_model
 from compress.qat.config import QatConfig
 from compress.qat.loop import run_qat
-from compress.steps import StepContext, StepOutput, register_step
+from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(QatConfig)

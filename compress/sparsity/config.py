@@ -12,7 +12,7 @@ from compress.plan_state import Check, PlanState, Problem, Sparsity
 from compress.plan_types import Seed
 from compress.sparsity.methods import METHODS
 from compress.sparsity.pattern import PROJECTIONS, Target, parse_pattern
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 Method = Literal[tuple(METHODS)]  # magnitude, wanda, sparsegpt
 Projection = Literal[PROJECTIONS]  # type: ignore[valid-type]

@@ -8,7 +8,7 @@ import torch
 
 from compress.errors import PlanError, UserError
 from compress.plan import parse_plan
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 from compress.catalog import step_configs
 from export.step import ExportConfig, build_graph, export_step, fuses
 

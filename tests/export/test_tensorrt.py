@@ -17,7 +17,7 @@ import torch
 from compress.errors import UserError
 from compress.plan import LatencyConfig
 from compress.step_inputs import EvalInput, StepInputs
-from compress.steps import StepContext
+from compress.step_api import StepContext
 from evalsuite.backends import open_runner
 from evalsuite.errors import BackendUnavailable
 from export.tensorrt import ENGINE_JSON, SCRIPT, finish_step, main

@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
 from compress.errors import UserError  # noqa: E402
 from compress.plan import LatencyConfig  # noqa: E402
 from compress.step_inputs import EvalInput, StepInputs  # noqa: E402
-from compress.steps import StepContext  # noqa: E402
+from compress.step_api import StepContext  # noqa: E402
 from export.generate import GenerationConfig, generate  # noqa: E402
 from export.tensorrt import ENGINE_JSON, finish_step  # noqa: E402
 from export.trt_runner import TrtRunner, audit_layers, open_runner  # noqa: E402

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from compress.plan import parse_plan
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 from evalsuite.metrics import STATUS_MEASURED, STATUS_TO_BUILD
 
 

@@ -8,7 +8,7 @@ from transformers import GPT2LMHeadModel
 from compress.errors import PlanError
 from compress.plan import parse_plan
 from compress.planning import step_hashes
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 
 pytest.importorskip("peft")
 

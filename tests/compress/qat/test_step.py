@@ -9,7 +9,7 @@ from compress.errors import PlanError
 from compress.models import load_model
 from compress.plan import parse_plan
 from compress.quantization.modules import quant_linears
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 
 QAT = {"tokens": 64 * 8 * 8, "seq_len": 64, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "eval_tokens": 2048,
        "eval_every": 4}

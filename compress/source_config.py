@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from compress.guard import Guarded
+from compress.divergence import Guarded
 from compress.hashing import digest
 from compress.model_shape import HUB_CONFIGS, Shape, source_shape
 from compress.errors import UserError
@@ -22,7 +22,7 @@ from compress.models import check_tokenizer_dir, is_local_source, tokenizer_size
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import ExistingPath, ModelSource, Seed, Strict
 from compress.step_inputs import StepInputs
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 
 class TrainTokenizer(Strict):
