@@ -23,8 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from compress.errors import UserError
 from compress.hashing import digest
 from compress.plan_state import Check, PlanState, Problem
-from compress.steps import StepConfig, StepContext, StepOutput, register_step
+from compress.steps import StepContext, StepOutput, register_step
 from export.profiles import TensorRTProfile
+from export.target import ExportTarget, ValidationConfig, checked, quantized_records, register_target
 
 if TYPE_CHECKING:
     import logging
@@ -40,24 +41,9 @@ ORT_ONLY = ("optimize", "fp16", "quantize", "block_size", "accuracy_level")
 TRT_ONLY = ("precision", "profile")
 
 
-class ValidationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_abs_logit: float = Field(1e-3, gt=0, le=100, description="fp32 export vs torch: max |logit diff|")
-    ppl_rel: float = Field(0.01, gt=0, le=1, description="export from quantize-step integers vs the torch "
-                                                        "quantized model: max relative perplexity gap")
-    approx_ppl_rel: float = Field(0.10, gt=0, le=10, description="fp16 or ORT's own quantizer vs torch fp32")
-    tokens: int = Field(4096, ge=64, le=10_000_000, description="eval tokens used for validation "
-                                                                "(at most data.eval.max_tokens)")
-    windows: int = Field(4, ge=1, le=256, description="eval windows compared logit by logit")
-
-
-class ExportConfig(StepConfig):
+@register_target
+class ExportConfig(ExportTarget):
     """Export the current model as one ONNX decoder with KV cache (and, for tensorrt, build an engine)."""
-
-    kind: ClassVar[str] = "export"  # makes an artifact; the next step gets the same torch model
-    # train: dynamic-int8's outlier check; eval: validation windows; latency: the TensorRT profile
-    reads: ClassVar[frozenset[str]] = frozenset({"seed", "train", "eval", "latency"})
 
     format: Literal["onnx", "tensorrt"] = "onnx"
     opset: int = Field(18, ge=14, le=21, description="ONNX opset (optimum recommends >= 18 for GPT-2)")
@@ -73,7 +59,6 @@ class ExportConfig(StepConfig):
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         4, description="MatMulNBits compute on CPU: 4 = activations quantized to int8 per block (fast "
                        "decode), 0 = fp32 (bit-matches torch; 8-bit weights then run a slow fallback)")
-    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     # quantize: dynamic-int8 only: activation outliers (compress/quantization/outlier_guard.py, smooth_dynamic.py)
     smooth: float | None = Field(None, ge=0, le=1, description="SmoothQuant alpha folded into the torch model "
                                                                "before ORT's dynamic int8 (needs data.train)")
@@ -82,9 +67,6 @@ class ExportConfig(StepConfig):
     # TensorRT only
     precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(None, description="tensorrt: engine precision")
     profile: TensorRTProfile | None = Field(None, description="tensorrt: min/opt/max shapes (default: from the plan)")
-
-    def slug(self) -> str:
-        return f"export-{self.format}"
 
     @model_validator(mode="before")
     @classmethod
@@ -135,12 +117,8 @@ class ExportConfig(StepConfig):
             problems += plan_check(self, state)
         return replace(state, artifact=self.format), problems
 
-
-def _quantized_records(model_dir: Path) -> dict:
-    """The quantize step's integer layers of model_dir, or {} for an fp32 model."""
-    from compress.quantization import is_quantized_dir, quantized_linears
-
-    return quantized_linears(model_dir) if is_quantized_dir(model_dir) else {}
+    def export(self, ctx: StepContext) -> StepOutput:
+        return export_onnx(self, ctx)
 
 
 def fuses(cfg: ExportConfig, records: dict) -> bool:
@@ -266,21 +244,18 @@ def _write_decode_graph(cfg: ExportConfig, model: "nn.Module", records: dict, ct
     return path, {DECODE_KEY: describe_decode_io(graph)}
 
 
-def _checked(v: dict) -> str:
-    """What the step summary says of validation.json: how close, never a second perplexity."""
-    if not v["ran"]:
-        return f"not validated here ({v['reason'].split(':')[0]})"
-    return (f"vs {v['reference']}: max |dlogit| {max(v['max_abs_logit_diff'], v['decode_max_abs_logit_diff']):.2g}, "
-            f"top-1 {100 * v['top1_agreement']:.1f}%, ppl {100 * v['ppl_rel_diff']:.2g}% apart on the validation "
-            f"windows")
+@register_step(ExportTarget)
+def export_step(cfg: ExportTarget, ctx: StepContext) -> StepOutput:
+    """Every export format: the registered target class of `cfg.format` (export.target) does the work."""
+    return cfg.export(ctx)
 
 
-@register_step(ExportConfig)
-def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
+def export_onnx(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
+    """format onnx / tensorrt (ExportConfig.export)."""
     from compress.quantization.storage import write_gpt2_config
     from export.onnx import describe_io, save_onnx
 
-    records = _quantized_records(ctx.input_dir)
+    records = quantized_records(ctx.input_dir)
     if records and cfg.quantize != "none":
         raise UserError(f"{ctx.name}: quantize: {cfg.quantize} on a model already quantized ({ctx.input_dir})")
     model = ctx.load_input()
@@ -324,16 +299,16 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
         sparse = model_pattern(model) == "2:4"  # measured on the weights: the ONNX itself stays dense
         out = finish_step(cfg, onnx_path, ctx, qdq=done.get("qdq_for_tensorrt", {}), sparse_weights=sparse)
         out.info = {"onnx": info, **out.info}
-        out.summary = f"{out.summary}; ONNX {_checked(validation)}"
+        out.summary = f"{out.summary}; ONNX {checked(validation)}"
         return out
     what = (f"int{'/'.join(sorted({str(q.bits) for q in records.values()}))} from the quantize step"
             if records else ("fp16" if cfg.fp16 else cfg.quantize if cfg.quantize != "none" else "fp32"))
     summary = (f"ONNX opset {cfg.opset} with KV cache, {what}"
-               f"{', ORT fusions' if fuses(cfg, records) else ''}; {_checked(validation)}")
+               f"{', ORT fusions' if fuses(cfg, records) else ''}; {checked(validation)}")
     decode = validation.get(DECODE_KEY)
     if decode is not None:
         summary += (f"; no decode graph ({decode['skipped']})" if "skipped" in decode
-                    else f"; {decode['file']} (fused attention, CPU) {_checked(decode)}")
+                    else f"; {decode['file']} (fused attention, CPU) {checked(decode)}")
     if outliers:
         summary += (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}"
                     + (f", smooth {cfg.smooth}" if cfg.smooth is not None else ""))

@@ -11,6 +11,7 @@ from compress.plan import parse_plan
 from compress.runner import run_plan
 from compress.catalog import step_configs
 from export.step import ExportConfig, build_graph, export_step, fuses
+from export.target import ExportTarget
 
 
 def plan_dict(model_dir, steps, max_tokens=300):
@@ -21,7 +22,7 @@ def plan_dict(model_dir, steps, max_tokens=300):
 
 
 def test_defaults_and_slug():
-    assert step_configs()["export"] is ExportConfig
+    assert step_configs()["export"] is ExportTarget and ExportTarget.model_validate({}) == ExportConfig()
     cfg = ExportConfig()
     assert (cfg.format, cfg.opset, cfg.quantize, cfg.block_size) == ("onnx", 18, "none", 128)
     assert ExportConfig.model_validate({"kv_cache": True}) == cfg  # older plans' key: always on, dropped
