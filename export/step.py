@@ -59,6 +59,8 @@ class ExportConfig(ExportTarget):
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
         4, description="MatMulNBits compute on CPU: 4 = activations quantized to int8 per block (fast "
                        "decode), 0 = fp32 (bit-matches torch; 8-bit weights then run a slow fallback)")
+    genai: bool = Field(True, description="genai_config.json beside model.onnx, so onnxruntime-genai "
+                                           "generates from the export dir (export.genai)")
     # quantize: dynamic-int8 only: activation outliers (compress/quantization/outlier_guard.py, smooth_dynamic.py)
     smooth: float | None = Field(None, ge=0, le=1, description="SmoothQuant alpha folded into the torch model "
                                                                "before ORT's dynamic int8 (needs data.train)")
@@ -119,6 +121,11 @@ class ExportConfig(ExportTarget):
 
     def export(self, ctx: StepContext) -> StepOutput:
         return export_onnx(self, ctx)
+
+    def content_hash(self, prev, inputs) -> str:
+        """genai: true (the default) adds a config file and changes no weight: old runs keep their hashes."""
+        dump = self.model_dump(mode="json", exclude={"genai"} if self.genai else set())
+        return digest(prev, self.kind, dump, inputs.key())
 
 
 def fuses(cfg: ExportConfig, records: dict) -> bool:
@@ -277,6 +284,10 @@ def export_onnx(cfg: ExportConfig, ctx: StepContext) -> StepOutput:
     (ctx.out_dir / "io.json").write_text(json.dumps(io, indent=1) + "\n")
     write_gpt2_config(ctx.input_dir, ctx.out_dir)  # the plan runner (and optimum) read it
     ctx.tokenizer().save_pretrained(ctx.out_dir)
+    if cfg.genai:
+        from export.genai import write_genai_config
+
+        write_genai_config(ctx.out_dir, io, ctx.tokenizer(), ONNX_FILE)
 
     validation = validate_file(cfg, onnx_path, model, records, ctx)
     if decode_path is not None:
