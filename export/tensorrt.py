@@ -105,6 +105,8 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
     if sp is not None and sp.pattern != "2:4":
         out.append(Problem(f"the {sp.pattern or 'unstructured'} sparsity of {sp.by} has no TensorRT sparse kernels "
                            "(2:4 only): the engine is built dense", note=True))
+    if precision == "int4":
+        out += int4_width_problems(state)
     if precision not in ("int8", "int4"):
         return out
     q = state.quantized
@@ -121,6 +123,34 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
     elif q.bits == 8 and q.group_size is not None:
         out.append(Problem(f"TensorRT int8 weights are per-channel: {q.by} needs group_size: per-channel",
                            "precision"))
+    return out
+
+
+INT4_MULTIPLE = 128  # TensorRT Edge-LLM INT4: group_size 128 only, weight dims multiples of 128
+
+
+def int4_width_problems(state: "PlanState") -> list["Problem"]:
+    """TensorRT int4 on Jetson goes through Edge-LLM, which supports group_size 128 only and refuses weight
+    dimensions that are not multiples of 128 (../shared/TENSORRT.md, addendum 2026-12-07): the
+    projection widths n_embd (c_attn, attn c_proj, c_fc inputs) and n_inner (mlp c_proj input)."""
+    from compress.plan_state import Problem
+
+    out = []
+    s, q = state.shape, state.quantized
+    if s is not None:
+        for dim, width in (("n_embd", s.n_embd), ("n_inner", s.n_inner)):
+            if width % INT4_MULTIPLE:
+                lo = width // INT4_MULTIPLE * INT4_MULTIPLE
+                works = " or ".join(str(w) for w in (lo, lo + INT4_MULTIPLE) if w > 0)
+                origin = state.origin(dim)
+                fix = origin.fix(dim, INT4_MULTIPLE) if origin.fix else None
+                out.append(Problem(
+                    f"{dim} = {width} (made by {origin.by}) is not a multiple of {INT4_MULTIPLE}: TensorRT Edge-LLM's "
+                    f"INT4 refuses such weight dimensions (TENSORRT.md); widths that work: {works}"
+                    + (f" ({fix} in {origin.by})" if fix else "") + ", or precision: int8 / fp16", "precision"))
+    if q is not None and q.bits == 4 and q.group_size not in (None, INT4_MULTIPLE):
+        out.append(Problem(f"{q.by} uses group_size {q.group_size}: Edge-LLM's INT4 takes group_size 128 only "
+                           "(plain TensorRT Q/DQ builds other block sizes)", "precision", note=True))
     return out
 
 
