@@ -94,7 +94,8 @@ def test_finish_step_writes_engine_json_and_build_script(tmp_path, fp_graph, no_
     assert "to be built on target" in out.summary
     spec = json.loads((step / ENGINE_JSON).read_text())
     assert spec["precision"] == "fp16" and spec["builder_flags"] == ["FP16"] and spec["built"] is None
-    assert spec["profile"] == {"batch": [1, 1, 1], "prompt": [1, 1, 64], "past": [0, 40, 127]}  # from the plan: 32 + 16 // 2
+    # from the plan: opt 32 + 16 // 2; max: prompts of 32 (64-token windows in 2 chunks), past 96: 128 in all
+    assert spec["profile"] == {"batch": [1, 1, 1], "prompt": [1, 1, 32], "past": [0, 40, 96]}
     inputs = {i.name for i in fp_graph.graph.input}
     assert set(spec["shapes"]) == inputs  # every dynamic input, names read from the graph
     for point in ("min", "opt", "max"):
