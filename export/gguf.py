@@ -1,7 +1,7 @@
 """`- export: {format: gguf, type: q8_0}`: the model as one GGUF file that stock llama.cpp loads.
 
     type f32 | f16 | q8_0 | q4_0      the block projections' type (1-D tensors stay f32, as in llama.cpp)
-    embedding_type (default: type, q8_0 for q4_0)   token table (= the tied head) and position table
+    embedding_type (default: type, q8_0 for q4_0)   token table (= the tied head); positions stay f16/f32
 
 Written with the `gguf` package, in the layout of llama.cpp's GPT-2 loader (src/models/gpt2.cpp):
 arch `gpt2`; hyper-parameters from the model itself (feed_forward_length = n_inner, so pruned widths
@@ -64,8 +64,8 @@ class GgufExport(ExportTarget):
     type: GgufType = Field("f16", description="type of the block projections (q8_0/q4_0: blocks of 32 along "
                                               "each row; 1-D tensors stay f32)")
     embedding_type: GgufType | None = Field(
-        None, description="token table (read by the tied head) and position table; default: type, "
-                          "but q8_0 for q4_0 (llama.cpp's own Q4_0 keeps the head at 8 bits or more)")
+        None, description="token table (read by the tied head); default: type, but q8_0 for q4_0 (llama.cpp's "
+                          "own Q4_0 keeps the head at 8 bits or more). The position table is f32 or f16")
 
     @property
     def table_type(self) -> str:
@@ -110,14 +110,15 @@ class GgufExport(ExportTarget):
         how = write_gguf(model, records, ctx.tokenizer(), path, self.type, self.table_type)
         v = self.validation
         carried = [n for n, h in how.items() if h == "codes"]
-        requantized = [n for n, h in how.items() if h.startswith("quantized")]
-        if records and not requantized and self.type != "f16":
-            limits, ref = Limits(max_ppl_rel=v.ppl_rel), "torch quantized model (the same codes)"
-        elif records or self.type != "f32" or self.table_type != "f32":
-            limits, ref = Limits(max_ppl_rel=v.approx_ppl_rel), f"torch {'quantized' if records else 'fp32'} model"
+        requantized = [n for n, h in how.items() if h == "quantized (from dequantized codes)"]
+        torch_model = f"torch {'quantized' if records else 'fp32'} model"
+        if any(h.startswith("quantized") for h in how.values()):  # gguf.quants rounded some weights
+            limits, ref = Limits(max_ppl_rel=v.approx_ppl_rel), f"{torch_model} (GGUF re-quantized)"
+        elif records or "f16" in (self.type, self.table_type):  # the same codes, fp16 block scales / weights
+            limits, ref = Limits(max_ppl_rel=v.ppl_rel), f"{torch_model} (the same weights)"
         else:
             limits, ref = Limits(max_abs_logit=v.max_abs_logit), "torch fp32"
-        what = f"GGUF {self.type} (tables {self.table_type})"
+        what = f"GGUF {self.type} (token table {self.table_type})"
         if records:
             what += (f", {len(carried)} of {len(records)} quantized layers carried code for code"
                      + (f", {len(requantized)} re-quantized from dequantized weights" if requantized else ""))
@@ -240,7 +241,8 @@ def tensors_of(model: "nn.Module", records: dict, t: str, table_t: str) -> list[
 
     # The tied table: the head's codes when the quantize step quantized the (tied) head.
     add("token_embd.weight", f32(tr.wte.weight), table_t, head if tied else None)
-    add("position_embd.weight", f32(tr.wpe.weight), table_t)
+    # The position table is small (n_ctx rows) and added to every token: f32, or f16 beside any other type.
+    add("position_embd.weight", f32(tr.wpe.weight), "f32" if "f32" in (t, table_t) else "f16")
     for i, block in enumerate(tr.h):
         for src, dst in NORMS.items():
             ln = getattr(block, src)

@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 # The modules whose import registers a target, in the order `known formats` lists them.
 TARGET_MODULES: tuple[str, ...] = (
-    "export.step",  # onnx, tensorrt
+    "export.step",  # onnx (ONNX Runtime)
+    "export.tensorrt",  # tensorrt
     "export.gguf",  # gguf (llama.cpp)
 )
 _TARGETS: dict[str, type["ExportTarget"]] = {}
@@ -108,6 +109,14 @@ class ExportTarget(StepConfig):
         fmt = data.get("format", "onnx")
         if fmt not in known:
             raise ValueError(f"format: unknown export format {fmt!r} (known: {', '.join(sorted(known))})")
+        misplaced: dict[str, list[str]] = {}  # another format's option: say which format has it
+        for key in data:
+            owners = sorted({f for f, c in known.items() if key in c.model_fields})
+            if key not in known[fmt].model_fields and owners:
+                misplaced.setdefault(" / ".join(owners), []).append(key)
+        if misplaced:
+            raise ValueError("; ".join(f"{', '.join(keys)}: only for format {owners}"
+                                       for owners, keys in misplaced.items()))
         return known[fmt].model_validate(data)
 
     def slug(self) -> str:

@@ -28,21 +28,61 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import onnx
+from pydantic import Field
 
 from compress.errors import UserError
 from evalsuite import cli
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
+from export.step import OnnxGraphExport
+from export.target import checked, register_target
 from export.trt_check import check_model, errors
 from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
 from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, SCRIPT, BuildOptions,
                              Precision, engine_spec, read_spec, write_step_files)
 
 if TYPE_CHECKING:
-    from compress.plan_state import PlanState, Problem
+    from compress.plan_state import Check, PlanState, Problem
     from compress.steps import StepContext, StepOutput
+
+# -- the export target ----------------------------------------------------------------------------------
+
+@register_target
+class TensorRTExport(OnnxGraphExport):
+    """format tensorrt: the ONNX decoder in standard ops (Q/DQ for int8/int4), checked, engine.json and
+    build_engine.sh, and the engine itself where TensorRT runs."""
+
+    format: Literal["tensorrt"]
+    precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(None, description="engine precision "
+                                                                                          "(default fp16)")
+    profile: TensorRTProfile | None = Field(None, description="min/opt/max shapes (default: from the plan)")
+    ort_may_refuse: ClassVar[bool] = True  # TensorRT checks the graph when it builds
+    legacy_fields: ClassVar[dict[str, Any]] = {"optimize": None, "fp16": False, "quantize": "none", "block_size": 128,
+                                               "accuracy_level": 4, "smooth": None, "allow_outliers": False}
+
+    def check(self, state: "PlanState") -> "Check":
+        state, problems = super().check(state)
+        return state, problems + plan_check(self, state)
+
+    def graph_passes(self, graph, model, records, done, log):
+        """Standard ops only (TensorRT cannot parse ORT's contrib ops); the quantize step's integers as Q/DQ."""
+        if records and (self.precision or "fp16") in ("int8", "int4"):
+            from export.trt_qdq import write_qdq
+
+            done["qdq_for_tensorrt"] = write_qdq(graph, records)
+        return graph
+
+    def finish_graph(self, onnx_path, ctx, info, validation, done, records, model):
+        from compress.sparsity.pattern import model_pattern
+
+        sparse = model_pattern(model) == "2:4"  # measured on the weights: the ONNX itself stays dense
+        out = finish_step(self, onnx_path, ctx, qdq=done.get("qdq_for_tensorrt", {}), sparse_weights=sparse)
+        out.info = {"onnx": info, **out.info}
+        out.summary = f"{out.summary}; ONNX {checked(validation)}"
+        return out
+
 
 # -- the export step's TensorRT part -------------------------------------------------------------------
 

@@ -41,7 +41,8 @@ def test_the_format_picks_the_target_class():
 
 
 @pytest.mark.parametrize("body,message", [
-    ({"format": "gguf", "quantize": "int4"}, "steps[0].export.quantize: unknown key"),
+    ({"format": "gguf", "quantize": "int4"}, "quantize: only for format onnx"),
+    ({"format": "gguf", "typo": 1}, "steps[0].export.typo: unknown key"),
     ({"format": "gguf", "type": "q5_k"}, "steps[0].export.type"),
     ({"format": "ggml"}, "unknown export format 'ggml' (known: gguf, onnx, tensorrt)"),
 ])
@@ -78,7 +79,8 @@ def test_metadata_shapes_and_weights_read_back(tmp_path, pruned, byte_tokenizer,
     back = quants.dequantize(qkv.data, qkv.tensor_type).reshape(3 * 64, 64)
     want = pruned.transformer.h[0].attn.c_attn.weight.detach().numpy().T  # Conv1D [in, out] -> [out, in]
     assert np.abs(back - want).max() <= tol * np.abs(want).max()
-    assert set(how.values()) == {"quantized" if t in ("q8_0", "q4_0") else "float"}
+    assert {h for n, h in how.items() if n.startswith("blk.")} == {"quantized" if t in ("q8_0", "q4_0") else "float"}
+    assert how["position_embd.weight"] == "float"  # positions stay f32 / f16
     logits = to_torch(path)(IDS).logits
     ref = pruned(IDS).logits
     err = float((logits - ref).abs().max().detach())

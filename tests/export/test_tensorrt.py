@@ -30,9 +30,10 @@ GROUP = 64  # a block size TensorRT documents for INT4
 
 def export_graph(model, opset=18):
     """The graph the export step hands to finish_step for format tensorrt (standard ops only)."""
-    from export.step import ExportConfig, build_graph
+    from export.step import build_graph
+    from export.tensorrt import TensorRTExport
 
-    graph, _ = build_graph(ExportConfig(format="tensorrt", precision="fp16", opset=opset), model, {},
+    graph, _ = build_graph(TensorRTExport(format="tensorrt", precision="fp16", opset=opset), model, {},
                            logging.getLogger("test"))
     return graph
 
