@@ -241,16 +241,11 @@ def save_model(model: "GPT2LMHeadModel", out_dir: str | Path,
     return out_dir
 
 
-def with_n_ctx(config: dict) -> dict:
-    """config.json of a GPT-2 with `n_ctx` = n_positions (a new dict; the same one when there is nothing to add)."""
-    if config.get("model_type") != "gpt2" or "n_positions" not in config or "n_ctx" in config:
-        return config
-    return {**config, "n_ctx": config["n_positions"]}
-
-
 def _drop_name_or_path(config_file: Path) -> None:
     """Also adds `n_ctx` (= n_positions) to a GPT-2 config: transformers no longer writes it and
     llama.cpp's convert_hf_to_gguf.py reads it (KeyError 'n_ctx' without it)."""
+    from compress.config_json import with_n_ctx
+
     config = json.loads(config_file.read_text())
     ctx = with_n_ctx(config)
     if "_name_or_path" in config or ctx is not config:

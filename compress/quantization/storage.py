@@ -291,7 +291,7 @@ def write_gpt2_config(model_dir: Path, out_dir: Path) -> None:
     """Copy config.json, in its GPT-2 form (model_type gpt2) where it was stored as GPTBigCode: what
     sits beside an ONNX export describes the GPT-2 graph (optimum reads model_type from it)."""
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    from compress.models import with_n_ctx
+    from compress.config_json import with_n_ctx
 
     if stock.is_quantized_gpt2(config):
         config = stock.gpt2_config(config)
