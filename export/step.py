@@ -56,6 +56,8 @@ class OnnxGraphExport(ExportTarget):
     # Fields of the one ExportConfig of older versions that this target does not have, with the values
     # that config dumped: added to the hash so that old run directories are reused.
     legacy_fields: ClassVar[dict[str, Any]] = {}
+    # Fields added since, with their defaults: left out of the hash while at them (same reason).
+    new_fields: ClassVar[dict[str, Any]] = {"genai": True}
 
     @model_validator(mode="before")
     @classmethod
@@ -79,9 +81,10 @@ class OnnxGraphExport(ExportTarget):
         return replace(state, artifact=self.format), problems
 
     def content_hash(self, prev, inputs) -> str:
-        """genai: true (the default) adds a config file and changes no weight; with legacy_fields the
-        dump is the older single config's: old runs keep their hashes."""
-        dump = self.model_dump(mode="json", exclude={"genai"} if self.genai else set())
+        """With legacy_fields and without new_fields at their defaults (genai: true adds a config file,
+        builder only a plan check) the dump is the older single config's: old runs keep their hashes."""
+        dump = self.model_dump(mode="json")
+        dump = {k: v for k, v in dump.items() if k not in self.new_fields or v != self.new_fields[k]}
         return digest(prev, self.kind, {**self.legacy_fields, **dump}, inputs.key())
 
     # -- hooks of the ONNX targets ------------------------------------------------------------------------

@@ -58,7 +58,12 @@ class TensorRTExport(OnnxGraphExport):
     precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(None, description="engine precision "
                                                                                           "(default fp16)")
     profile: TensorRTProfile | None = Field(None, description="min/opt/max shapes (default: from the plan)")
+    builder: Literal["trtexec", "edge-llm"] = Field(
+        "trtexec", description="how the device builds the engine: trtexec (build_engine.sh, plain TensorRT: "
+                               "INT4 blocks along K) or edge-llm (TensorRT Edge-LLM, the INT4 route on Orin: "
+                               "group_size 128 and weight dimensions that are multiples of 128 only)")
     ort_may_refuse: ClassVar[bool] = True  # TensorRT checks the graph when it builds
+    new_fields: ClassVar[dict[str, Any]] = {"genai": True, "builder": "trtexec"}
     legacy_fields: ClassVar[dict[str, Any]] = {"optimize": None, "fp16": False, "quantize": "none", "block_size": 128,
                                                "accuracy_level": 4, "smooth": None, "allow_outliers": False}
 
@@ -145,7 +150,7 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
     if sp is not None and sp.pattern != "2:4":
         out.append(Problem(f"the {sp.pattern or 'unstructured'} sparsity of {sp.by} has no TensorRT sparse kernels "
                            "(2:4 only): the engine is built dense", note=True))
-    if precision == "int4":
+    if precision == "int4" and getattr(cfg, "builder", "trtexec") == "edge-llm":
         out += int4_width_problems(state)
     if precision not in ("int8", "int4"):
         return out
@@ -187,10 +192,10 @@ def int4_width_problems(state: "PlanState") -> list["Problem"]:
                 out.append(Problem(
                     f"{dim} = {width} (made by {origin.by}) is not a multiple of {INT4_MULTIPLE}: TensorRT Edge-LLM's "
                     f"INT4 refuses such weight dimensions (TENSORRT.md); widths that work: {works}"
-                    + (f" ({fix} in {origin.by})" if fix else "") + ", or precision: int8 / fp16", "precision"))
-    if q is not None and q.bits == 4 and q.group_size not in (None, INT4_MULTIPLE):
-        out.append(Problem(f"{q.by} uses group_size {q.group_size}: Edge-LLM's INT4 takes group_size 128 only "
-                           "(plain TensorRT Q/DQ builds other block sizes)", "precision", note=True))
+                    + (f" ({fix} in {origin.by})" if fix else "") + ", or builder: trtexec", "builder"))
+    if q is not None and q.bits == 4 and q.group_size != INT4_MULTIPLE:
+        out.append(Problem(f"{q.by} uses group_size {q.group_size or 'per-channel'}: Edge-LLM's INT4 takes "
+                           f"group_size {INT4_MULTIPLE} only (or builder: trtexec)", "builder"))
     return out
 
 

@@ -14,21 +14,18 @@ from evalsuite.metrics import STATUS_MEASURED, STATUS_TO_BUILD
 
 
 @pytest.mark.slow
-def test_quantize_then_tensorrt_int4_is_to_be_built_on_target(tmp_path, byte_tokenizer):
-    from compress.models import save_model, tiny_model
+def test_quantize_then_tensorrt_int4_is_to_be_built_on_target(tmp_path, trained_tiny):
     from export.trt_runner import unavailable_reason
 
     if unavailable_reason() is None:
         pytest.skip("TensorRT and a GPU are here: the engine would be built and measured")
-    # 128 wide: Edge-LLM's INT4 takes weight dimensions that are multiples of 128 only (TENSORRT.md)
-    model_dir = save_model(tiny_model(vocab_size=len(byte_tokenizer), n_embd=128, n_head=4), tmp_path / "m",
-                           byte_tokenizer)
+    model_dir, _ = trained_tiny
     plan = parse_plan({
         "name": "trt", "model": str(model_dir),
         "data": {"train": {"builtin": "python-docs", "split": "train", "max_chars": 20_000},
                  "eval": {"builtin": "python-docs", "split": "heldout", "seq_len": 64, "max_tokens": 1500}},
         "eval": {"latency": {"prompt": 16, "new_tokens": 8, "repeats": 1, "warmup": 0}, "targets": ["orin-nano"]},
-        "steps": [{"quantize": {"method": "rtn", "bits": 4, "group_size": 128}},
+        "steps": [{"quantize": {"method": "rtn", "bits": 4, "group_size": 64}},
                   {"export": {"format": "tensorrt", "precision": "int4", "opset": 21,
                               "validation": {"tokens": 512, "windows": 1}}}],
     })
@@ -47,19 +44,22 @@ def test_quantize_then_tensorrt_int4_is_to_be_built_on_target(tmp_path, byte_tok
     assert step_info["info"]["qdq_layers"] == {"int4": 8}  # 2 layers x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
 
 
-def test_tensorrt_int4_refuses_widths_that_are_not_multiples_of_128(trained_tiny):
+def test_tensorrt_int4_for_edge_llm_refuses_widths_that_are_not_multiples_of_128(trained_tiny):
     from compress.errors import PlanError
 
     plan = {"name": "trt", "model": str(trained_tiny[0]),
             "data": {"train": {"builtin": "python-docs", "split": "train", "max_chars": 20_000},
                      "eval": {"builtin": "python-docs", "split": "heldout", "seq_len": 64, "max_tokens": 300}},
             "steps": [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32}},
-                      {"export": {"format": "tensorrt", "precision": "int4", "opset": 21}}]}
+                      {"export": {"format": "tensorrt", "precision": "int4", "opset": 21, "builder": "edge-llm"}}]}
     with pytest.raises(PlanError) as e:
         parse_plan(plan)
     msg = str(e.value)
-    assert "steps[1].export.precision: n_embd = 64" in msg and "widths that work: 128" in msg
+    assert "steps[1].export.builder: n_embd = 64" in msg and "widths that work: 128" in msg
+    assert "Edge-LLM" in msg and "TENSORRT.md" in msg and "group_size 128 only" in msg
     assert "n_inner" not in msg  # 256 is a multiple of 128
+    plan["steps"][1]["export"]["builder"] = "trtexec"  # plain TensorRT: blocks along K, no such rule
+    parse_plan(plan)
     plan["steps"][1]["export"]["precision"] = "int8"
     plan["steps"][0]["quantize"] = {"method": "rtn", "bits": 8, "group_size": "per-channel"}
     parse_plan(plan)  # int8 has no such rule
