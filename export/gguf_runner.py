@@ -6,7 +6,7 @@ hyper-parameters it reads, every tensor it creates with the shape it expects fro
 dequantizes every tensor with gguf.quants and runs GPT-2 on them in torch: this checks the layout
 (names, orientation, the q/k/v order, the tied head, the metadata) and the codes, not llama.cpp's
 kernels. `open_runner` (backend "llama.cpp") runs the file in llama.cpp itself where llama-cpp-python
-is installed (bench/setup_peers.sh); elsewhere it raises BackendUnavailable.
+is installed (bench/setup_peers.sh; `LlamaCppRunner`); elsewhere it raises BackendUnavailable.
 """
 
 from __future__ import annotations
@@ -164,14 +164,53 @@ class GgufReadBack:
         return self._torch.truncate_past(past, length)
 
 
+class LlamaCppRunner:
+    """Runner over a GGUF file in llama.cpp itself (llama-cpp-python): logits of every position.
+
+    The cache is llama.cpp's own; `past` is the token ids each row has seen. A call that continues the
+    context llama.cpp holds (batch 1: generation, the latency loop) only evaluates the new tokens; any
+    other (another row, a rolled-back draft) rebuilds that row's context first."""
+
+    backend = "llama.cpp"
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
+        from evalsuite.backends import BackendUnavailable
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise BackendUnavailable("llama-cpp-python is not installed here (bash bench/setup_peers.sh builds "
+                                     "it); the GGUF was validated by reading it back (validation.json)") from None
+        if device != "cpu":
+            raise BackendUnavailable(f"this llama.cpp runner runs on CPU only (asked for {device})")
+        m, _ = read_model(Path(path))
+        problems = inspect(m)
+        if problems:
+            raise UserError(f"{path}: llama.cpp would not load it: {'; '.join(problems)}")
+        self.device, self.vocab_size, self.max_positions = "cpu", len(m.tokens), int(m.params["n_ctx"])
+        self.runtime = "llama.cpp (llama-cpp-python)"
+        self.llm = Llama(model_path=str(path), n_ctx=self.max_positions, n_batch=self.max_positions,
+                         n_ubatch=min(512, self.max_positions), logits_all=True, verbose=False,
+                         n_threads=threads or torch.get_num_threads())
+
+    def _run(self, context: list[int], row: list[int]) -> torch.Tensor:
+        llm, n = self.llm, len(context)
+        if n and (llm.n_tokens < n or list(llm.input_ids[:n]) != context):
+            llm.reset()
+            llm.eval(context)  # another row's (or a longer) context was cached: rebuild this one
+        llm.n_tokens = n  # eval() drops the cache from position n on
+        llm.eval(row)
+        return torch.from_numpy(np.array(llm.scores[n:n + len(row)], np.float32))
+
+    def forward(self, input_ids: torch.Tensor, past: list[tuple[int, ...]] | None = None):
+        rows = input_ids.tolist()
+        contexts = [list(p) for p in past] if past is not None else [[] for _ in rows]
+        logits = [self._run(c, r) for c, r in zip(contexts, rows)]
+        return torch.stack(logits), [tuple(c + r) for c, r in zip(contexts, rows)]
+
+    def truncate_past(self, past: list[tuple[int, ...]], length: int) -> list[tuple[int, ...]]:
+        return [p[:length] for p in past]
+
+
 def open_runner(path: Path, device: str = "cpu"):
     """Backend "llama.cpp": the file in llama.cpp (llama-cpp-python), or BackendUnavailable."""
-    from evalsuite.backends import BackendUnavailable
-
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        raise BackendUnavailable("llama-cpp-python is not installed here (bash bench/setup_peers.sh builds it); "
-                                 "the GGUF was validated by reading it back (validation.json)") from None
-    raise BackendUnavailable("a llama.cpp runner for the evaluation suite is not written yet: run "
-                             f"{Path(path).parent / 'run_llama_cpp.sh'} or bench/peers.py")
+    return LlamaCppRunner(path, device)
