@@ -175,3 +175,19 @@ def test_export_step_in_a_plan(tmp_path, trained_tiny):
     info = json.loads((step / "step.json").read_text())
     assert info["backend"] == "llama.cpp" and "GGUF q8_0" in info["summary"]
     assert [r.status for r in result.records] == ["ran", "ran"]
+
+
+def test_quantize_then_gguf_carries_the_steps_codes_in_a_plan(tmp_path, trained_tiny):
+    from compress.runner import run_plan
+
+    steps = [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32, "lm_head": "int4"}},
+             {"export": {"format": "gguf", "type": "q4_0", "embedding_type": "q4_0"}}]
+    result = run_plan(parse_plan(plan_dict(trained_tiny[0], steps)), tmp_path / "run", progress=False)
+    assert [r.status for r in result.records] == ["ran", "ran", "ran"]
+    step = tmp_path / "run" / "02-export-gguf"
+    info = json.loads((step / "step.json").read_text())
+    assert "8 of 9 quantized layers carried code for code" not in info["summary"]
+    assert "9 of 9 quantized layers carried code for code" in info["summary"]  # the tied head too
+    v = json.loads((step / "validation.json").read_text())
+    assert v["passed"] and v["reference"].startswith("torch quantized model (the same weights)")
+    assert v["limits"]["max_ppl_rel"] == 0.01 and v["ppl_rel_diff"] < 0.01
