@@ -191,3 +191,13 @@ def test_quantize_then_gguf_carries_the_steps_codes_in_a_plan(tmp_path, trained_
     v = json.loads((step / "validation.json").read_text())
     assert v["passed"] and v["reference"].startswith("torch quantized model (the same weights)")
     assert v["limits"]["max_ppl_rel"] == 0.01 and v["ppl_rel_diff"] < 0.01
+
+
+def test_saved_gpt2_configs_carry_n_ctx_for_llama_cpps_converter(tmp_path, pruned):
+    """convert_hf_to_gguf.py reads hparams["n_ctx"] (KeyError without it; transformers no longer writes it)."""
+    from compress.models import load_model
+
+    path = save_model(pruned, tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    assert config["n_ctx"] == config["n_positions"] == 128
+    assert load_model(path).config.n_positions == 128
