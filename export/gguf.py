@@ -80,9 +80,10 @@ class GgufExport(ExportTarget):
             problems.append(Problem(f"the model quantized by {q.by} (method {q.method}) keeps no integer codes "
                                     "this export can read; quantize with rtn/gptq/awq, or export the fp32 model", ""))
         if q is not None and q.exportable and not carries_grid(q.bits, q.group_size, q.sym, self.type):
-            problems.append(Problem(f"{q.by}'s grid ({q.bits}-bit, group {q.group_size or 'per-channel'}, "
-                                    f"{'sym' if q.sym else 'asym'}) is not a {self.type} block: its dequantized "
-                                    f"weights are re-quantized to {self.type}", "type", note=True))
+            grid = f"{q.by}'s grid ({q.bits}-bit, group {q.group_size or 'per-channel'}, {'sym' if q.sym else 'asym'})"
+            problems.append(Problem(f"{grid} is not a {self.type} block: its dequantized weights are re-quantized "
+                                    f"to {self.type}" if self.type in BITS else
+                                    f"{grid} is written dequantized, as {self.type}", "type", note=True))
         s = state.shape
         if s is None:
             problems.append(Problem(f"row sizes are checked when the model loads ({state.unknown})", note=True))
