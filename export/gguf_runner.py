@@ -188,9 +188,10 @@ class LlamaCppRunner:
             raise UserError(f"{path}: llama.cpp would not load it: {'; '.join(problems)}")
         self.device, self.vocab_size, self.max_positions = "cpu", len(m.tokens), int(m.params["n_ctx"])
         self.runtime = "llama.cpp (llama-cpp-python)"
+        threads = threads or torch.get_num_threads()
         self.llm = Llama(model_path=str(path), n_ctx=self.max_positions, n_batch=self.max_positions,
                          n_ubatch=min(512, self.max_positions), logits_all=True, verbose=False,
-                         n_threads=threads or torch.get_num_threads())
+                         n_threads=threads, n_threads_batch=threads)
 
     def _run(self, context: list[int], row: list[int]) -> torch.Tensor:
         llm, n = self.llm, len(context)
