@@ -43,14 +43,16 @@ def test_config_names_the_graphs_inputs_and_outputs(export_dir):
 
 
 def test_onnxruntime_genai_generates_the_ort_runners_greedy_tokens(export_dir):
-    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install -e '.[genai]')")
+    og = pytest.importorskip("onnxruntime_genai",
+                             reason="onnxruntime-genai is not installed (pip install -e '.[genai]')")
     from export.generate import GenerationConfig, generate
     from export.ort_runner import OrtRunner
 
     out, tok = export_dir
     prompt = tok.encode("The os module provides")
     new = 24
-    ours = generate(OrtRunner(out / "model.onnx", "cpu"), prompt, GenerationConfig(max_new_tokens=new, eos_token_id=tok.eos_token_id))
+    cfg = GenerationConfig(max_new_tokens=new, eos_token_id=tok.eos_token_id)
+    ours = generate(OrtRunner(out / "model.onnx", "cpu"), prompt, cfg)
 
     model = og.Model(str(out))
     params = og.GeneratorParams(model)
