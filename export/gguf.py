@@ -120,7 +120,9 @@ class GgufExport(ExportTarget):
         else:
             limits, ref = Limits(max_abs_logit=v.max_abs_logit), "torch fp32"
         what = f"GGUF {self.type} (token table {self.table_type})"
-        if records:
+        if records and self.type not in BITS:
+            what += f", the {len(records)} quantized layers written dequantized"
+        elif records:
             what += (f", {len(carried)} of {len(records)} quantized layers carried code for code"
                      + (f", {len(requantized)} re-quantized from dequantized weights" if requantized else ""))
         info = {"type": self.type, "embedding_type": self.table_type, "tensors": how,
