@@ -75,7 +75,8 @@ def test_export_step_in_a_plan(tmp_path, trained_tiny):
     result = run_plan(plan, tmp_path / "run", progress=False)
     assert [r.status for r in result.records] == ["ran", "ran"]
     step = tmp_path / "run" / "01-export-onnx"
-    for name in ("model.onnx", "io.json", "config.json", "tokenizer_config.json", "validation.json", "DONE"):
+    for name in ("model.onnx", "io.json", "config.json", "tokenizer_config.json", "validation.json", "genai_config.json",
+                 "DONE"):
         assert (step / name).is_file(), name
     v = json.loads((step / "validation.json").read_text())
     assert v["passed"] and v["max_abs_logit_diff"] < 1e-3 and v["decode_max_abs_logit_diff"] < 1e-3
