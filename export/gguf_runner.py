@@ -174,7 +174,7 @@ class LlamaCppRunner:
     backend = "llama.cpp"
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
-        from evalsuite.backends import BackendUnavailable
+        from evalsuite.errors import BackendUnavailable
         try:
             from llama_cpp import Llama
         except ImportError:

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MinOptMax = tuple[int, int, int]
+DEFAULT_LATENCY = (128, 64)  # eval.latency's default prompt and new_tokens (compress.plan.LatencyConfig)
 Shape = tuple[int, ...]
 POINTS = ("min", "opt", "max")
 
@@ -81,9 +82,7 @@ def plan_profile(lat: Any, seq_len: int | None, n_positions: int) -> TensorRTPro
     settings the opt point is still a real decode: that of eval.latency's default prompt and length
     (128 + 64 tokens), not a 2-token context."""
     if lat is None:
-        from compress.plan import LatencyConfig
-
-        lat = LatencyConfig()
+        return profile_for(n_positions, seq_len, DEFAULT_LATENCY[0], DEFAULT_LATENCY[1])
     return profile_for(n_positions, seq_len, lat.prompt, lat.new_tokens, lat.batch)
 
 

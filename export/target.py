@@ -1,6 +1,7 @@
 """Export targets: one registered config class per `format` of the `export` step, looked up by type.
 
-    - export: {format: onnx, quantize: int4}     # export.step.ExportConfig (ONNX Runtime and TensorRT)
+    - export: {format: onnx, quantize: int4}     # export.onnx_target.ExportConfig (ONNX Runtime)
+    - export: {format: tensorrt, precision: int8} # export.tensorrt.TensorRTExport
     - export: {format: gguf, type: q8_0}          # export.gguf.GgufExport (llama.cpp)
 
 The plan's `export:` key is one step kind; `ExportTarget` (its registered config class) reads the
@@ -13,13 +14,12 @@ module: its config class (a subclass of ExportTarget decorated with `@register_t
     runner(built, ctx)             the Runner that reads the written file back (validation)
     finish(built, validation, ctx) checksums, config files, scripts -> the StepOutput
 
-and one line in TARGET_MODULES below. `export(ctx)` runs the hooks in that order; a target whose
+and one line in export.step.TARGET_MODULES (the entry module of the step, which imports them all). `export(ctx)` runs the hooks in that order; a target whose
 steps interleave (ONNX: a second graph validated beside the first) overrides `export` itself.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +37,6 @@ if TYPE_CHECKING:
     from evalsuite.runner import Runner
     from export.validate import Limits
 
-# The modules whose import registers a target, in the order `known formats` lists them.
-TARGET_MODULES: tuple[str, ...] = (
-    "export.step",  # onnx (ONNX Runtime)
-    "export.tensorrt",  # tensorrt
-    "export.gguf",  # gguf (llama.cpp)
-)
 _TARGETS: dict[str, type["ExportTarget"]] = {}
 
 
@@ -59,9 +53,7 @@ def register_target(cls: type["ExportTarget"]) -> type["ExportTarget"]:
 
 
 def targets() -> dict[str, type["ExportTarget"]]:
-    """format -> config class, every module of TARGET_MODULES imported once."""
-    for module in TARGET_MODULES:
-        importlib.import_module(module)
+    """format -> config class of every target registered so far (export.step imports them all)."""
     return dict(_TARGETS)
 
 

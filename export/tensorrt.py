@@ -36,7 +36,7 @@ from pydantic import Field
 from compress.errors import UserError
 from evalsuite import cli
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
-from export.step import OnnxGraphExport
+from export.onnx_target import OnnxGraphExport
 from export.target import checked, register_target
 from export.trt_check import check_model, errors
 from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS

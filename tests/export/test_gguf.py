@@ -11,12 +11,13 @@ pytest.importorskip("gguf", reason="the gguf package is not installed (pip insta
 from gguf import GGUFReader, quants  # noqa: E402
 
 from compress.errors import PlanError, UserError  # noqa: E402
-from compress.models import save_model, tiny_model  # noqa: E402
+from compress.models import save_model  # noqa: E402
 from compress.plan import parse_plan  # noqa: E402
 from export.gguf import GgufExport, code_blocks, write_gguf  # noqa: E402
 from export.gguf_runner import inspect, read_model, to_torch  # noqa: E402
 from export.step import ExportConfig  # noqa: E402
 from export.target import ExportTarget  # noqa: E402
+from tests.tiny_models import tiny_model  # noqa: E402
 
 IDS = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
 

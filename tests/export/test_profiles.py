@@ -99,3 +99,10 @@ def test_trtexec_flags():
     assert quoted[1] == "--optShapes=input_ids:1x1"
     named = trtexec_shape_flags({"a:b": {"min": (1,), "opt": (2,), "max": (3,)}})
     assert named[2] == "--maxShapes='a:b':3"
+
+
+def test_the_default_latency_is_the_plans():
+    from compress.plan import LatencyConfig
+    from export.profiles import DEFAULT_LATENCY
+
+    assert DEFAULT_LATENCY == (LatencyConfig().prompt, LatencyConfig().new_tokens)

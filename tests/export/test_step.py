@@ -232,7 +232,7 @@ def test_tensorrt_int8_validates_the_qdq_file_it_ships(tmp_path, trained_tiny):
 def test_a_tensorrt_graph_ort_cannot_run_is_recorded_as_not_validated(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import export.step as step_module
+    import export.onnx_target as step_module
     from export.step import validate_file
 
     path = tmp_path / "model.onnx"
