@@ -218,11 +218,12 @@ def trt_rows(name: str, model_dir: Path) -> list[dict]:
     from compress.models import load_model
     from export import trt_check
     from export.step import ExportConfig, build_graph
+    from export.tensorrt import TensorRTExport
 
     log = logging.getLogger("bench.gpu")
     rows = []
-    for label, cfg, precision in (("tensorrt fp16 (plain ops)", ExportConfig(format="tensorrt", precision="fp16"),
-                                   "fp16"),
+    trt_fp16 = TensorRTExport(format="tensorrt", precision="fp16")
+    for label, cfg, precision in (("tensorrt fp16 (plain ops)", trt_fp16, "fp16"),
                                   ("onnxruntime fp16 (fused)", ExportConfig(format="onnx", fp16=True), "fp16")):
         model = load_model(model_dir)
         graph, _ = build_graph(cfg, model, {}, log)
