@@ -39,3 +39,12 @@ def check_ppl_ratio(name: str, step: Any, metrics: dict[str, Any], input_ppl: fl
         raise Refusal(name, f"ppl {ppl:.4g} is {ratio:.4g}x its input's {input_ppl:.4g}, above eval.max_ppl_ratio "
                             f"{limit:g}; the run stops here and {name} is not marked done",
                       kept=f"its result is kept in {kept}", how="raise eval.max_ppl_ratio to accept it")
+
+
+def check_export(name: str, file: str | None, problems: list[str]) -> None:
+    """An exported file must reproduce the model it came from within the export's limits."""
+    if problems:
+        where = f"{file}: " if file else ""
+        raise Refusal(name, f"export validation failed: {where}{'; '.join(problems)}",
+                      kept="validation.json in the step's temporary directory records the comparison",
+                      how="loosen the export's validation limits only if the gap is expected (e.g. a coarser format)")

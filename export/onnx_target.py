@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from compress.errors import UserError
+from compress.gate import check_export
 from compress.hashing import digest
 from compress.plan_state import Check, PlanState, Problem
 from compress.step_api import StepContext, StepOutput
@@ -287,7 +288,7 @@ def validate_file(cfg: OnnxGraphExport, onnx_path: Path, model: "nn.Module", rec
     out = measure_file(cfg, onnx_path, model, records, ctx)
     if out["passed"] is False:
         (ctx.out_dir / "validation.json").write_text(json.dumps(out, indent=1) + "\n")
-        raise UserError(f"{ctx.name}: export validation failed: {'; '.join(out['problems'])}")
+        check_export(ctx.name, None, out["problems"])
     return out
 
 
@@ -340,8 +341,7 @@ def export_onnx(cfg: OnnxGraphExport, ctx: StepContext) -> StepOutput:
     (ctx.out_dir / "validation.json").write_text(json.dumps(validation, indent=1) + "\n")
     ctx.log.debug("validation: %s", validation)  # validation.json and the summary line carry it
     if validation.get(DECODE_KEY, {}).get("passed") is False:
-        raise UserError(f"{ctx.name}: export validation failed: {decode_path.name}: "
-                        f"{'; '.join(validation[DECODE_KEY]['problems'])}")
+        check_export(ctx.name, decode_path.name, validation[DECODE_KEY]["problems"])
 
     info = {"passes": done, "validation": validation, "inputs": len(io["inputs"]), "opset": cfg.opset}
     if outliers:

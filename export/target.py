@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compress.errors import UserError
+from compress.gate import check_export
 from compress.step_api import StepConfig
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def validate_artifact(target: ExportTarget, built: Built, model: "nn.Module", ct
            "ran": True, **result.as_dict()}
     (ctx.out_dir / "validation.json").write_text(json.dumps(out, indent=1) + "\n")
     if not result.passed:
-        raise UserError(f"{ctx.name}: export validation failed: {'; '.join(result.problems)}")
+        check_export(ctx.name, None, result.problems)
     return out
 
 
