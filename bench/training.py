@@ -38,7 +38,7 @@ from compress.qat.config import QatConfig
 from compress.qat.loop import run_qat
 from compress.quantization import quantize
 from compress.quantization.config import QuantizeConfig
-from compress.training import cpu_bf16_flags
+from compress.precision import cpu_bf16_flags
 from evalsuite import hardware
 from evalsuite.data import read_text, tokenize
 from evalsuite.perplexity import perplexity

@@ -18,7 +18,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from compress.source_config import PretrainConfig, TrainTokenizer
 from compress.errors import UserError
 from compress.divergence import safe_exp
-from compress.training import LoopSpec, adamw, heldout_loss, resolve_precision, resume, sample_batch, train_loop
+from compress.precision import resolve_precision
+from compress.training import LoopSpec, adamw, heldout_loss, resume, sample_batch, train_loop
 EOS = "<|endoftext|>"
 
 

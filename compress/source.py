@@ -27,7 +27,7 @@ def load_base(cfg: LoadModel, ctx: StepContext) -> StepOutput:
 @register_step(PretrainBase)
 def pretrain_base(cfg: PretrainBase, ctx: StepContext) -> StepOutput:
     from compress.pretrain import gpt2_config, pretrain, train_tokenizer, total_steps
-    from compress.training import resolve_precision
+    from compress.precision import resolve_precision
 
     p = cfg.pretrain
     text = source_text(ctx.inputs.train.source)

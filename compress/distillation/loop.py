@@ -27,7 +27,8 @@ from compress.distillation.evaluate import heldout_eval, split_heldout
 from compress.distillation.fused_head import fused_head_losses
 from compress.distillation.losses import HiddenProjection, ce_loss, even_layer_map, hidden_loss, kl_loss
 from compress.errors import UserError
-from compress.training import LoopSpec, adamw, resolve_precision, resume, sample_batch, train_loop
+from compress.precision import resolve_precision
+from compress.training import LoopSpec, adamw, resume, sample_batch, train_loop
 
 
 class Distiller(nn.Module):
@@ -85,7 +86,7 @@ class DistillResult:
     before: dict[str, float] | None  # held-out {ppl, kl, teacher_ppl} of the student before training
     after: dict[str, float] | None  # the same for the returned (best) weights
     best_step: int | None
-    precision: str = "fp32"  # what the steps computed in (compress.training.resolve_precision)
+    precision: str = "fp32"  # what the steps computed in (compress.precision.resolve_precision)
     precision_why: str = ""
 
     def as_dict(self) -> dict[str, Any]:

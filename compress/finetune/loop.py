@@ -22,7 +22,8 @@ from compress.checkpoint import save_weights
 from compress.errors import UserError
 from compress.finetune.config import FinetuneConfig, LoraOptions
 from compress.divergence import safe_exp
-from compress.training import LoopSpec, adamw, heldout_loss, resolve_precision, resume, sample_batch, train_loop
+from compress.precision import resolve_precision
+from compress.training import LoopSpec, adamw, heldout_loss, resume, sample_batch, train_loop
 
 MERGE_RTOL = 1e-4  # merged vs adapted logits: at most this x max|logits| apart (fp32 noise is ~1e-6)
 

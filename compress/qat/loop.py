@@ -36,7 +36,8 @@ from compress.finetune.loop import Tuned
 from compress.qat.config import QatConfig
 from compress.quantization.handoff import LinearCodes, dequantize, fake_quant_input
 from compress.quantization.modules import QuantLinear, block_linear_names, quant_linears, set_module
-from compress.training import LoopSpec, adamw, resolve_precision, resume, sample_batch, train_loop
+from compress.precision import resolve_precision
+from compress.training import LoopSpec, adamw, resume, sample_batch, train_loop
 
 
 class FakeQuantLinear(nn.Module):

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from compress import training
+from compress import precision
 from compress.finetune.config import FinetuneConfig
 from compress.finetune.loop import run_finetune
 from tests.tiny_models import tiny_model
-from compress.training import resolve_precision
+from compress.precision import resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -15,7 +15,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 @pytest.fixture
 def cpu_flags(monkeypatch):
     def set_flags(flags):
-        monkeypatch.setattr(training, "cpu_bf16_flags", lambda: list(flags))
+        monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: list(flags))
     return set_flags
 
 
@@ -41,8 +41,8 @@ def test_the_defaults_and_cuda(cpu_flags):
 
 
 def test_cpu_flags_are_read_from_proc_cpuinfo():
-    flags = training.cpu_bf16_flags()
-    assert set(flags) <= set(training.CPU_BF16_FLAGS)
+    flags = precision.cpu_bf16_flags()
+    assert set(flags) <= set(precision.CPU_BF16_FLAGS)
 
 
 @pytest.mark.parametrize("flags, want", [([], "fp32"), (["avx512_bf16"], "bf16-autocast")])
