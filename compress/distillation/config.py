@@ -113,7 +113,7 @@ class DistillConfig(StepConfig, Guarded):
     grad_clip: float = Field(1.0, gt=0, le=1000)
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPUs with AVX512-BF16/AMX "
-                            "(else fp32, recorded); fp16: CUDA only; off: fp32 (compress.training.resolve_precision)")
+                            "(else fp32, recorded); fp16: CUDA only; off: fp32 (compress.precision.resolve_precision)")
     fused_head: bool = Field(False, description="KL/CE from hidden states chunk by chunk, never the whole "
                                                 "(tokens, vocab) logits (distillation/fused_head.py)")
 
