@@ -109,7 +109,7 @@ def run_torch_steps(plan_path: Path, device: str, smoke: bool, work: Path):
     that a plain checkout does not register."""
     from compress.errors import PlanError
     from compress.plan import apply_overrides, parse_plan
-    from compress.runner import run_plan
+    from compress.pipeline import run_plan
     from compress.yaml_io import read_yaml_file
 
     sets = [f"device={'cuda' if device.startswith('cuda') else 'cpu'}", "eval.latency=null", "eval.samples=null",
@@ -218,11 +218,12 @@ def trt_rows(name: str, model_dir: Path) -> list[dict]:
     from compress.models import load_model
     from export import trt_check
     from export.step import ExportConfig, build_graph
+    from export.tensorrt import TensorRTExport
 
     log = logging.getLogger("bench.gpu")
     rows = []
-    for label, cfg, precision in (("tensorrt fp16 (plain ops)", ExportConfig(format="tensorrt", precision="fp16"),
-                                   "fp16"),
+    trt_fp16 = TensorRTExport(format="tensorrt", precision="fp16")
+    for label, cfg, precision in (("tensorrt fp16 (plain ops)", trt_fp16, "fp16"),
                                   ("onnxruntime fp16 (fused)", ExportConfig(format="onnx", fp16=True), "fp16")):
         model = load_model(model_dir)
         graph, _ = build_graph(cfg, model, {}, log)
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
     if not args.device.startswith("cuda") and not args.smoke:
         return fail(f"--device {args.device} measures nothing of the GPU path; add --smoke to exercise the code")
     try:
-        import compress.runner  # noqa: F401  (the project's own dependencies: pydantic, yaml, ...)
+        import compress.pipeline  # noqa: F401  (the project's own dependencies: pydantic, yaml, ...)
         import export.trt_check  # noqa: F401  (onnx)
     except ImportError as e:
         return fail(f"cannot import the project's modules ({e}); install its dependencies "

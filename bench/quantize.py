@@ -34,7 +34,7 @@ import torch
 from compress.models import load_model, load_tokenizer, save_model
 from compress.quantization import QuantizeConfig, quantize
 from compress.quantization.methods import method
-from compress.quantization.outlier_guard import OutlierRefusal
+from compress.quantization.outlier_check import OutlierRefusal
 from evalsuite import cli
 from evalsuite.data import read_text, tokenize
 from evalsuite.latency import measure_latency

@@ -14,7 +14,7 @@ latency rounds that visit every row in turn so load from other processes hits al
                                            first latency warm-up; not at GPT-2 small shapes, where
                                            it gained nothing over the static cache)
     ours: pipeline -> ORT int4             the plan bench/pipeline.yaml (prune -> distill -> gptq int4
-                                           -> export onnx), run by compress.runner; its final artifact
+                                           -> export onnx), run by compress.pipeline; its final artifact
     ours: ORT int8 / ORT int4              export step with ONNX Runtime's MatMulNBits on the fp32 model, run
                                            on its fused decode graph (model_decode.onnx, export.decode_graph)
     ours: ORT int4, plain graph            the same export's model.onnx (OrtRunner): what the fused graph gains
@@ -57,7 +57,7 @@ import torch  # noqa: E402
 
 from compress.models import load_model, load_tokenizer, save_model  # noqa: E402
 from compress.plan import load_plan  # noqa: E402
-from compress.runner import run_plan  # noqa: E402
+from compress.pipeline import run_plan  # noqa: E402
 from evalsuite import cli, hardware  # noqa: E402
 from evalsuite.errors import ToolkitError  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402

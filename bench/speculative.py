@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 
 from compress.models import load_model, load_tokenizer  # noqa: E402
 from compress.plan import load_plan  # noqa: E402
-from compress.runner import run_plan  # noqa: E402
+from compress.pipeline import run_plan  # noqa: E402
 from evalsuite import cli, hardware  # noqa: E402
 from evalsuite.errors import ToolkitError  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402

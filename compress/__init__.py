@@ -12,7 +12,9 @@ __version__ = "0.1.0"
 
 _LAZY = {"DistillConfig": "compress.distillation", "distill": "compress.distillation",
          "PruneConfig": "compress.pruning", "prune": "compress.pruning",
-         "QuantizeConfig": "compress.quantization", "quantize": "compress.quantization"}
+         "QuantizeConfig": "compress.quantization", "quantize": "compress.quantization",
+         "FinetuneConfig": "compress.finetune", "run_finetune": "compress.finetune",
+         "QatConfig": "compress.qat", "run_qat": "compress.qat"}
 __all__ = sorted(_LAZY)
 
 

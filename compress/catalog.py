@@ -18,7 +18,7 @@ import importlib
 from importlib.metadata import entry_points
 
 from compress.errors import UserError
-from compress.steps import HANDLERS, StepConfig, StepHandler
+from compress.step_api import HANDLERS, StepConfig, StepHandler
 
 # compress's own modules whose import registers step handlers (and so plan keys).
 BUILTIN_STEP_MODULES: tuple[str, ...] = (
@@ -64,8 +64,10 @@ def missing_steps_hint() -> str:
 
 
 def handler_for(config: StepConfig) -> StepHandler:
+    """The handler of the config's class, or of the nearest registered base class (a step kind whose
+    config class picks a subclass by a field, as `export` does by `format`)."""
     _load_builtin_steps()
-    try:
-        return HANDLERS[type(config)]
-    except KeyError:
-        raise TypeError(f"no handler registered for {type(config).__name__}") from None
+    for cls in type(config).__mro__:
+        if cls in HANDLERS:
+            return HANDLERS[cls]
+    raise TypeError(f"no handler registered for {type(config).__name__}")

@@ -10,7 +10,7 @@ from compress.hashing import DigestCache, digest
 from evalsuite import data as evaldata
 
 if TYPE_CHECKING:
-    from compress.plan import TextSource
+    from compress.plan_types import TextSource
 
 
 def source_text(source: "TextSource") -> str:

@@ -5,9 +5,9 @@ was kept and how to go on:
 
     <where>: <what>; <kept>; <how to go on>
 
-The rules: a non-finite training loss and the divergence guard (compress.guard, during training), a
+The rules: a non-finite training loss and the divergence guard (compress.divergence, during training), a
 step whose perplexity rose above eval.max_ppl_ratio times its input's (check_ppl_ratio, here), an
-activation outlier that a per-tensor int8 method cannot take (compress.quantization.outlier_guard),
+activation outlier that a per-tensor int8 method cannot take (compress.quantization.outlier_check),
 and an export whose file does not reproduce the model (export.step). None of them marks the step done.
 This module imports no torch.
 """
@@ -39,3 +39,12 @@ def check_ppl_ratio(name: str, step: Any, metrics: dict[str, Any], input_ppl: fl
         raise Refusal(name, f"ppl {ppl:.4g} is {ratio:.4g}x its input's {input_ppl:.4g}, above eval.max_ppl_ratio "
                             f"{limit:g}; the run stops here and {name} is not marked done",
                       kept=f"its result is kept in {kept}", how="raise eval.max_ppl_ratio to accept it")
+
+
+def check_export(name: str, file: str | None, problems: list[str]) -> None:
+    """An exported file must reproduce the model it came from within the export's limits."""
+    if problems:
+        where = f"{file}: " if file else ""
+        raise Refusal(name, f"export validation failed: {where}{'; '.join(problems)}",
+                      kept="validation.json in the step's temporary directory records the comparison",
+                      how="loosen the export's validation limits only if the gap is expected (e.g. a coarser format)")

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from compress.plan import Plan
 
-log = logging.getLogger("compress.runner")
+log = logging.getLogger("compress.pipeline")
 BASE = "00-base"  # the source step's directory: the plan's model as the run's base
 
 

@@ -242,9 +242,14 @@ def save_model(model: "GPT2LMHeadModel", out_dir: str | Path,
 
 
 def _drop_name_or_path(config_file: Path) -> None:
+    """Also adds `n_ctx` (= n_positions) to a GPT-2 config: transformers no longer writes it and
+    llama.cpp's convert_hf_to_gguf.py reads it (KeyError 'n_ctx' without it)."""
+    from compress.config_json import with_n_ctx
+
     config = json.loads(config_file.read_text())
-    if "_name_or_path" in config:
-        del config["_name_or_path"]
+    ctx = with_n_ctx(config)
+    if "_name_or_path" in config or ctx is not config:
+        config = {k: v for k, v in ctx.items() if k != "_name_or_path"}
         tmp = config_file.with_name(config_file.name + ".tmp")
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tmp.replace(config_file)

@@ -22,15 +22,15 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
-from compress.base_model import ModelSpec, PretrainModel
+from compress.source_config import ModelSpec, PretrainModel
 from compress.catalog import missing_steps_hint, step_configs
 from compress.errors import PlanError
 from compress.plan_check import check_steps
 from compress.plan_locations import apply_override, clean_loc, format_loc, line_for, message, node_lines, override_path
-from compress.plan_types import ExistingPath, Seed, Strict
-from compress.steps import StepConfig
+from compress.plan_types import ExistingPath, Seed, Strict, TextSource
+from compress.step_api import StepConfig
 from compress.yaml_io import read_yaml_file
-from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS, read_text
+from evalsuite.data import read_text
 from evalsuite.errors import EvalInputError
 from evalsuite.hardware import KNOWN_TARGETS
 from evalsuite.samples import DEFAULT_NEW_TOKENS, DEFAULT_PROMPTS, SamplingSettings
@@ -38,27 +38,6 @@ from evalsuite.summary import DEFAULT_PPL_BUDGET
 
 
 # -- data ------------------------------------------------------------------------------------------
-
-class TextSource(Strict):
-    """Exactly one of: a local file/dir (`path`), a HF dataset (`hf`), or `builtin: python-docs`."""
-
-    path: ExistingPath | None = None
-    hf: str | None = None
-    builtin: Literal[BUILTIN_SOURCES] | None = None  # type: ignore[valid-type]
-    name: str | None = None  # HF dataset config, e.g. wikitext-2-raw-v1
-    split: str | None = None  # HF split, or train/heldout/all for builtin
-    column: str = "text"
-    max_chars: int | None = Field(None, ge=1000)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "TextSource":
-        given = [k for k in ("path", "hf", "builtin") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of path, hf, builtin (got {', '.join(given) or 'none'})")
-        if self.builtin and self.split and self.split not in BUILTIN_SPLITS:
-            raise ValueError(f"split must be one of {', '.join(BUILTIN_SPLITS)} for builtin text")
-        return self
-
 
 class EvalData(TextSource):
     seq_len: int = Field(256, ge=8, le=8192)

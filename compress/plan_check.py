@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from compress.base_model import source_step
+from compress.source_config import source_step
 from compress.plan_state import PlanState
 
 if TYPE_CHECKING:

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from compress.errors import UserError
 from compress.models import check_gpt2_dir, is_local_source
+from evalsuite.data import BUILTIN_SOURCES, BUILTIN_SPLITS
 
 
 # Every seed of a plan: torch, numpy and Python generators all take this range.
@@ -51,3 +52,24 @@ def _model_source(value: str, info: ValidationInfo) -> str:
 PlanPath = Annotated[str, AfterValidator(_resolve_path)]
 ExistingPath = Annotated[str, AfterValidator(_existing_path)]
 ModelSource = Annotated[str, AfterValidator(_model_source)]
+
+
+class TextSource(Strict):
+    """Exactly one of: a local file/dir (`path`), a HF dataset (`hf`), or `builtin: python-docs`."""
+
+    path: ExistingPath | None = None
+    hf: str | None = None
+    builtin: Literal[BUILTIN_SOURCES] | None = None  # type: ignore[valid-type]
+    name: str | None = None  # HF dataset config, e.g. wikitext-2-raw-v1
+    split: str | None = None  # HF split, or train/heldout/all for builtin
+    column: str = "text"
+    max_chars: int | None = Field(None, ge=1000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "TextSource":
+        given = [k for k in ("path", "hf", "builtin") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, hf, builtin (got {', '.join(given) or 'none'})")
+        if self.builtin and self.split and self.split not in BUILTIN_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(BUILTIN_SPLITS)} for builtin text")
+        return self

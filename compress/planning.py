@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.base_model import source_step
+from compress.source_config import source_step
 from compress.hashing import DigestCache
 from compress.plan import Plan, step_names
 from compress.run_dir import DIGESTS_FILE
 from compress.step_inputs import StepInputs, inputs_for
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 
 @dataclass(frozen=True)

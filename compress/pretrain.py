@@ -15,10 +15,10 @@ from typing import Callable
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-from compress.base_model import PretrainConfig, TrainTokenizer
+from compress.source_config import PretrainConfig, TrainTokenizer
 from compress.errors import UserError
-from compress.guard import safe_exp
-from compress.training import LoopSpec, adamw, heldout_loss, resume, sample_batch, train_loop
+from compress.divergence import safe_exp
+from compress.training import LoopSpec, adamw, heldout_loss, resolve_precision, resume, sample_batch, train_loop
 EOS = "<|endoftext|>"
 
 
@@ -52,7 +52,7 @@ def pretrain(cfg: PretrainConfig, config: GPT2Config, train_ids: torch.Tensor,
 
     With `checkpoint_dir`, a checkpoint is written every cfg.checkpoint_every steps and training
     resumes from it. With `heldout_ids`, held-out ppl is measured every cfg.eval_every steps, the
-    best weights are returned and the divergence guard judges them (compress.guard).
+    best weights are returned and the divergence guard judges them (compress.divergence).
     `on_step(step, loss)` is called after each optimizer step.
     """
     if train_ids.numel() <= cfg.seq_len + 1:
@@ -62,14 +62,17 @@ def pretrain(cfg: PretrainConfig, config: GPT2Config, train_ids: torch.Tensor,
     model = GPT2LMHeadModel(config).to(device).train()
     optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     state, best = resume(model, optimizer, checkpoint_dir, "pretraining")
+    precision = resolve_precision(cfg.amp, torch.device(device))
 
     def step_fn(step: int) -> dict[str, float]:
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
             batch = sample_batch(train_ids, cfg.batch_size, cfg.seq_len, cfg.seed, step * cfg.grad_accum + micro)
             batch = batch.to(device)
-            logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            with precision.autocast(batch.device):
+                logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)),
+                                                     batch[:, 1:].reshape(-1))
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.item() / cfg.grad_accum
         return {"loss": loss_sum}

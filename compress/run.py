@@ -97,7 +97,7 @@ def _main(argv: list[str] | None) -> int:
         run_dir = args.out or Path("runs") / plan.name
         threads = choose_threads(args.threads, plan.threads)
         if args.dry_run:
-            from compress.runner import dry_run
+            from compress.pipeline import dry_run
 
             for line in dry_run(plan, run_dir):
                 print(line)
@@ -113,7 +113,7 @@ def _main(argv: list[str] | None) -> int:
         import torch
 
         torch.set_num_threads(threads)  # manifest.json records it (cpu_threads)
-        from compress.runner import run_plan
+        from compress.pipeline import run_plan
 
         result = run_plan(plan, run_dir, progress=not args.quiet, trust_cache=args.trust_cache)
     except (KeyboardInterrupt, Terminated, *FAILURES) as e:  # one line (evalsuite.cli); the rest keeps its traceback

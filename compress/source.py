@@ -3,16 +3,16 @@
     model: gpt2 | path/to/dir   -> LoadModel: loaded and saved in fp32 with its tokenizer
     model: {pretrain: {...}}    -> PretrainBase: a GPT-2 trained from scratch on data.train
 
-Registered like every step (compress.steps); their configs and plan-time checks are in
-compress/base_model.py.
+Registered like every step (compress.step_api); their configs and plan-time checks are in
+compress/source_config.py.
 """
 
 from __future__ import annotations
 
-from compress.base_model import LoadModel, PretrainBase
+from compress.source_config import LoadModel, PretrainBase
 from compress.data import source_text
 from compress.models import load_model, load_tokenizer, save_model
-from compress.steps import StepContext, StepOutput, register_step
+from compress.step_api import StepContext, StepOutput, register_step
 from evalsuite.data import tokenize
 
 
@@ -27,6 +27,7 @@ def load_base(cfg: LoadModel, ctx: StepContext) -> StepOutput:
 @register_step(PretrainBase)
 def pretrain_base(cfg: PretrainBase, ctx: StepContext) -> StepOutput:
     from compress.pretrain import gpt2_config, pretrain, train_tokenizer, total_steps
+    from compress.training import resolve_precision
 
     p = cfg.pretrain
     text = source_text(ctx.inputs.train.source)
@@ -45,4 +46,5 @@ def pretrain_base(cfg: PretrainBase, ctx: StepContext) -> StepOutput:
     summary = (f"pretrained {p.n_layer}x{p.n_embd} GPT-2 (vocab {len(tokenizer)}) for "
                f"{total_steps(p) * p.batch_size * p.grad_accum * p.seq_len:,} tokens "
                f"on {train_ids.numel():,}-token data.train")
-    return StepOutput(summary=summary, model_dir="model", info={"train_tokens": train_ids.numel()})
+    precision = resolve_precision(p.amp, ctx.device).record()
+    return StepOutput(summary=summary, model_dir="model", info={"train_tokens": train_ids.numel(), **precision})

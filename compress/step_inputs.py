@@ -10,6 +10,8 @@ gives it those and nothing else, and the step's content hash covers exactly them
     latency   eval.latency (prompt, new_tokens, batch), for steps that shape an engine around it
     files     the sha256 of every file of the local directories a source step reads (its `local_dirs()`:
               the model dir, a tokenizer dir), by role
+    texts     the step's own text sources (its `own_texts()`: e.g. finetune's `data:` and `heldout:`), by
+              role, each with the sha256 of its text: editing the file re-runs the step
 
 So replacing the text of data.train re-runs every step that reads `train`, and changing only data.eval
 re-measures steps without re-running the ones that do not read it. Reading an input that was not
@@ -24,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from compress.hashing import DigestCache
-    from compress.plan import EvalData, LatencyConfig, Plan, TextSource
+    from compress.plan import EvalData, LatencyConfig, Plan
+    from compress.plan_types import TextSource
 
-INPUTS = frozenset({"seed", "train", "eval", "eval_text", "latency", "files"})
+INPUTS = frozenset({"seed", "train", "eval", "eval_text", "latency", "files", "texts"})
 
 
 class UndeclaredInput(TypeError):
@@ -65,6 +68,7 @@ class StepInputs:
     _eval: EvalInput | None = None
     _latency: "LatencyConfig | None" = None
     _files: dict[str, str] | None = None
+    _texts: dict[str, TextInput] | None = None
     step_key: str = ""  # the step's plan key path ('steps[2].quantize'), for messages
 
     def _get(self, name: str) -> Any:
@@ -97,6 +101,11 @@ class StepInputs:
         """role ('model', 'tokenizer') -> digest of that directory's files."""
         return self._get("files") or {}
 
+    @property
+    def texts(self) -> dict[str, TextInput]:
+        """role ('data', 'heldout') -> the step's own text source and the digest of its text."""
+        return self._get("texts") or {}
+
     def key(self) -> dict[str, Any]:
         """The declared inputs by content: digests of texts, values of settings."""
         out: dict[str, Any] = {}
@@ -110,6 +119,8 @@ class StepInputs:
             out["eval_text"] = _text_key(self._eval, settings=False)
         if "files" in self.declared:
             out["files"] = dict(sorted((self._files or {}).items()))
+        if "texts" in self.declared:
+            out["texts"] = {role: _text_key(t) for role, t in sorted((self._texts or {}).items())}
         if "latency" in self.declared:
             out["latency"] = self._latency.model_dump(mode="json") if self._latency else None
         return out
@@ -139,10 +150,12 @@ def inputs_for(plan: "Plan", step: Any, step_key: str, cache: "DigestCache") -> 
     evaluation = plan.data.eval if declared & {"eval", "eval_text"} else None
     files = ({role: (dir_digest(Path(d), cache) if Path(d).is_dir() else cache.file(Path(d)))
               for role, d in step.local_dirs().items()} if "files" in declared else None)
+    texts = ({role: TextInput(src, text_digest(src, cache)) for role, src in step.own_texts().items()}
+             if "texts" in declared else None)
     return StepInputs(
         declared=declared, step_key=step_key,
         _seed=plan.seed if "seed" in declared else None,
         _train=TextInput(train, text_digest(train, cache)) if train is not None else None,
         _eval=EvalInput(evaluation, text_digest(evaluation, cache), plan.eval.perplexity) if evaluation else None,
         _latency=plan.eval.latency if "latency" in declared else None,
-        _files=files)
+        _files=files, _texts=texts)

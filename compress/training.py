@@ -1,8 +1,9 @@
-"""The training loop shared by pretrain and distill, and its pieces: batches, schedule, optimizer.
+"""The training loop shared by pretrain, distill, finetune and qat, and its pieces: batches, schedule,
+optimizer, precision (fp32, or bf16/fp16 autocast where the device has it).
 
 `train_loop` owns what both trainings do around their own forward/backward (`step_fn`): the lr
 schedule, the NaN stop, clipping, progress and TensorBoard logging, held-out evals, best weights,
-checkpoint cadence, early stopping and the divergence guard (compress.guard).
+checkpoint cadence, early stopping and the divergence guard (compress.divergence).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +24,7 @@ from tqdm.auto import tqdm
 
 from compress.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from compress.errors import UserError
-from compress.guard import DivergenceGuard, GuardConfig
+from compress.divergence import DivergenceGuard, GuardConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,60 @@ def heldout_loss(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, max_bl
     return total / (n * seq_len)
 
 
+# -- precision -------------------------------------------------------------------------------------
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The bf16 flags this CPU reports (Linux /proc/cpuinfo; empty elsewhere or when it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in CPU_BF16_FLAGS if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What a training step computes in: fp32, or autocast to `dtype`. `name` and `why` go in step.json."""
+
+    dtype: torch.dtype | None  # the autocast dtype; None: fp32 throughout
+    name: str  # "fp32", "bf16-autocast", "fp16-autocast"
+    why: str  # how the plan's `amp` and this device gave it
+
+    def autocast(self, device: torch.device) -> AbstractContextManager:
+        return torch.autocast(device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
+
+    def record(self) -> dict[str, str]:
+        return {"precision": self.name, "precision_why": self.why}
+
+
+def resolve_precision(amp: str, device: torch.device) -> Precision:
+    """The precision of a step's `amp` ("auto", "bf16", "fp16", "off") on `device`.
+
+    auto: bf16 autocast on CUDA, fp32 on CPU (docs/training.md: bf16 was not faster there at equal
+    quality). bf16 on CPU: autocast where the CPU has native bf16 (AVX512-BF16 / AMX), else fp32 with
+    the reason recorded. fp16 is CUDA only (CPU: fp32)."""
+    if amp == "off":
+        return Precision(None, "fp32", "amp: off")
+    if device.type == "cuda":
+        dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        return Precision(dtype, f"{'fp16' if dtype == torch.float16 else 'bf16'}-autocast", f"amp: {amp} on CUDA")
+    if amp == "auto":
+        return Precision(None, "fp32", "amp: auto trains in fp32 on CPU; set amp: bf16 for bf16 autocast")
+    if amp == "fp16":
+        return Precision(None, "fp32", "amp: fp16 is for CUDA; CPU trains in fp32")
+    flags = cpu_bf16_flags()
+    if flags:
+        return Precision(torch.bfloat16, "bf16-autocast", f"amp: bf16 on a CPU with {', '.join(flags)}")
+    return Precision(None, "fp32", "amp: bf16, but this CPU has no avx512_bf16 or amx_bf16: fell back to fp32")
+
+
 # -- the training loop shared by pretrain and distill ---------------------------------------------
 
 @dataclass
@@ -92,6 +148,8 @@ class LoopSpec:
     checkpoint_every: int
     advice: str  # how to go on when the guard fails, e.g. "lower lr (now 1.0)"
     patience: int | None = None  # evals without improvement before stopping early; None: never
+    keep_start: bool = False  # the weights before training compete as "best" (step 0): a run that never
+    #                           beats them hands them on unchanged (finetune, qat)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
 
@@ -155,6 +213,11 @@ def train_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSp
     if state["before"] is None and state["step"] == 0 and evaluate is not None:
         state["before"] = evaluate()
         log.info("%s: before training, held-out %s", name, _fmt(state["before"]))
+        if spec.keep_start:
+            state.update(best_ppl=state["before"]["ppl"], best_step=0, after=state["before"])
+            best = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            if main and best_file is not None:
+                save_weights(module, best_file)
     guard = DivergenceGuard(name, spec.guard, state["before"]["ppl"] if state["before"] else None, spec.advice)
     start = state["step"]
     saved = start or None  # step of the checkpoint on disk

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".engine", ".plan", ".bin")
-# Second graphs of the weights beside them (the export's CPU decode graph beside model.onnx): a
-# deployment ships one or the other, so a directory's weight bytes count the first one only.
-ALTERNATE_GRAPHS = {"model_decode.onnx": "model.onnx"}
+WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".engine", ".plan", ".bin", ".gguf")
+# Second copies of the weights beside the file that ships (the export's CPU decode graph beside
+# model.onnx; the ONNX a TensorRT engine was built from, beside the engine): a deployment ships one,
+# so a directory's weight bytes count each weight once, in the file that runs.
+ALTERNATE_GRAPHS = {"model_decode.onnx": "model.onnx", "model.onnx": "model.engine"}
 
 
 def gpt2_param_count(vocab_size: int, n_positions: int, n_layer: int, n_embd: float, n_inner: float,

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MinOptMax = tuple[int, int, int]
+DEFAULT_LATENCY = (128, 64)  # eval.latency's default prompt and new_tokens (compress.plan.LatencyConfig)
 Shape = tuple[int, ...]
 POINTS = ("min", "opt", "max")
 
@@ -56,44 +57,56 @@ class TensorRTProfile(BaseModel):
 
 def profile_for(n_positions: int, seq_len: int | None = None, prompt: int = 128, new_tokens: int = 64,
                 batch: int = 1) -> TensorRTProfile:
-    """The profile that covers what the evaluation and generation do with this model.
+    """The profile that covers what the evaluation and generation do with this model, with every point
+    (min, opt, max) inside the model's positions: past + prompt, the attention mask's length, is at most
+    n_positions at the max point too (TensorRT checks each point against the graph).
 
-    seq_len: perplexity window (prefill without past; None when perplexity is off); prompt and
-    new_tokens: the latency run (prefill `prompt`, then decode with past up to prompt+new_tokens-1).
-    opt is the decode step (prompt 1) at the middle of the latency run: decode is the call repeated
-    per token, so that is the shape TensorRT should pick its kernels for. max past is n_positions-1
-    so generation can fill the whole context. Batches larger than max are split by the runner.
+    One profile cannot hold both the longest prefill and the longest decode (each alone can take the
+    whole context), so the max point splits the context: prompt max P = the prefill the plan runs
+    (seq_len: perplexity windows; prompt: the latency run), capped at max(prompt, n_positions / 4) and
+    n_positions / 2, and past max = n_positions - P. Longer prompts are fed in chunks of P by the
+    runner (export.trt_runner), so perplexity windows up to n_positions still run; decoding reaches
+    n_positions - P + 1 positions (a profile given in the plan can trade the two differently).
+    opt is the decode step (prompt 1) at the middle of the latency run: decode is the call repeated per
+    token, so that is the shape TensorRT should pick its kernels for. Batches larger than max are split.
     """
-    longest = min(n_positions, max(prompt, seq_len or 1))
-    past_opt = min(n_positions - 1, prompt + new_tokens // 2)
-    return TensorRTProfile(batch=(1, batch, batch), prompt=(1, 1, longest), past=(0, past_opt, n_positions - 1))
+    prefill = min(n_positions, max(prompt, seq_len or 1))
+    longest = max(1, min(prefill, max(prompt, n_positions // 4), n_positions // 2))
+    past_max = n_positions - longest
+    past_opt = min(past_max, prompt + new_tokens // 2)
+    return TensorRTProfile(batch=(1, batch, batch), prompt=(1, 1, longest), past=(0, past_opt, past_max))
 
 
 def plan_profile(lat: Any, seq_len: int | None, n_positions: int) -> TensorRTProfile:
-    """profile_for with the plan's eval.latency (a LatencyConfig or None) and perplexity window."""
+    """profile_for with the plan's eval.latency (a LatencyConfig) and perplexity window. Without latency
+    settings the opt point is still a real decode: that of eval.latency's default prompt and length
+    (128 + 64 tokens), not a 2-token context."""
     if lat is None:
-        return profile_for(n_positions, seq_len, prompt=1, new_tokens=0)
+        return profile_for(n_positions, seq_len, DEFAULT_LATENCY[0], DEFAULT_LATENCY[1])
     return profile_for(n_positions, seq_len, lat.prompt, lat.new_tokens, lat.batch)
 
 
 def profile_problems(profile: TensorRTProfile, n_positions: int, seq_len: int | None = None,
                      prompt: int | None = None, new_tokens: int | None = None) -> list[str]:
-    """What in a (user-given) profile does not fit the model or the plan's evaluation."""
+    """What in a profile does not fit the model or the plan's evaluation; every point is checked."""
     out = []
     if profile.prompt[2] > n_positions:
         out.append(f"profile.prompt max {profile.prompt[2]} exceeds the model's {n_positions} positions")
     if profile.past[2] >= n_positions:
         out.append(f"profile.past max {profile.past[2]} leaves no room for a token in {n_positions} positions")
-    if profile.past[1] + profile.prompt[1] > n_positions:
-        out.append(f"profile opt point (past {profile.past[1]} + prompt {profile.prompt[1]}) exceeds "
-                   f"the model's {n_positions} positions")
+    for point in POINTS:
+        p = profile.point(point)
+        if p[TOTAL] > n_positions:
+            out.append(f"profile {point} point (past {p[PAST]} + prompt {p[PROMPT]}) exceeds the model's "
+                       f"{n_positions} positions: attention_mask would be {p[TOTAL]} long")
     if prompt is not None and new_tokens is not None and profile.past[2] < prompt + new_tokens - 1:
         out.append(f"profile.past max {profile.past[2]} < latency prompt + new_tokens - 1 "
                    f"({prompt + new_tokens - 1}): the latency run cannot decode to the end")
     if profile.past[0] > 0:
         out.append(f"profile.past min {profile.past[0]} > 0: a prefill (no cache yet) has past 0")
-    if seq_len is not None and profile.past[2] + 1 < seq_len:
-        out.append(f"profile.past max {profile.past[2]} is too short for perplexity windows of {seq_len}")
+    if seq_len is not None and profile.past[2] + profile.prompt[2] < min(seq_len, n_positions):
+        out.append(f"profile past max + prompt max ({profile.past[2]} + {profile.prompt[2]}) is too short for "
+                   f"perplexity windows of {seq_len}")
     return out
 
 

@@ -28,21 +28,66 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import onnx
+from pydantic import Field
 
 from compress.errors import UserError
 from evalsuite import cli
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
+from export.onnx_target import OnnxGraphExport
+from export.target import checked, register_target
 from export.trt_check import check_model, errors
 from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
 from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, SCRIPT, BuildOptions,
                              Precision, engine_spec, read_spec, write_step_files)
 
 if TYPE_CHECKING:
-    from compress.plan_state import PlanState, Problem
-    from compress.steps import StepContext, StepOutput
+    from compress.plan_state import Check, PlanState, Problem
+    from compress.step_api import StepContext, StepOutput
+
+# -- the export target ----------------------------------------------------------------------------------
+
+@register_target
+class TensorRTExport(OnnxGraphExport):
+    """format tensorrt: the ONNX decoder in standard ops (Q/DQ for int8/int4), checked, engine.json and
+    build_engine.sh, and the engine itself where TensorRT runs."""
+
+    format: Literal["tensorrt"]
+    precision: Literal["fp32", "fp16", "int8", "int4"] | None = Field(None, description="engine precision "
+                                                                                          "(default fp16)")
+    profile: TensorRTProfile | None = Field(None, description="min/opt/max shapes (default: from the plan)")
+    builder: Literal["trtexec", "edge-llm"] = Field(
+        "trtexec", description="how the device builds the engine: trtexec (build_engine.sh, plain TensorRT: "
+                               "INT4 blocks along K) or edge-llm (TensorRT Edge-LLM, the INT4 route on Orin: "
+                               "group_size 128 and weight dimensions that are multiples of 128 only)")
+    ort_may_refuse: ClassVar[bool] = True  # TensorRT checks the graph when it builds
+    new_fields: ClassVar[dict[str, Any]] = {"genai": True, "builder": "trtexec"}
+    legacy_fields: ClassVar[dict[str, Any]] = {"optimize": None, "fp16": False, "quantize": "none", "block_size": 128,
+                                               "accuracy_level": 4, "smooth": None, "allow_outliers": False}
+
+    def check(self, state: "PlanState") -> "Check":
+        state, problems = super().check(state)
+        return state, problems + plan_check(self, state)
+
+    def graph_passes(self, graph, model, records, done, log):
+        """Standard ops only (TensorRT cannot parse ORT's contrib ops); the quantize step's integers as Q/DQ."""
+        if records and (self.precision or "fp16") in ("int8", "int4"):
+            from export.trt_qdq import write_qdq
+
+            done["qdq_for_tensorrt"] = write_qdq(graph, records)
+        return graph
+
+    def finish_graph(self, onnx_path, ctx, info, validation, done, records, model):
+        from compress.sparsity.pattern import model_pattern
+
+        sparse = model_pattern(model) == "2:4"  # measured on the weights: the ONNX itself stays dense
+        out = finish_step(self, onnx_path, ctx, qdq=done.get("qdq_for_tensorrt", {}), sparse_weights=sparse)
+        out.info = {"onnx": info, **out.info}
+        out.summary = f"{out.summary}; ONNX {checked(validation)}"
+        return out
+
 
 # -- the export step's TensorRT part -------------------------------------------------------------------
 
@@ -51,7 +96,7 @@ def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOpt
     """Check, engine.json, build_engine.sh and (where TensorRT runs) the engine. See the module doc.
     The graph at onnx_path is final (Q/DQ already written by the export step, `qdq` its counts):
     nothing here rewrites it, so engine.json's sha256 is that of the validated file."""
-    from compress.steps import StepOutput
+    from compress.step_api import StepOutput
     from export.trt_runner import build_engine, unavailable_reason
 
     options = options or BuildOptions()
@@ -105,6 +150,8 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
     if sp is not None and sp.pattern != "2:4":
         out.append(Problem(f"the {sp.pattern or 'unstructured'} sparsity of {sp.by} has no TensorRT sparse kernels "
                            "(2:4 only): the engine is built dense", note=True))
+    if precision == "int4" and getattr(cfg, "builder", "trtexec") == "edge-llm":
+        out += int4_width_problems(state)
     if precision not in ("int8", "int4"):
         return out
     q = state.quantized
@@ -121,6 +168,34 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
     elif q.bits == 8 and q.group_size is not None:
         out.append(Problem(f"TensorRT int8 weights are per-channel: {q.by} needs group_size: per-channel",
                            "precision"))
+    return out
+
+
+INT4_MULTIPLE = 128  # TensorRT Edge-LLM INT4: group_size 128 only, weight dims multiples of 128
+
+
+def int4_width_problems(state: "PlanState") -> list["Problem"]:
+    """TensorRT int4 on Jetson goes through Edge-LLM, which supports group_size 128 only and refuses weight
+    dimensions that are not multiples of 128 (../shared/TENSORRT.md, addendum 2026-12-07): the
+    projection widths n_embd (c_attn, attn c_proj, c_fc inputs) and n_inner (mlp c_proj input)."""
+    from compress.plan_state import Problem
+
+    out = []
+    s, q = state.shape, state.quantized
+    if s is not None:
+        for dim, width in (("n_embd", s.n_embd), ("n_inner", s.n_inner)):
+            if width % INT4_MULTIPLE:
+                lo = width // INT4_MULTIPLE * INT4_MULTIPLE
+                works = " or ".join(str(w) for w in (lo, lo + INT4_MULTIPLE) if w > 0)
+                origin = state.origin(dim)
+                fix = origin.fix(dim, INT4_MULTIPLE) if origin.fix else None
+                out.append(Problem(
+                    f"{dim} = {width} (made by {origin.by}) is not a multiple of {INT4_MULTIPLE}: TensorRT Edge-LLM's "
+                    f"INT4 refuses such weight dimensions (TENSORRT.md); widths that work: {works}"
+                    + (f" ({fix} in {origin.by})" if fix else "") + ", or builder: trtexec", "builder"))
+    if q is not None and q.bits == 4 and q.group_size != INT4_MULTIPLE:
+        out.append(Problem(f"{q.by} uses group_size {q.group_size or 'per-channel'}: Edge-LLM's INT4 takes "
+                           f"group_size {INT4_MULTIPLE} only (or builder: trtexec)", "builder"))
     return out
 
 

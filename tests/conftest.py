@@ -26,7 +26,7 @@ def tiny():
 @pytest.fixture(scope="session")
 def byte_tokenizer(tmp_path_factory):
     """A 256+1-token byte-level BPE tokenizer (no merges) saved in a directory."""
-    from compress.base_model import TrainTokenizer
+    from compress.source_config import TrainTokenizer
     from compress.pretrain import train_tokenizer
     from evalsuite.data import builtin_text
 
@@ -43,7 +43,7 @@ def trained_tiny(tmp_path_factory, byte_tokenizer):
     Returns (model_dir, heldout_ids). Trained models have real structure (uneven importance,
     outlier channels), which pruning, distillation and quantization tests need.
     """
-    from compress.base_model import PretrainConfig
+    from compress.source_config import PretrainConfig
     from compress.pretrain import pretrain
     from evalsuite.data import builtin_text, tokenize
 

@@ -15,12 +15,12 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo,
                       model_validator)
 
-from compress.guard import Guarded
+from compress.divergence import Guarded
 from compress.model_shape import Shape, source_shape
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.models import is_local_source
 from compress.plan_types import ModelSource, Seed
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 
 def _teacher(value: str, info: ValidationInfo) -> str:
@@ -89,7 +89,7 @@ class DistillConfig(StepConfig, Guarded):
     distributed: ClassVar[bool] = True  # under torchrun every rank trains it (DDP); rank 0 writes
     changes_weights: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"seed", "train", "files"})  # files: a teacher dir
-    omitted_when: ClassVar[dict[str, object]] = {"fused_head": False}  # plans without it keep their hashes
+    omitted_when: ClassVar[dict[str, object]] = {"fused_head": False, "amp": "auto"}  # keys left out of the hash
 
     teacher: Teacher = Field("base", description="'base' (the plan's model), a model dir or an HF id")
     student: StudentInit | None = Field(None, description="default: the previous step's model")
@@ -111,7 +111,9 @@ class DistillConfig(StepConfig, Guarded):
     seq_len: int = Field(256, ge=8, le=8192)
     grad_accum: int = Field(1, ge=1, le=1024)
     grad_clip: float = Field(1.0, gt=0, le=1000)
-    amp: Literal["bf16", "fp16", "off"] = Field("bf16", description="autocast dtype on CUDA; CPU trains in fp32")
+    amp: Literal["auto", "bf16", "fp16", "off"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPUs with AVX512-BF16/AMX "
+                            "(else fp32, recorded); fp16: CUDA only; off: fp32 (compress.training.resolve_precision)")
     fused_head: bool = Field(False, description="KL/CE from hidden states chunk by chunk, never the whole "
                                                 "(tokens, vocab) logits (distillation/fused_head.py)")
 

@@ -9,7 +9,7 @@ from transformers import GPT2LMHeadModel
 from compress.distillation.config import DistillConfig
 from compress.distillation.losses import kl_loss
 from compress.errors import UserError
-from compress.guard import safe_exp
+from compress.divergence import safe_exp
 
 
 def split_heldout(ids: torch.Tensor, cfg: DistillConfig) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -27,7 +27,7 @@ from compress.distillation.evaluate import heldout_eval, split_heldout
 from compress.distillation.fused_head import fused_head_losses
 from compress.distillation.losses import HiddenProjection, ce_loss, even_layer_map, hidden_loss, kl_loss
 from compress.errors import UserError
-from compress.training import LoopSpec, adamw, resume, sample_batch, train_loop
+from compress.training import LoopSpec, adamw, resolve_precision, resume, sample_batch, train_loop
 
 
 class Distiller(nn.Module):
@@ -85,6 +85,8 @@ class DistillResult:
     before: dict[str, float] | None  # held-out {ppl, kl, teacher_ppl} of the student before training
     after: dict[str, float] | None  # the same for the returned (best) weights
     best_step: int | None
+    precision: str = "fp32"  # what the steps computed in (compress.training.resolve_precision)
+    precision_why: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,10 +150,10 @@ def run_distillation(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, train_i
     state, best = resume(module, optimizer, checkpoint_dir, "distillation")
 
     model = nn.parallel.DistributedDataParallel(module) if world > 1 else module  # broadcasts rank 0's weights
-    use_amp = device.type == "cuda" and cfg.amp != "off"
-    amp_dtype = torch.float16 if cfg.amp == "fp16" else torch.bfloat16
+    precision = resolve_precision(cfg.amp, device)
+    use_amp, amp_dtype = precision.dtype is not None, precision.dtype or torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, init_scale=state["grad_scale"] or 2.0 ** 16,
-                                  enabled=use_amp and cfg.amp == "fp16")
+                                  enabled=amp_dtype == torch.float16)
     spec = LoopSpec(name="distill", total_steps=math.ceil(cfg.tokens / tokens_per_step),
                     tokens_per_step=tokens_per_step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
                     min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
@@ -166,7 +168,8 @@ def run_distillation(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, train_i
                      tensorboard_dir, scaler, main=main, progress=progress, on_step=on_step)
     result = DistillResult(steps=out.done, tokens=out.done * tokens_per_step, tokens_per_step=tokens_per_step,
                            world_size=world, stopped_early=out.stopped_early, tokens_per_s=out.tokens_per_s,
-                           before=state["before"], after=state["after"], best_step=state["best_step"])
+                           before=state["before"], after=state["after"], best_step=state["best_step"],
+                           **precision.record())
     return module.student.eval(), result
 
 

@@ -11,7 +11,7 @@ from compress.distillation.config import DistillConfig
 from compress.distillation.loop import run_distillation
 from compress.distillation.student import student_from_teacher, student_layers
 from compress.models import load_model
-from compress.steps import StepContext, StepOutput, register_step
+from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(DistillConfig)

@@ -11,8 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from compress.lowrank.methods import METHODS
 from compress.lowrank.ranks import break_even, max_rank
 from compress.plan_state import Check, Factorized, PlanState, Problem
+from compress.plan_types import Seed
 from compress.sparsity.pattern import PROJECTIONS
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 Method = Literal[tuple(METHODS)]  # svd, whiten
 Projection = Literal[PROJECTIONS]  # type: ignore[valid-type]
@@ -48,7 +49,7 @@ class FactorizeConfig(StepConfig):
     calib_tokens: int = Field(16384, ge=64, le=100_000_000, description="calibration tokens of data.train (whiten)")
     seq_len: int | None = Field(None, ge=8, le=8192, description="calibration window; default min(256, n_positions)")
     damp: float = Field(0.01, gt=0, le=1, description="whiten: covariance damping, a fraction of its mean diagonal")
-    seed: int = Field(0, ge=0, description="picks the calibration windows")
+    seed: Seed = Field(0, description="picks the calibration windows")
 
     @field_validator("rank")
     @classmethod

@@ -6,7 +6,7 @@ from __future__ import annotations
 from compress.lowrank.api import factorize
 from compress.lowrank.config import FactorizeConfig
 from compress.lowrank.methods import METHODS
-from compress.steps import StepContext, StepOutput, register_step
+from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(FactorizeConfig)

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import Seed
 from compress.pruning.shapes import Shape, removed, target_problems, target_shape
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 Criterion = Literal["magnitude", "taylor", "activation", "random"]
 CALIBRATED: tuple[str, ...] = ("taylor", "activation")  # criteria that read calibration tokens

@@ -5,7 +5,7 @@ from __future__ import annotations
 from compress.pruning.api import prune_with_indices
 from compress.pruning.config import CALIBRATED, PruneConfig
 from compress.pruning.shapes import Shape
-from compress.steps import StepContext, StepOutput, register_step
+from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(PruneConfig)

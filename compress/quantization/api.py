@@ -10,7 +10,7 @@ from transformers import GPT2LMHeadModel
 from compress.errors import UserError
 from compress.quantization.calibration import calibration_windows
 from compress.quantization.config import QuantizeConfig, layer_widths
-from compress.quantization.outlier_guard import calibrates_for_outliers, record_outliers
+from compress.quantization.outlier_check import calibrates_for_outliers, record_outliers
 
 
 def details(cfg: QuantizeConfig) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from compress.plan_state import Check, PlanState, Problem, Quantized
 from compress.plan_types import Seed
-from compress.quantization.outlier_guard import needs_outlier_windows
+from compress.quantization.outlier_check import needs_outlier_windows
 from compress.quantization.methods import METHODS, exportable_methods, method, methods_reading, option_classes
 from compress.quantization.registry import Grid, QuantMethod
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 Method = Literal[tuple(METHODS)]  # "rtn", "gptq", ... in table order
 # The fields of every method's options (QuantMethod.options), mixed into QuantizeConfig.

@@ -19,7 +19,7 @@ from transformers import GPT2LMHeadModel
 
 from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import block_linear_names, linear_weight, set_module
-from compress.quantization.outlier_guard import OutlierOptions
+from compress.quantization.outlier_check import OutlierOptions
 from compress.quantization.registry import Grid, Layout, QuantMethod
 from compress.quantization.rtn import rtn
 

@@ -80,7 +80,7 @@ class QuantMethod:
     cpu_only: bool = False  # runs (and its model stays) on CPU
     requires: tuple[str, str] | None = None  # (module, pip extra) of an optional package it needs
     smooths: bool = False  # folds SmoothQuant factors into the model itself (the outlier check then skips
-    #                        the inputs those factors divide: outlier_guard.py)
+    #                        the inputs those factors divide: outlier_check.py)
     summary: str = ""  # one line for docs and --dry-run
 
     @property
@@ -94,7 +94,7 @@ class QuantMethod:
     @property
     def needs_calibration(self) -> bool:
         """Whether it reads calibration windows at all: to calibrate, or (int8 activations per tensor) to
-        measure activation outliers first (outlier_guard.py)."""
+        measure activation outliers first (outlier_check.py)."""
         return self.calibrates or self.int8_activations
 
     @property

@@ -11,7 +11,7 @@ GPT-2 with the same function, and the integer kernels then see tame activations:
     export:   {format: onnx, quantize: dynamic-int8, smooth: 0.5}  # ORT quantize_dynamic on the export
 
 mlp.c_proj (after the GELU) cannot be smoothed and stays per tensor as it is, as does the LM head in
-ONNX Runtime's case; the outlier check (outlier_guard.py) still watches both.
+ONNX Runtime's case; the outlier check (outlier_check.py) still watches both.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers import GPT2LMHeadModel
 
 from compress.quantization.calibration import calibration_windows
 from compress.quantization.dynamic import quantize_dynamic_smoothed  # noqa: F401 (the torch path, re-exported)
-from compress.quantization.outlier_guard import check_outliers, per_tensor_inputs
+from compress.quantization.outlier_check import check_outliers, per_tensor_inputs
 from compress.quantization.smoothquant import smooth
 
 # Calibration of the export step's smoothing and outlier check (the export config has no calib fields).

@@ -20,7 +20,7 @@ from compress.quantization.calibration import input_hooks, run_model
 from compress.quantization.folding import fold_into_layernorm, fold_into_values
 from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
-from compress.quantization.outlier_guard import OutlierOptions
+from compress.quantization.outlier_check import OutlierOptions
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import rtn
 

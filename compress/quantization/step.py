@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from compress.quantization.api import quantize
 from compress.quantization.config import QuantizeConfig
-from compress.quantization.outlier_guard import OutlierRefusal
-from compress.steps import StepContext, StepOutput, register_step
+from compress.quantization.outlier_check import OutlierRefusal
+from compress.step_api import StepContext, StepOutput, register_step
 from evalsuite.size import bytes_on_disk
 
 
@@ -13,7 +13,7 @@ from evalsuite.size import bytes_on_disk
 def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
     model = ctx.load_input()
     m = cfg.quant_method
-    # int8 activations per tensor: calibration also feeds the activation-outlier check (outlier_guard.py)
+    # int8 activations per tensor: calibration also feeds the activation-outlier check (outlier_check.py)
     calib = ctx.train_ids() if m.calibrates or (m.int8_activations and ctx.has_train_text) else None
     if m.cpu_only and ctx.device.type != "cpu":
         ctx.log.info("%s runs on CPU only; quantizing on CPU", m.name)

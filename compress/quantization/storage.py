@@ -291,8 +291,11 @@ def write_gpt2_config(model_dir: Path, out_dir: Path) -> None:
     """Copy config.json, in its GPT-2 form (model_type gpt2) where it was stored as GPTBigCode: what
     sits beside an ONNX export describes the GPT-2 graph (optimum reads model_type from it)."""
     config = json.loads((Path(model_dir) / "config.json").read_text())
+    from compress.config_json import with_n_ctx
+
     if stock.is_quantized_gpt2(config):
         config = stock.gpt2_config(config)
+    config = with_n_ctx(config)  # llama.cpp's converter reads n_ctx
     (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -9,9 +9,10 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from compress.plan_state import Check, PlanState, Problem, Sparsity
+from compress.plan_types import Seed
 from compress.sparsity.methods import METHODS
 from compress.sparsity.pattern import PROJECTIONS, Target, parse_pattern
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 Method = Literal[tuple(METHODS)]  # magnitude, wanda, sparsegpt
 Projection = Literal[PROJECTIONS]  # type: ignore[valid-type]
@@ -41,7 +42,7 @@ class SparsifyConfig(StepConfig):
     seq_len: int | None = Field(None, ge=8, le=8192, description="calibration window; default min(256, n_positions)")
     damp: float = Field(0.01, gt=0, le=1, description="sparsegpt: Hessian damping, a fraction of mean(diag(H))")
     block_size: int = Field(128, ge=8, le=4096, description="sparsegpt: columns updated together")
-    seed: int = Field(0, ge=0, description="picks the calibration windows")
+    seed: Seed = Field(0, description="picks the calibration windows")
 
     @field_validator("sparsity")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from compress.sparsity.api import sparsify
 from compress.sparsity.config import SparsifyConfig
 from compress.sparsity.methods import METHODS
-from compress.steps import StepContext, StepOutput, register_step
+from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(SparsifyConfig)

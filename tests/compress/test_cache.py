@@ -8,7 +8,7 @@ import pytest
 from compress.models import save_model
 from compress.plan import load_plan
 from compress.run_dir import check_reuse
-from compress.runner import dry_run, run_plan
+from compress.pipeline import dry_run, run_plan
 from tests.tiny_models import tiny_model
 
 PLAN = """\
@@ -65,7 +65,7 @@ def test_an_edited_output_file_is_not_reused(workspace, caplog):
         fh.seek(size - 64)
         fh.write(b"\x7f" * 64)
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    with caplog.at_level(logging.WARNING, logger="compress.runner"):
+    with caplog.at_level(logging.WARNING, logger="compress.pipeline"):
         again = run(workspace)
     assert statuses(again) == ["cached", "ran"]
     assert "model/model.safetensors was modified" in caplog.text
@@ -84,7 +84,7 @@ def test_a_step_is_reused_only_on_the_input_it_was_made_from(workspace, caplog):
     info = json.loads(info_file.read_text())
     info["made_from"] = "0" * 64  # as if made from a 00-base with other files
     info_file.write_text(json.dumps(info))
-    with caplog.at_level(logging.WARNING, logger="compress.runner"):
+    with caplog.at_level(logging.WARNING, logger="compress.pipeline"):
         assert statuses(run(workspace)) == ["cached", "ran"]
     assert "the step before it was made again" in caplog.text
 
@@ -101,7 +101,7 @@ def test_a_record_without_output_digests_is_run_again(workspace, caplog):
     info = json.loads(info_file.read_text())
     del info["format"], info["outputs"]  # as an older gpt2-edge wrote it
     info_file.write_text(json.dumps(info))
-    with caplog.at_level(logging.WARNING, logger="compress.runner"):
+    with caplog.at_level(logging.WARNING, logger="compress.pipeline"):
         assert statuses(run(workspace)) == ["cached", "ran"]
     assert "older gpt2-edge" in caplog.text
 

@@ -4,7 +4,7 @@ import textwrap
 import pytest
 
 from compress.errors import PlanError, UserError
-from compress.base_model import PretrainModel
+from compress.source_config import PretrainModel
 from compress.plan import load_plan, parse_plan
 from compress.plan_locations import apply_override, format_loc
 

@@ -15,7 +15,7 @@ import torch
 from compress.errors import PlanError
 from compress.models import save_model
 from compress.plan import load_plan
-from compress.runner import dry_run
+from compress.pipeline import dry_run
 from tests.tiny_models import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ import math
 import torch
 
 from compress.checkpoint import load_checkpoint
-from compress.base_model import PretrainConfig, TrainTokenizer
+from compress.source_config import PretrainConfig, TrainTokenizer
 from compress.pretrain import pretrain, train_tokenizer
 from compress.training import adamw, heldout_loss, lr_at, sample_batch
 from tests.tiny_models import tiny_config

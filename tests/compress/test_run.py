@@ -165,13 +165,13 @@ def test_sigterm_during_a_run_is_one_line_143_like_ctrl_c(tmp_path, capsys, monk
     import signal
     import time
 
-    import compress.runner
+    import compress.pipeline
 
     def killed(plan, run_dir, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # the handler raises Terminated here, in the main thread
         time.sleep(30)
 
-    monkeypatch.setattr(compress.runner, "run_plan", killed)
+    monkeypatch.setattr(compress.pipeline, "run_plan", killed)
     plan = tmp_path / "p.yaml"
     plan.write_text(PLAN)
     before = signal.getsignal(signal.SIGTERM)

@@ -6,7 +6,7 @@ import pytest
 
 from compress.errors import PlanError
 from compress.plan import load_plan
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 
 PLAN = """\
 name: tiny-spec

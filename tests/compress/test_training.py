@@ -9,8 +9,8 @@ import torch
 from compress import DistillConfig, distill
 from compress.checkpoint import STATE_FILE
 from compress.errors import UserError
-from compress.guard import DivergenceError, DivergenceGuard, GuardConfig
-from compress.base_model import PretrainConfig
+from compress.divergence import DivergenceError, DivergenceGuard, GuardConfig
+from compress.source_config import PretrainConfig
 from compress.pretrain import pretrain
 from tests.tiny_models import tiny_config, tiny_model
 

@@ -50,3 +50,18 @@ def test_projection_counts_bytes_read_per_token():
     kv = 2 * 2 * 100 * 64 * 2  # K and V, 2 layers, 100 positions, fp16
     expected = hardware.TARGETS["orin-nano"].memory_bandwidth_gb_s * 1e9 / (2_000_000 + kv)
     assert projections(facts, ("orin-nano",), context=100)["orin-nano"] == pytest.approx(expected)
+
+
+def test_a_tensorrt_dir_counts_the_engine_not_the_onnx_it_was_built_from(tmp_path):
+    """The roofline reads each weight once: the engine ships, its source ONNX (and that ONNX's external
+    data) does not; without an engine, the ONNX is what there is. GGUF files are weights."""
+    from evalsuite.size import bytes_on_disk
+
+    (tmp_path / "model.onnx").write_bytes(b"x" * 100)
+    (tmp_path / "model.onnx.data").write_bytes(b"x" * 1000)
+    (tmp_path / "engine.json").write_text("{}")
+    assert bytes_on_disk(tmp_path, weights_only=True) == 1100
+    (tmp_path / "model.engine").write_bytes(b"x" * 700)
+    assert bytes_on_disk(tmp_path, weights_only=True) == 700
+    (tmp_path / "model.gguf").write_bytes(b"x" * 50)
+    assert bytes_on_disk(tmp_path / "model.gguf") == 50 and bytes_on_disk(tmp_path, weights_only=True) == 750

@@ -11,7 +11,7 @@ import torch
 from compress.models import load_model
 from compress.plan import parse_plan
 from compress.quantization import quantized_linears
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 
 
 @pytest.fixture(scope="module")

@@ -190,7 +190,7 @@ def test_a_decode_graph_that_fails_validation_fails_the_step(tmp_path, trained_t
 
     import export.decode_graph as decode_graph
     from compress.plan import parse_plan
-    from compress.runner import run_plan
+    from compress.pipeline import run_plan
     from onnx import numpy_helper
 
     real = decode_graph.build_for_export

@@ -24,7 +24,7 @@ from compress.quantization import QuantizeConfig, quantize, quantized_linears
 from export.generate import GenerationConfig, generate
 from export.onnx import save_onnx
 from export.ort_runner import OrtRunner
-from export.step import ExportConfig, build_graph
+from export.step import ExportTarget, build_graph
 
 # name: (export options, quantize step before it or None, ops the graph must hold)
 VARIANTS = {
@@ -72,7 +72,7 @@ def step_dirs(trained_tiny, tmp_path_factory):
             records = quantized_linears(src) if quant is not None else {}
             if name == "step-w8a8":
                 records = {n: replace(r, input_scale=0.05) for n, r in records.items()}
-            graph, _ = build_graph(ExportConfig(**options), load_model(src), records, logging.getLogger("test"))
+            graph, _ = build_graph(ExportTarget.model_validate(options), load_model(src), records, logging.getLogger("test"))
             step = tmp_path_factory.mktemp(name)
             save_onnx(graph, step / "model.onnx")
             (step / "config.json").write_text((src / "config.json").read_text())

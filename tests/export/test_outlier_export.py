@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from compress.quantization.outlier_guard import OutlierRefusal
+from compress.quantization.outlier_check import OutlierRefusal
 from compress.quantization.smooth_dynamic import prepare_ort_dynamic
 from evalsuite.outliers import plant_outliers
 from export.step import ExportConfig, build_graph
@@ -86,7 +86,7 @@ def _export_plan(tmp_path, tokenizer):
 
 def test_export_step_refuses_with_the_step_key(tmp_path, byte_tokenizer):
     from compress.errors import UserError
-    from compress.runner import run_plan
+    from compress.pipeline import run_plan
 
     plan = _export_plan(tmp_path, byte_tokenizer)
     with pytest.raises(UserError, match=r"^steps\[0\]\.export: ONNX Runtime dynamic int8 quantizes activations per "
@@ -99,7 +99,7 @@ def test_export_step_refuses_with_the_step_key(tmp_path, byte_tokenizer):
 def test_export_step_smooths_then_exports_and_validates(tmp_path, byte_tokenizer):
     import json
 
-    from compress.runner import run_plan
+    from compress.pipeline import run_plan
 
     plan = _export_plan(tmp_path, byte_tokenizer)
     run_plan(plan({"smooth": 0.5}, "smoothed"), tmp_path / "run2", progress=False)

@@ -21,13 +21,33 @@ def test_profile_from_plan_numbers():
     p = profile_for(n_positions=1024, seq_len=256, prompt=128, new_tokens=64, batch=1)
     assert p.batch == (1, 1, 1)
     assert p.prompt == (1, 1, 256)  # opt is the decode step; max covers the perplexity window
-    assert p.past == (0, 160, 1023)  # opt mid-decode of the latency run; max fills the context
+    assert p.past == (0, 160, 768)  # opt mid-decode of the latency run; max: the rest of the context
     assert profile_problems(p, 1024, seq_len=256, prompt=128, new_tokens=64) == []
+    for point in ("min", "opt", "max"):  # the attention mask fits the positions at every point
+        assert p.point(point)["total"] <= 1024
+
+
+def test_long_windows_are_chunked_so_decode_keeps_room():
+    p = profile_for(n_positions=1024, seq_len=1024, prompt=128, new_tokens=64)
+    assert p.prompt[2] == 256 and p.past[2] == 768  # 1024-token windows run as 4 chunks of 256
+    assert profile_problems(p, 1024, seq_len=1024, prompt=128, new_tokens=64) == []
+
+
+def test_without_latency_settings_the_opt_point_is_a_real_decode():
+    from export.profiles import plan_profile
+
+    p = plan_profile(None, 512, 1024)
+    assert p.past[1] == 128 + 32 and p.prompt == (1, 1, 256)  # eval.latency's defaults, not a 2-token context
+
+
+def test_the_max_point_of_the_old_default_is_refused():
+    old = TensorRTProfile(prompt=(1, 1, 256), past=(0, 160, 1023))  # what profile_for made before
+    assert any("max point (past 1023 + prompt 256)" in p and "1279 long" in p for p in profile_problems(old, 1024))
 
 
 def test_profile_is_capped_by_positions():
     p = profile_for(n_positions=128, seq_len=None, prompt=200, new_tokens=64)
-    assert p.prompt[2] == 128 and p.past == (0, 127, 127)
+    assert p.prompt[2] == 64 and p.past == (0, 64, 64)
     assert profile_problems(p, 128) == []
 
 
@@ -79,3 +99,10 @@ def test_trtexec_flags():
     assert quoted[1] == "--optShapes=input_ids:1x1"
     named = trtexec_shape_flags({"a:b": {"min": (1,), "opt": (2,), "max": (3,)}})
     assert named[2] == "--maxShapes='a:b':3"
+
+
+def test_the_default_latency_is_the_plans():
+    from compress.plan import LatencyConfig
+    from export.profiles import DEFAULT_LATENCY
+
+    assert DEFAULT_LATENCY == (LatencyConfig().prompt, LatencyConfig().new_tokens)

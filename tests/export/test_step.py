@@ -8,9 +8,11 @@ import torch
 
 from compress.errors import PlanError, UserError
 from compress.plan import parse_plan
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 from compress.catalog import step_configs
 from export.step import ExportConfig, build_graph, export_step, fuses
+from export.target import ExportTarget
+from export.tensorrt import TensorRTExport
 
 
 def plan_dict(model_dir, steps, max_tokens=300):
@@ -21,13 +23,13 @@ def plan_dict(model_dir, steps, max_tokens=300):
 
 
 def test_defaults_and_slug():
-    assert step_configs()["export"] is ExportConfig
+    assert step_configs()["export"] is ExportTarget and ExportTarget.model_validate({}) == ExportConfig()
     cfg = ExportConfig()
     assert (cfg.format, cfg.opset, cfg.quantize, cfg.block_size) == ("onnx", 18, "none", 128)
     assert ExportConfig.model_validate({"kv_cache": True}) == cfg  # older plans' key: always on, dropped
     assert fuses(cfg, {}) and not fuses(ExportConfig(quantize="int4"), {}) and not fuses(cfg, {"lm_head": None})
     assert fuses(ExportConfig(quantize="int4", optimize=True), {}) and not fuses(ExportConfig(optimize=False), {})
-    assert cfg.slug() == "export-onnx" and ExportConfig(format="tensorrt").slug() == "export-tensorrt"
+    assert cfg.slug() == "export-onnx" and TensorRTExport(format="tensorrt").slug() == "export-tensorrt"
 
 
 @pytest.mark.parametrize("body,message", [
@@ -50,7 +52,7 @@ def test_bad_config_is_reported_at_its_key_path(tmp_path, trained_tiny, body, me
 
 
 def test_tensorrt_fields_accepted_with_format_tensorrt(trained_tiny):
-    profile = {"batch": [1, 1, 2], "prompt": [1, 64, 64], "past": [0, 32, 96]}  # fits the 128 positions
+    profile = {"batch": [1, 1, 2], "prompt": [1, 64, 64], "past": [0, 32, 64]}  # every point fits the 128 positions
     plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"format": "tensorrt", "precision": "fp16",
                                                               "profile": profile}}]))
     assert plan.steps[0].precision == "fp16" and plan.steps[0].profile.batch == (1, 1, 2)
@@ -73,7 +75,8 @@ def test_export_step_in_a_plan(tmp_path, trained_tiny):
     result = run_plan(plan, tmp_path / "run", progress=False)
     assert [r.status for r in result.records] == ["ran", "ran"]
     step = tmp_path / "run" / "01-export-onnx"
-    for name in ("model.onnx", "io.json", "config.json", "tokenizer_config.json", "validation.json", "DONE"):
+    for name in ("model.onnx", "io.json", "config.json", "tokenizer_config.json", "validation.json", "genai_config.json",
+                 "DONE"):
         assert (step / name).is_file(), name
     v = json.loads((step / "validation.json").read_text())
     assert v["passed"] and v["max_abs_logit_diff"] < 1e-3 and v["decode_max_abs_logit_diff"] < 1e-3
@@ -229,7 +232,7 @@ def test_tensorrt_int8_validates_the_qdq_file_it_ships(tmp_path, trained_tiny):
 def test_a_tensorrt_graph_ort_cannot_run_is_recorded_as_not_validated(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import export.step as step_module
+    import export.onnx_target as step_module
     from export.step import validate_file
 
     path = tmp_path / "model.onnx"
@@ -240,8 +243,26 @@ def test_a_tensorrt_graph_ort_cannot_run_is_recorded_as_not_validated(tmp_path, 
 
     monkeypatch.setattr(step_module, "_validation_runner", refuse)
     ctx = SimpleNamespace(name="02-export-tensorrt")
-    v = validate_file(ExportConfig(format="tensorrt", precision="fp16"), path, None, {}, ctx)
+    v = validate_file(TensorRTExport(format="tensorrt", precision="fp16"), path, None, {}, ctx)
     assert (v["ran"], v["passed"], v["file"]) == (False, None, "model.onnx")
     assert v["reason"].startswith("ONNX Runtime cannot run this TensorRT graph") and "TensorRT-only op" in v["reason"]
     with pytest.raises(UserError, match="cannot load"):  # an ONNX Runtime export that ORT cannot load fails
         validate_file(ExportConfig(), path, None, {}, ctx)
+
+
+def test_old_plans_keep_their_step_hashes():
+    """The onnx and tensorrt targets are two classes now; their hashes are those of the one ExportConfig
+    of before (its dump had every field of both), so existing run directories are reused."""
+    from compress.hashing import digest
+    from compress.step_inputs import StepInputs
+
+    inputs = StepInputs(declared=frozenset({"seed"}), _seed=0)
+    validation = ExportConfig().validation.model_dump(mode="json")
+    old = {"format": "onnx", "opset": 18, "optimize": None, "fp16": False, "quantize": "none", "block_size": 128,
+           "accuracy_level": 4, "validation": validation, "smooth": None, "allow_outliers": False,
+           "precision": None, "profile": None}
+    assert ExportConfig().content_hash("p", inputs) == digest("p", "export", old, inputs.key())
+    trt = {**old, "format": "tensorrt", "precision": "int8"}
+    assert TensorRTExport(format="tensorrt", precision="int8").content_hash("p", inputs) == \
+        digest("p", "export", trt, inputs.key())
+    assert ExportConfig(genai=False).content_hash("p", inputs) != ExportConfig().content_hash("p", inputs)

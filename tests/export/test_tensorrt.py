@@ -17,7 +17,7 @@ import torch
 from compress.errors import UserError
 from compress.plan import LatencyConfig
 from compress.step_inputs import EvalInput, StepInputs
-from compress.steps import StepContext
+from compress.step_api import StepContext
 from evalsuite.backends import open_runner
 from evalsuite.errors import BackendUnavailable
 from export.tensorrt import ENGINE_JSON, SCRIPT, finish_step, main
@@ -30,9 +30,10 @@ GROUP = 64  # a block size TensorRT documents for INT4
 
 def export_graph(model, opset=18):
     """The graph the export step hands to finish_step for format tensorrt (standard ops only)."""
-    from export.step import ExportConfig, build_graph
+    from export.step import build_graph
+    from export.tensorrt import TensorRTExport
 
-    graph, _ = build_graph(ExportConfig(format="tensorrt", precision="fp16", opset=opset), model, {},
+    graph, _ = build_graph(TensorRTExport(format="tensorrt", precision="fp16", opset=opset), model, {},
                            logging.getLogger("test"))
     return graph
 
@@ -94,7 +95,8 @@ def test_finish_step_writes_engine_json_and_build_script(tmp_path, fp_graph, no_
     assert "to be built on target" in out.summary
     spec = json.loads((step / ENGINE_JSON).read_text())
     assert spec["precision"] == "fp16" and spec["builder_flags"] == ["FP16"] and spec["built"] is None
-    assert spec["profile"] == {"batch": [1, 1, 1], "prompt": [1, 1, 64], "past": [0, 40, 127]}  # from the plan: 32 + 16 // 2
+    # from the plan: opt 32 + 16 // 2; max: prompts of 32 (64-token windows in 2 chunks), past 96: 128 in all
+    assert spec["profile"] == {"batch": [1, 1, 1], "prompt": [1, 1, 32], "past": [0, 40, 96]}
     inputs = {i.name for i in fp_graph.graph.input}
     assert set(spec["shapes"]) == inputs  # every dynamic input, names read from the graph
     for point in ("min", "opt", "max"):

@@ -20,7 +20,7 @@ if not torch.cuda.is_available():
 from compress.errors import UserError  # noqa: E402
 from compress.plan import LatencyConfig  # noqa: E402
 from compress.step_inputs import EvalInput, StepInputs  # noqa: E402
-from compress.steps import StepContext  # noqa: E402
+from compress.step_api import StepContext  # noqa: E402
 from export.generate import GenerationConfig, generate  # noqa: E402
 from export.tensorrt import ENGINE_JSON, finish_step  # noqa: E402
 from export.trt_runner import TrtRunner, audit_layers, open_runner  # noqa: E402
@@ -33,11 +33,12 @@ pytestmark = pytest.mark.tensorrt
 def built(tmp_path_factory):
     """A tiny GPT-2 exported for TensorRT fp16 and built here by finish_step."""
     from export.onnx import save_onnx
-    from export.step import ExportConfig, build_graph
+    from export.step import build_graph
+    from export.tensorrt import TensorRTExport
 
     model = tiny_model(seed=0)
     step = tmp_path_factory.mktemp("06-export-tensorrt")
-    graph, _ = build_graph(ExportConfig(format="tensorrt", precision="fp16"), model, {}, logging.getLogger("t"))
+    graph, _ = build_graph(TensorRTExport(format="tensorrt", precision="fp16"), model, {}, logging.getLogger("t"))
     save_onnx(graph, step / "model.onnx")
     model.config.to_json_file(step / "config.json")
     inputs = StepInputs(declared=frozenset({"eval", "latency"}), _latency=LatencyConfig(prompt=32, new_tokens=16),

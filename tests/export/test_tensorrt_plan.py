@@ -9,7 +9,7 @@ import json
 import pytest
 
 from compress.plan import parse_plan
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 from evalsuite.metrics import STATUS_MEASURED, STATUS_TO_BUILD
 
 
@@ -42,3 +42,24 @@ def test_quantize_then_tensorrt_int4_is_to_be_built_on_target(tmp_path, trained_
     assert base["status"] == STATUS_MEASURED
     step_info = json.loads((step / "step.json").read_text())
     assert step_info["info"]["qdq_layers"] == {"int4": 8}  # 2 layers x (c_attn, attn.c_proj, c_fc, mlp.c_proj)
+
+
+def test_tensorrt_int4_for_edge_llm_refuses_widths_that_are_not_multiples_of_128(trained_tiny):
+    from compress.errors import PlanError
+
+    plan = {"name": "trt", "model": str(trained_tiny[0]),
+            "data": {"train": {"builtin": "python-docs", "split": "train", "max_chars": 20_000},
+                     "eval": {"builtin": "python-docs", "split": "heldout", "seq_len": 64, "max_tokens": 300}},
+            "steps": [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32}},
+                      {"export": {"format": "tensorrt", "precision": "int4", "opset": 21, "builder": "edge-llm"}}]}
+    with pytest.raises(PlanError) as e:
+        parse_plan(plan)
+    msg = str(e.value)
+    assert "steps[1].export.builder: n_embd = 64" in msg and "widths that work: 128" in msg
+    assert "Edge-LLM" in msg and "TENSORRT.md" in msg and "group_size 128 only" in msg
+    assert "n_inner" not in msg  # 256 is a multiple of 128
+    plan["steps"][1]["export"]["builder"] = "trtexec"  # plain TensorRT: blocks along K, no such rule
+    parse_plan(plan)
+    plan["steps"][1]["export"]["precision"] = "int8"
+    plan["steps"][0]["quantize"] = {"method": "rtn", "bits": 8, "group_size": "per-channel"}
+    parse_plan(plan)  # int8 has no such rule

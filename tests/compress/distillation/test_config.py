@@ -41,7 +41,7 @@ def test_out_of_range_and_unknown_keys_name_their_paths():
     assert any(x.startswith("steps[0].distill.loss.kl: Input should be greater than or equal to 0") for x in p)
     assert "steps[0].distill.loss.kld: unknown key; did you mean 'kl'?" in p
     assert any(x.startswith("steps[0].distill.lr: Input should be less than or equal to 1") for x in p)
-    assert any(x.startswith("steps[0].distill.amp: Input should be 'bf16', 'fp16' or 'off'") for x in p)
+    assert any(x.startswith("steps[0].distill.amp: Input should be 'auto', 'bf16', 'fp16' or 'off'") for x in p)
 
 
 def test_inconsistent_settings_are_reported_at_the_step():

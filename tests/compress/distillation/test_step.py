@@ -5,7 +5,7 @@ import json
 from transformers import GPT2LMHeadModel
 
 from compress.plan import parse_plan
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 
 
 def write_texts(tmp_path):

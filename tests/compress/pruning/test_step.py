@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from compress.plan import parse_plan
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 
 
 def test_prune_steps_in_a_tiny_plan(tmp_path):

@@ -10,7 +10,7 @@ from compress.models import save_model
 from compress.plan import load_plan
 from compress.plan_state import PlanState
 from compress.quantization import QuantizeConfig
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 from evalsuite.outliers import plant_outliers
 from tests.tiny_models import tiny_model
 

@@ -8,7 +8,7 @@ import torch
 from compress import QuantizeConfig, quantize
 from compress.errors import UserError
 from compress.models import load_model, save_model
-from compress.quantization.outlier_guard import OUTLIER_LIMIT, OutlierRefusal
+from compress.quantization.outlier_check import OUTLIER_LIMIT, OutlierRefusal
 from evalsuite.outliers import plant_outliers
 from tests.tiny_models import tiny_model
 

@@ -7,7 +7,7 @@ import yaml
 
 from compress.plan import load_plan
 from compress.quantization import is_quantized_dir, quantized_linears
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 
 
 @pytest.mark.slow

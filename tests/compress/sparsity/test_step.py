@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from compress.errors import PlanError
 from compress.plan import parse_plan
-from compress.runner import run_plan
+from compress.pipeline import run_plan
 from compress.sparsity.pattern import holds, model_pattern
 
 

@@ -11,11 +11,11 @@ from typing import ClassVar
 import pytest
 import torch
 
-from compress import data, run_dir, runner
+from compress import data, pipeline, run_dir
 from compress.errors import PlanError, UserError
 from compress.plan import load_plan
-from compress.runner import dry_run, run_plan
-from compress.steps import StepConfig, StepContext, StepOutput
+from compress.pipeline import dry_run, run_plan
+from compress.step_api import StepConfig, StepContext, StepOutput
 
 TINY_PLAN = """\
 name: tiny
@@ -82,7 +82,7 @@ def test_step_dir_without_done_is_never_used(tmp_path):
 
 def test_dry_run_loads_nothing_and_reports_status(tmp_path, no_model_loads, monkeypatch):
     plan = load_plan(tiny_plan(tmp_path))
-    monkeypatch.setattr("compress.steps.StepContext.load_input", lambda *a: pytest.fail("dry run loaded a model"))
+    monkeypatch.setattr("compress.step_api.StepContext.load_input", lambda *a: pytest.fail("dry run loaded a model"))
     lines = dry_run(plan, tmp_path / "run")
     assert len(lines) == 1 and "00-base" in lines[0] and "will run" in lines[0] and "pretrain 1x32" in lines[0]
     assert "[-> 1x32]" in lines[0]
@@ -146,10 +146,10 @@ def scramble(cfg: ScrambleConfig, ctx: StepContext) -> StepOutput:
 
 @pytest.fixture
 def scramble_step(monkeypatch):
-    from compress import catalog, steps
+    from compress import catalog, step_api
 
     catalog.step_configs()  # the built-in steps first, so that the test step is one more
-    monkeypatch.setitem(steps.HANDLERS, ScrambleConfig, scramble)
+    monkeypatch.setitem(step_api.HANDLERS, ScrambleConfig, scramble)
 
 
 def test_a_step_far_worse_than_its_input_stops_the_run_and_is_not_done(tmp_path, scramble_step):
@@ -180,7 +180,7 @@ def test_run_plan_passes_values_in_memory_and_tokenizes_once(tmp_path, monkeypat
     (tmp_path / "plan.yaml").write_text(text)
     reads, texts = [], []
     real_read, real_text = run_dir.read_json, data.source_text
-    for module in (run_dir, runner):
+    for module in (run_dir, pipeline):
         monkeypatch.setattr(module, "read_json", lambda p: reads.append(p) or real_read(p))
     monkeypatch.setattr(data, "source_text", lambda s: texts.append(s) or real_text(s))
     result = run_plan(load_plan(tmp_path / "plan.yaml"), tmp_path / "run", progress=False)

@@ -10,11 +10,11 @@ the shape is unknown: the checks that need it wait for the model to load.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from compress.guard import Guarded
+from compress.divergence import Guarded
 from compress.hashing import digest
 from compress.model_shape import HUB_CONFIGS, Shape, source_shape
 from compress.errors import UserError
@@ -22,7 +22,7 @@ from compress.models import check_tokenizer_dir, is_local_source, tokenizer_size
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import ExistingPath, ModelSource, Seed, Strict
 from compress.step_inputs import StepInputs
-from compress.steps import StepConfig
+from compress.step_api import StepConfig
 
 
 class TrainTokenizer(Strict):
@@ -61,6 +61,10 @@ class PretrainConfig(Strict, Guarded):
     seed: Seed = 0
     eval_every: int = Field(100, ge=1, description="steps between held-out evaluations")
     checkpoint_every: int = Field(50, ge=1, description="steps between resumable checkpoints")
+    amp: Literal["auto", "bf16", "off"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPUs with AVX512-BF16/AMX "
+                            "(else fp32, recorded); off: fp32")
+    omitted_when: ClassVar[dict[str, Any]] = {"amp": "auto"}  # plans without it keep their hashes
 
     @model_validator(mode="after")
     def _shapes(self) -> "PretrainConfig":

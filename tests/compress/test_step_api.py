@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from compress import catalog, steps
+from compress import catalog, step_api
 from compress.errors import PlanError
 from compress.plan import parse_plan
 from compress.plan_check import check_steps
@@ -16,12 +16,12 @@ DOC = (Path(__file__).resolve().parents[2] / "docs" / "steps.md").read_text(enco
 @pytest.fixture
 def doc_step():
     catalog.step_configs()  # the built-in steps first
-    registered = dict(steps.HANDLERS)
+    registered = dict(step_api.HANDLERS)
     scope: dict = {}
     exec(compile(re.search(r"```python\n(.*?)```", DOC, re.S).group(1), "docs/steps.md", "exec"), scope)
     yield scope["HalveMlpConfig"]
-    steps.HANDLERS.clear()  # the registration above is undone
-    steps.HANDLERS.update(registered)
+    step_api.HANDLERS.clear()  # the registration above is undone
+    step_api.HANDLERS.update(registered)
 
 
 def plan(*steps_):

@@ -51,7 +51,7 @@ class Guarded(BaseModel):
     plans (and their finished steps) do not change; the guard only accepts or refuses a result.
     """
 
-    guard: GuardConfig = Field(default_factory=GuardConfig, description="divergence guard (compress.guard)")
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="divergence guard (compress.divergence)")
     # Other keys of the subclass left out the same way while they hold these values (options added
     # later whose default leaves the results as they were, so old hashes stay valid).
     omitted_when: ClassVar[dict[str, Any]] = {}

@@ -51,7 +51,7 @@ class OutlierOptions(BaseModel):
 
     allow_outliers: bool = Field(
         False, description="dynamic-int8 / smoothquant: run even when calibration finds an input quantized per "
-                           "tensor with max/median above outlier_guard.OUTLIER_LIMIT")
+                           "tensor with max/median above outlier_check.OUTLIER_LIMIT")
 
 
 def per_tensor_inputs(smoothed: bool) -> tuple[str, ...]:

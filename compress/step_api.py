@@ -56,6 +56,11 @@ class StepConfig(BaseModel):
         of this step with the model it receives (`state`: its shape, quantization, who made them)."""
         return state, []
 
+    def own_texts(self) -> dict[str, Any]:
+        """The text sources of the step's own config, by role (read with `reads` including "texts"):
+        their content is part of its hash, and `StepContext.text_ids(role)` tokenizes them."""
+        return {}
+
     def content_hash(self, prev: str | None, inputs: StepInputs) -> str:
         """The hash that decides whether the step's directory can be reused: its input's hash, its kind
         and config, and the plan inputs it declared (texts by content)."""
@@ -101,6 +106,11 @@ class StepContext:
     def eval_ids(self) -> torch.Tensor:
         """The plan's evaluation text (data.eval) as one token stream."""
         return self._tokens("eval_ids", self.inputs.eval.source)
+
+    def text_ids(self, role: str) -> torch.Tensor:
+        """One of the step's own texts (`own_texts()`, e.g. finetune's `data:`) as one token stream."""
+        text = self.inputs.texts[role]
+        return self._tokens(f"text:{text.digest}:{text.source.model_dump_json()}", text.source)
 
     @property
     def has_train_text(self) -> bool:

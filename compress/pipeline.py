@@ -1,6 +1,6 @@
 """run_plan(): every step of a plan in its run directory, resuming what is already done.
 
-The loop: for each step (the source step `00-base` first, compress/base_model.py), build its
+The loop: for each step (the source step `00-base` first, compress/source_config.py), build its
 StepInputs (only the plan inputs its class declares, texts and directories by content digest,
 compress.step_inputs), hash them with its config and its input's hash, and reuse the step's directory
 when compress.run_dir says it still holds (hash, its own files, its input), else run it. A killed run
@@ -37,7 +37,7 @@ from compress.planning import PlannedStep, planned_steps, run_digests
 from compress.run_dir import (DONE, RECORD_FORMAT, STEP_JSON, RunLock, check_reuse, outputs_digest, read_json,
                               record_outputs, write_json)
 from compress.speculative_eval import attach_speculative
-from compress.steps import StepContext
+from compress.step_api import StepContext
 from evalsuite.report import write_report
 
 log = logging.getLogger(__name__)
