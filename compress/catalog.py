@@ -28,6 +28,8 @@ BUILTIN_STEP_MODULES: tuple[str, ...] = (
     "compress.quantization.step",
     "compress.sparsity.step",
     "compress.lowrank.step",
+    "compress.finetune.step",
+    "compress.qat.step",
 )
 STEP_GROUP = "gpt2_edge.steps"  # entry points: step modules of the packages above compress
 REINSTALL = ("the installed gpt2-edge metadata has no 'gpt2_edge.steps' entry points (it was installed before "
