@@ -17,7 +17,7 @@ from compress.errors import UserError
 from compress.hashing import digest
 from compress.models import load_model, load_tokenizer
 from compress.run_dir import read_json
-from evalsuite.backends import open_runner
+from evalsuite.backends import open_backend
 from evalsuite.errors import BackendUnavailable
 from evalsuite.errors import EvalInputError
 from evalsuite.metrics import KINDS, EvalSettings, ModelFacts, evaluate, gpt2_facts
@@ -68,7 +68,7 @@ def open_artifact(step_dir: Path, info: dict[str, Any], device: str) -> tuple[Pa
     """(artifact path, backend, runner) of a step directory; BackendUnavailable when it cannot run here."""
     artifact = step_dir / (info.get("artifact") or info.get("model_dir"))
     backend = info.get("backend", "torch")
-    runner = TorchRunner(load_model(artifact), device) if backend == "torch" else open_runner(backend, artifact, device)
+    runner = TorchRunner(load_model(artifact), device) if backend == "torch" else open_backend(backend, artifact, device)
     return artifact, backend, runner
 
 

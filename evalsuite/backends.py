@@ -1,7 +1,8 @@
 """Find the runner for a non-torch artifact without importing the packages that provide it.
 
 Backends are plugins named in the `gpt2_edge.runners` entry-point group (see pyproject.toml), each a
-function `open_runner(path: Path, device: str) -> Runner`. This keeps evalsuite free of imports from
+function `open_runner(path: Path, device: str) -> Runner` (each backend's own opener);
+`open_backend(name, path, device)` finds and calls the one of a backend. This keeps evalsuite free of imports from
 export/ while `python -m evalsuite model.onnx` and the plan runner can still measure ONNX or TensorRT
 artifacts. An opener raises BackendUnavailable when its runtime is not installed here (e.g. TensorRT).
 """
@@ -21,7 +22,7 @@ def backend_names() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=GROUP))
 
 
-def open_runner(backend: str, path: str | Path, device: str = "cpu") -> Runner:
+def open_backend(backend: str, path: str | Path, device: str = "cpu") -> Runner:
     found = [ep for ep in entry_points(group=GROUP) if ep.name == backend]
     if not found:
         raise BackendUnavailable(f"no runner registered for backend {backend!r} "

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from evalsuite.backends import open_runner
+from evalsuite.backends import open_backend
 from evalsuite.errors import BackendUnavailable
 from evalsuite.data import read_text, tokenize
 from evalsuite.errors import EvalInputError, ToolkitError
@@ -109,7 +109,7 @@ def is_quantized_checkpoint(config: dict[str, Any]) -> bool:
 def open_artifact(art: Artifact, device: str = "cpu") -> Runner:
     if art.backend == "torch" and art.path.is_dir() and is_quantized_checkpoint(_config(art.path)):
         try:
-            return open_runner(QUANTIZED_BACKEND, art.path, device)
+            return open_backend(QUANTIZED_BACKEND, art.path, device)
         except BackendUnavailable as e:
             raise EvalInputError(f"{art.path}: quantized checkpoint; {QUANTIZED_HINT} ({e})") from None
         except EvalInputError:
@@ -119,7 +119,7 @@ def open_artifact(art: Artifact, device: str = "cpu") -> Runner:
     if art.backend == "torch":
         return load_torch_runner(art.path, device)
     try:
-        return open_runner(art.backend, art.path, device)
+        return open_backend(art.backend, art.path, device)
     except BackendUnavailable as e:
         raise EvalInputError(f"{art.path}: cannot run it here: {e}") from None
 

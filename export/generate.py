@@ -105,10 +105,10 @@ def open_any(path: str | Path, device: str = "cpu", threads: int | None = None) 
         info = json.loads(step.read_text())
         rel = info.get("artifact") or info.get("model_dir")
         if info.get("backend", "torch") not in ("torch", "onnxruntime"):
-            from evalsuite.backends import BackendUnavailable, open_runner
+            from evalsuite.backends import BackendUnavailable, open_backend
 
             try:
-                return open_runner(info["backend"], path / rel, device), path
+                return open_backend(info["backend"], path / rel, device), path
             except BackendUnavailable as e:
                 onnx_file = path / "model.onnx"
                 alt = f"; or run its ONNX file with ONNX Runtime here: python -m export.generate {onnx_file} ..." \

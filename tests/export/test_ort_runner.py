@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from evalsuite.backends import open_runner
+from evalsuite.backends import open_backend
 from evalsuite.latency import measure_latency
 from evalsuite.perplexity import perplexity
 from evalsuite.runner import Runner, TorchRunner
@@ -30,9 +30,9 @@ def artifact(trained_tiny, tmp_path_factory):
     return model, out, held
 
 
-def test_open_runner_through_the_entry_point(artifact):
+def test_open_backend_through_the_entry_point(artifact):
     _, out, _ = artifact
-    runner = open_runner("onnxruntime", out, "cpu")  # a dir holding model.onnx, as the runner passes it
+    runner = open_backend("onnxruntime", out, "cpu")  # a dir holding model.onnx, as the runner passes it
     assert isinstance(runner, Runner) and isinstance(runner, OrtRunner)
     config = json.loads((out / "config.json").read_text())
     assert (runner.backend, runner.device) == ("onnxruntime", "cpu")

@@ -18,7 +18,7 @@ from compress.errors import UserError
 from compress.plan import LatencyConfig
 from compress.step_inputs import EvalInput, StepInputs
 from compress.step_api import StepContext
-from evalsuite.backends import open_runner
+from evalsuite.backends import open_backend
 from evalsuite.errors import BackendUnavailable
 from export.tensorrt import ENGINE_JSON, SCRIPT, finish_step, main
 from export.trt_qdq import pack_int4, write_qdq
@@ -190,7 +190,7 @@ def test_runner_is_unavailable_here_so_the_step_is_to_be_built(tmp_path, fp_grap
     step = make_step_dir(tmp_path, fp_graph)
     finish_step(cfg("fp16"), step / "model.onnx", context(step, tmp_path))
     with pytest.raises(BackendUnavailable, match="build_engine.sh"):
-        open_runner("tensorrt", step / "model.onnx", "cpu")
+        open_backend("tensorrt", step / "model.onnx", "cpu")
 
 
 def test_cli_check_and_audit(tmp_path, fp_graph, capsys, no_tensorrt):
