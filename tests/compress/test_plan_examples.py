@@ -31,11 +31,28 @@ def readme_block(heading: str, lang: str) -> str:
 
 
 def fake_model_dir(path: Path, config: dict) -> Path:
-    """A directory plan validation takes for a GPT-2 of this shape (config.json and a weights file
-    name; validation reads the config only)."""
+    """A directory plan validation takes for a GPT-2 of this shape: config.json, a safetensors file whose
+    header declares every tensor of that shape (1-byte zeros: validation reads headers only, and a model
+    dir must hold the bytes it declares) and a one-token tokenizer."""
+    import math
+    import struct
+
+    from compress.model_files import expected_gpt2_shapes
+
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"model_type": "gpt2", **config}))
-    (path / "model.safetensors").write_bytes(b"")
+    config = {"model_type": "gpt2", **config}
+    (path / "config.json").write_text(json.dumps(config))
+    header, offset = {}, 0
+    for name, shape in expected_gpt2_shapes(config).items():
+        size = math.prod(shape)
+        header[f"transformer.{name}"] = {"dtype": "U8", "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header).encode()
+    with open(path / "model.safetensors", "wb") as fh:
+        fh.write(struct.pack("<Q", len(blob)) + blob)
+        fh.write(bytes(offset))
+    (path / "vocab.json").write_text(json.dumps({"a": 0}))
+    (path / "merges.txt").write_text("#version: 0.2\n")
     return path
 
 
