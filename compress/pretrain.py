@@ -83,12 +83,8 @@ def pretrain(cfg: PretrainConfig, config: GPT2Config, train_ids: torch.Tensor,
         def evaluate() -> dict[str, float]:
             return {"ppl": safe_exp(heldout_loss(model, heldout_ids, cfg.seq_len))}
 
-    spec = LoopSpec(name="pretrain", total_steps=total_steps(cfg),
-                    tokens_per_step=cfg.batch_size * cfg.grad_accum * cfg.seq_len, lr=cfg.lr,
-                    warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip,
-                    eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-                    advice=f"lower model.pretrain.lr (now {cfg.lr:g}) or raise warmup_steps, then rerun",
-                    guard=cfg.guard)
+    spec = LoopSpec.of("pretrain", cfg, cfg.batch_size * cfg.grad_accum * cfg.seq_len, total_steps(cfg),
+                       advice=f"lower model.pretrain.lr (now {cfg.lr:g}) or raise warmup_steps, then rerun")
     train_loop(model, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
                progress=progress, on_step=None if on_step is None else lambda step, terms: on_step(step, terms["loss"]))
     return model.eval()

@@ -97,6 +97,15 @@ class LoopSpec:
     #                           beats them hands them on unchanged (finetune, qat)
     guard: GuardConfig = field(default_factory=GuardConfig)
 
+    @classmethod
+    def of(cls, name: str, cfg: Any, tokens_per_step: int, total_steps: int, advice: str,
+           keep_start: bool = False) -> "LoopSpec":
+        """The spec of a training step's config: its schedule, eval and checkpoint cadence, patience, guard."""
+        return cls(name=name, total_steps=total_steps, tokens_per_step=tokens_per_step, lr=cfg.lr,
+                   warmup_steps=cfg.warmup_steps, min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip,
+                   eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+                   patience=getattr(cfg, "patience", None), guard=cfg.guard, keep_start=keep_start, advice=advice)
+
 
 @dataclass
 class LoopResult:

@@ -155,11 +155,8 @@ def run_distillation(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, train_i
     use_amp, amp_dtype = precision.dtype is not None, precision.dtype or torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, init_scale=state["grad_scale"] or 2.0 ** 16,
                                   enabled=amp_dtype == torch.float16)
-    spec = LoopSpec(name="distill", total_steps=math.ceil(cfg.tokens / tokens_per_step),
-                    tokens_per_step=tokens_per_step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                    min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
-                    checkpoint_every=cfg.checkpoint_every, patience=cfg.patience, guard=cfg.guard,
-                    advice=f"lower lr (now {cfg.lr:g}), raise warmup_steps or set amp: off, then rerun")
+    spec = LoopSpec.of("distill", cfg, tokens_per_step, math.ceil(cfg.tokens / tokens_per_step),
+                       advice=f"lower lr (now {cfg.lr:g}), raise warmup_steps or set amp: off, then rerun")
 
     def step_fn(step: int) -> dict[str, float]:
         return _train_step(model, teacher, train_ids, cfg, step, micro, rank, use_amp, amp_dtype, scaler)

@@ -143,11 +143,8 @@ def run_finetune(model: GPT2LMHeadModel, ids: torch.Tensor, cfg: FinetuneConfig,
     def evaluate() -> dict[str, float]:  # fp32: the held-out number is the model's, not the autocast's
         return {"ppl": safe_exp(heldout_loss(net, held_ids, cfg.seq_len, max_blocks=cfg.eval_tokens // cfg.seq_len))}
 
-    spec = LoopSpec(name="finetune", total_steps=math.ceil(cfg.tokens / cfg.tokens_per_step),
-                    tokens_per_step=cfg.tokens_per_step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                    min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
-                    checkpoint_every=cfg.checkpoint_every, patience=cfg.patience, guard=cfg.guard, keep_start=True,
-                    advice=f"lower lr (now {cfg.lr:g}) or raise warmup_steps, then rerun")
+    spec = LoopSpec.of("finetune", cfg, cfg.tokens_per_step, math.ceil(cfg.tokens / cfg.tokens_per_step),
+                       advice=f"lower lr (now {cfg.lr:g}) or raise warmup_steps, then rerun", keep_start=True)
     out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
                      progress=progress, on_step=on_step)
     diff = None

@@ -178,11 +178,8 @@ def run_qat(model: GPT2LMHeadModel, teacher: GPT2LMHeadModel, ids: torch.Tensor,
         def evaluate() -> dict[str, float]:  # fp32, through the exact grid
             return heldout_eval(model, teacher, held_ids, cfg.seq_len)
 
-    spec = LoopSpec(name="qat", total_steps=math.ceil(cfg.tokens / cfg.tokens_per_step),
-                    tokens_per_step=cfg.tokens_per_step, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-                    min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip, eval_every=cfg.eval_every,
-                    checkpoint_every=cfg.checkpoint_every, patience=cfg.patience, guard=cfg.guard, keep_start=True,
-                    advice=f"lower lr (now {cfg.lr:g}) or raise warmup_steps, then rerun")
+    spec = LoopSpec.of("qat", cfg, cfg.tokens_per_step, math.ceil(cfg.tokens / cfg.tokens_per_step),
+                       advice=f"lower lr (now {cfg.lr:g}) or raise warmup_steps, then rerun", keep_start=True)
     out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
                      progress=progress, on_step=on_step)
     changed = from_fake_quant(model, layers)
