@@ -6,8 +6,6 @@ import threading
 import time
 from pathlib import Path
 
-import torch
-
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".engine", ".plan", ".bin", ".gguf")
 # Second copies of the weights beside the file that ships (the export's CPU decode graph beside
 # model.onnx; the ONNX a TensorRT engine was built from, beside the engine): a deployment ships one,
@@ -67,6 +65,8 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         if self.device.startswith("cuda"):
+            import torch  # here: gpt2_param_count serves plan validation, which imports no torch
+
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             self.peak_bytes = current_rss_bytes()
@@ -81,6 +81,8 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self.device.startswith("cuda"):
+            import torch
+
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         else:
             self._stop.set()
