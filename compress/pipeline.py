@@ -39,6 +39,7 @@ from compress.run_dir import (DONE, RECORD_FORMAT, STEP_JSON, RunLock, check_reu
 from compress.speculative_eval import attach_speculative
 from compress.step_api import StepContext
 from evalsuite.report import write_report
+from evalsuite.size import peak_rss_bytes, reset_peak_rss
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ def _build_step(run: _Run, p: PlannedStep, input_dir: Path | None, base_dir: Pat
         lg.addHandler(handler)
     log.info("%s: running (hash %s)", p.name, p.hash[:12])
     t0 = time.perf_counter()
+    peak_since = "step start" if reset_peak_rss() else "process start"  # else the running peak: said so
     try:
         out = handler_for(p.step)(p.step, ctx)
         wall = time.perf_counter() - t0
@@ -228,7 +230,8 @@ def _build_step(run: _Run, p: PlannedStep, input_dir: Path | None, base_dir: Pat
         info = {"format": RECORD_FORMAT, "name": p.name, "hash": p.hash, "step_kind": p.step.kind,
                 "config": p.step.model_dump(mode="json"), "inputs": p.inputs.key(), "summary": out.summary,
                 "model_dir": out.model_dir, "artifact": out.artifact, "backend": out.backend, "wall_s": wall,
-                "info": out.info, "made_from": made_from, "outputs": record_outputs(tmp)}
+                "info": out.info, "made_from": made_from, "outputs": record_outputs(tmp),
+                "peak_rss_bytes": peak_rss_bytes(), "peak_rss_since": peak_since}
         write_json(tmp / STEP_JSON, info)
         metrics = run.measurer.measure(p.name, tmp, info, p.step.source)
         write_json(tmp / "metrics.json", metrics)

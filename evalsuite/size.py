@@ -1,4 +1,5 @@
-"""Size: parameters, bytes on disk, peak resident memory."""
+"""Size: parameters, bytes on disk, peak resident memory (sampled inside a block, or the kernel's
+per-process peak, which the plan runner resets before each step: compress.pipeline)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,38 @@ def current_rss_bytes() -> int:
             return int(f.read().split()[1]) * _page_size()
     except OSError:
         return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's kernel-kept peak RSS (VmHWM) to its current RSS, so that the next
+    `peak_rss_bytes()` is the peak since now: "5" written to /proc/self/clear_refs (Linux >= 4.0).
+    False where that is not allowed or not Linux: the peak then runs from the process's start."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """The kernel's peak resident memory of this process (VmHWM; getrusage's ru_maxrss elsewhere, which
+    never resets); None where neither is available."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass  # not Linux: getrusage below
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
+    except (ImportError, OSError):
+        return None
 
 
 def _page_size() -> int:

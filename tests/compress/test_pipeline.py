@@ -58,6 +58,9 @@ def test_run_writes_the_run_directory_and_resumes(tmp_path):
     report = (out / "report.md").read_text()
     assert "| 00-base |" in report and "Run wall time" in report
     assert not (out / ".00-base.tmp").exists()
+    step = json.loads((out / "00-base" / "step.json").read_text())  # the step's own peak resident memory
+    assert step["peak_rss_bytes"] > 10 * 2**20 and step["peak_rss_since"] in ("step start", "process start")
+    assert m["step_peak_rss_bytes"] == step["peak_rss_bytes"] and "peak RSS of the step work" in report
 
     again = run_plan(plan, out, progress=False)
     assert [r.status for r in again.records] == ["cached"]
