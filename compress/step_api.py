@@ -23,6 +23,8 @@ from compress.step_inputs import StepInputs
 
 if TYPE_CHECKING:
     import torch  # annotations only: plan validation must not import torch
+
+    from compress.cost import Work
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
 class StepConfig(BaseModel):
@@ -55,6 +57,22 @@ class StepConfig(BaseModel):
         """Plan time, before any model loads: the state of the model this step leaves, and the problems
         of this step with the model it receives (`state`: its shape, quantization, who made them)."""
         return state, []
+
+    def work(self) -> "Work":
+        """What the step computes, for --dry-run's estimate of its time, disk and memory (compress.cost).
+        This default reads the fields steps share by convention: `tokens` (a training budget),
+        `calib_tokens` or `calib_samples` x `calib_seq_len` (forward-only calibration), `teacher`,
+        `batch_size` (or `batch_tokens` / `seq_len` / `grad_accum`), `seq_len`, `lora`. A step whose
+        work is something else overrides it."""
+        from compress.cost import Work
+
+        get = lambda name: getattr(self, name, None)  # noqa: E731
+        seq_len = get("seq_len") or get("calib_seq_len") or 256
+        batch = get("batch_size") or (get("batch_tokens") or seq_len) // seq_len // (get("grad_accum") or 1)
+        calib = get("calib_tokens") or (get("calib_samples") or 0) * (get("calib_seq_len") or 0)
+        teacher = get("teacher")
+        return Work(train_tokens=get("tokens") or 0, forward_tokens=calib, teacher=teacher if isinstance(teacher, str)
+                    else None, batch=max(1, batch), seq_len=seq_len, lora=get("lora") is not None)
 
     def own_texts(self) -> dict[str, Any]:
         """The text sources of the step's own config, by role (read with `reads` including "texts"):
