@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from compress.model_shape import Shape, source_shape
+from compress.step_api import StepConfig, Work
 from evalsuite.size import gpt2_param_count
 
 if TYPE_CHECKING:
-    from compress.plan import Plan
     from compress.plan_state import PlanState
 
 HOUR_S = 3600.0
@@ -35,19 +35,6 @@ RUNTIME_BYTES = 400 * 2**20  # python, torch and the tokenizer before any model 
 DEFAULT_VOCAB = 50257  # GPT-2's, where the plan does not say (a tokenizer still to be trained or loaded)
 CALIBRATION_TOKENS = 512  # at most, per timed forward: FLOP/s of small batches is what steps see, and it is seconds
 CALIBRATION_LAYERS = 2  # FLOP/s of the planned widths hardly depends on depth: 2 blocks keep it to seconds
-
-
-@dataclass(frozen=True)
-class Work:
-    """What a step computes (StepConfig.work): tokens it trains, tokens it only runs forward."""
-
-    train_tokens: int = 0  # forward + backward of the step's output model
-    forward_tokens: int = 0  # forward only, of the step's input model (calibration)
-    teacher: str | None = None  # "base", or a model dir / hub id whose forward runs beside training
-    batch: int = 1  # sequences per forward (activations)
-    seq_len: int = 256
-    lora: bool = False  # trains adapters only: no gradients or AdamW moments for the full weights
-    vocab_size: int | None = None  # at most this many tokens, where the shape does not know (a tokenizer to train)
 
 
 @dataclass(frozen=True)
@@ -182,13 +169,11 @@ def estimate(name: str, work: Work, before: "PlanState | None", after: "PlanStat
     return StepEstimate(name, seconds, int(weights), checkpoint, int(peak), hint=hint)
 
 
-def estimate_steps(plan: "Plan", states: list["PlanState"], rates: Rates, names: list[str],
+def estimate_steps(steps: list[StepConfig], states: list["PlanState"], rates: Rates, names: list[str],
                    cached: list[bool]) -> list[StepEstimate]:
     """Per step (the source step first), from the plan-time states that compress.plan_check threads."""
-    from compress.planning import plan_steps
-
     out, before, vocab = [], None, None
-    for name, step, state, done in zip(names, plan_steps(plan), states, cached):
+    for name, step, state, done in zip(names, steps, states, cached):
         work = step.work()
         vocab = vocab or work.vocab_size  # the source's tokenizer: every later shape has its vocabulary
         state = with_vocab(state, vocab)

@@ -98,7 +98,7 @@ def dry_run(plan: Plan, run_dir: Path, rates: Rates | None = None, threads: int 
             base = with_vocab(checks.states[0], works[0].vocab_size).shape
             training = next((w for w in works if w.train_tokens), None)
             rates = machine_rates(base, threads or torch.get_num_threads(), training)
-        estimates = estimate_steps(plan, checks.states, rates, [p.name for p in planned], cached)
+        estimates = estimate_steps(plan_steps(plan), checks.states, rates, [p.name for p in planned], cached)
         lines = [line for pair in zip(lines, (e.line() for e in estimates)) for line in pair]
         lines += summary_lines(estimates)
     return lines + [f"note: {n}" for n in checks.notes]

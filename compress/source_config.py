@@ -10,7 +10,7 @@ the shape is unknown: the checks that need it wait for the model to load.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -22,10 +22,7 @@ from compress.models import check_tokenizer_dir, is_local_source, tokenizer_size
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import ExistingPath, ModelSource, Seed, Strict
 from compress.step_inputs import StepInputs
-from compress.step_api import StepConfig
-
-if TYPE_CHECKING:
-    from compress.cost import Work
+from compress.step_api import StepConfig, Work
 
 
 class TrainTokenizer(Strict):
@@ -163,9 +160,7 @@ class PretrainBase(StepConfig):
         cfg = self.pretrain
         return f"pretrain {cfg.n_layer}x{cfg.n_embd} on data.train for {cfg.tokens:,} tokens"
 
-    def work(self) -> "Work":
-        from compress.cost import Work
-
+    def work(self) -> Work:
         cfg = self.pretrain
         vocab = cfg.tokenizer.vocab_size if isinstance(cfg.tokenizer, TrainTokenizer) else None
         return Work(train_tokens=cfg.tokens, batch=cfg.batch_size, seq_len=cfg.seq_len, vocab_size=vocab)

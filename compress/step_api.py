@@ -23,9 +23,22 @@ from compress.step_inputs import StepInputs
 
 if TYPE_CHECKING:
     import torch  # annotations only: plan validation must not import torch
-
-    from compress.cost import Work
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a step computes (StepConfig.work), for --dry-run's estimate (compress.cost): tokens it trains,
+    tokens it only runs forward."""
+
+    train_tokens: int = 0  # forward + backward of the step's output model
+    forward_tokens: int = 0  # forward only, of the step's input model (calibration)
+    teacher: str | None = None  # "base", or a model dir / hub id whose forward runs beside training
+    batch: int = 1  # sequences per forward (activations)
+    seq_len: int = 256
+    lora: bool = False  # trains adapters only: no gradients or AdamW moments for the full weights
+    vocab_size: int | None = None  # at most this many tokens, where the shape does not know (a tokenizer to train)
+
 
 class StepConfig(BaseModel):
     """Base of every step's config: unknown keys are errors, values are bounded by their fields."""
@@ -58,14 +71,12 @@ class StepConfig(BaseModel):
         of this step with the model it receives (`state`: its shape, quantization, who made them)."""
         return state, []
 
-    def work(self) -> "Work":
+    def work(self) -> Work:
         """What the step computes, for --dry-run's estimate of its time, disk and memory (compress.cost).
         This default reads the fields steps share by convention: `tokens` (a training budget),
         `calib_tokens` or `calib_samples` x `calib_seq_len` (forward-only calibration), `teacher`,
         `batch_size` (or `batch_tokens` / `seq_len` / `grad_accum`), `seq_len`, `lora`. A step whose
         work is something else overrides it."""
-        from compress.cost import Work
-
         get = lambda name: getattr(self, name, None)  # noqa: E731
         seq_len = get("seq_len") or get("calib_seq_len") or 256
         batch = get("batch_size") or (get("batch_tokens") or seq_len) // seq_len // (get("grad_accum") or 1)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 from compress import cost
-from compress.cost import Rates, Work
+from compress.cost import Rates
 from compress.cost import measure_rates as real_measure_rates  # bound before conftest's stand-in replaces it
 from compress.model_shape import Shape
 from compress.plan import parse_plan
+from compress.step_api import Work
 from compress.pipeline import dry_run
 
 SLOW = Rates(train_flops=1e9, forward_flops=3e9)
