@@ -68,10 +68,12 @@ def test_a_plan_schema_error_answers_without_torch(tmp_path):
     plan.write_text("name: t\nmodel: {pretrain: {n_layer: 2, n_embd: 64, n_head: 2}}\n"
                     "data:\n  train: {builtin: python-docs}\n  eval: {builtin: python-docs, split: heldout}\n"
                     "steps:\n  - prune: {mlpp: 0.5}\n  - distil: {tokens: 1000}\n  - finetune: {tokens: 0}\n"
-                    "  - qat: {tokenz: 1}\n  - export: {format: onnx, precisionn: int8}\n")
+                    "  - qat: {tokenz: 1}\n  - export: {format: onnx, precisionn: int8}\n"
+                    "  - sparsify: {sparsity: 0.5, methd: wanda}\n")
     [result], stderr = probe(["compress.run", str(plan), "--dry-run"])
     assert result["code"] == 2, stderr
     assert "steps[0].prune.mlpp: unknown key; did you mean 'mlp'?" in stderr
     assert "steps[1].distil: unknown step; did you mean 'distill'?" in stderr
     assert "steps[4].export.precisionn: unknown key" in stderr
+    assert "steps[5].sparsify.methd: unknown key; did you mean 'method'?" in stderr
     assert result["heavy"] == [], f"a plan error imported {result['heavy']}"
