@@ -190,8 +190,18 @@ def with_vocab(state: "PlanState", vocab: int | None) -> "PlanState":
     return replace(state, shape=fill(state.shape), base=fill(state.base))
 
 
-def summary_lines(estimates: list[StepEstimate]) -> list[str]:
-    """The totals line and one warning per step estimated over an hour."""
+def memory_total() -> int | None:
+    """This machine's memory (MemTotal of /proc/meminfo); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def summary_lines(estimates: list[StepEstimate], memory: int | None = None) -> list[str]:
+    """The totals line, one warning per step estimated over an hour, and one per step whose peak
+    memory exceeds this machine's (`memory`, default MemTotal)."""
     known = [e for e in estimates if e.time_s is not None]
     total = sum(e.time_s for e in known)
     disk = sum(e.disk_bytes or 0 for e in known)
@@ -199,7 +209,11 @@ def summary_lines(estimates: list[StepEstimate]) -> list[str]:
     lines = [f"estimate: {duration(total)} of step work, {human(disk)} of weights on disk"
              + (f" ({unknown} step(s) not estimated)" if unknown else "")
              + "; evaluation after each step not included"]
-    return lines + [w for e in estimates if (w := e.warning())]
+    lines += [w for e in estimates if (w := e.warning())]
+    memory = memory or memory_total()
+    return lines + [f"warning: {e.name} may need {human(e.peak_bytes)} of memory, this machine has {human(memory)}: "
+                    "lower its batch_size (or batch_tokens), seq_len or calibration tokens"
+                    for e in estimates if memory and e.peak_bytes and e.peak_bytes > memory]
 
 
 # -- measuring this machine --------------------------------------------------------------------------

@@ -58,6 +58,8 @@ def test_time_scales_with_tokens_and_flops_memory_with_the_logits():
     wide = cost.estimate("s", Work(train_tokens=1000, seq_len=256, batch=64), None, big_vocab, SLOW)
     assert wide.peak_bytes > 3 * 2**30  # 64 x 256 tokens of 50257-way logits: the 3.9 GB of issue 29
     assert one.disk_bytes == 4 * int(cost.params(shape)) and one.work_disk_bytes == 4 * one.disk_bytes
+    [line, warning] = cost.summary_lines([one, wide], memory=2 * 2**30)  # more than the machine has: said so
+    assert line.startswith("estimate: ") and warning.startswith("warning: s may need") and "has 2.0 GB" in warning
 
 
 def test_rates_are_measured_once_per_machine_and_shape_then_cached(tmp_path, monkeypatch):

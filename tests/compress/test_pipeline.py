@@ -204,7 +204,8 @@ def test_the_step_entry_points_are_loaded_by_group(monkeypatch):
     assert {"prune", "distill", "quantize"} <= set(registered) and "base" not in registered  # sources are `model:`
     if not catalog._entry_points():
         pytest.skip(f"this environment's gpt2-edge metadata predates the entry points: {catalog.REINSTALL}")
-    assert "export" in registered and registered["export"].kind == "export" and "export" in catalog._LOADED
+    assert catalog._entry_points()["export"].value == "export.step"  # the plan key names the entry point
+    assert "export" in registered and registered["export"].kind == "export"  # loaded on the first look-up
 
 
 def test_missing_step_entry_points_give_the_reinstall_hint(tmp_path, monkeypatch):
