@@ -25,7 +25,6 @@ import torch
 
 from compress import distributed
 from compress.catalog import handler_for
-from compress.cost import Rates, estimate_steps, machine_rates, summary_lines, with_vocab
 from compress.data import text_digest
 from compress.errors import UserError
 from compress.gate import check_ppl_ratio
@@ -33,8 +32,8 @@ from compress.hashing import digest
 from compress.manifest import start_manifest
 from compress.measure import Measurer
 from compress.plan import Plan, dump_plan
-from compress.plan_check import check_steps
-from compress.planning import PlannedStep, plan_steps, planned_steps, run_digests
+from compress.dry_run import dry_run  # noqa: F401 (re-exported: it was here)
+from compress.planning import PlannedStep, planned_steps, run_digests
 from compress.run_dir import (DONE, RECORD_FORMAT, STEP_JSON, RunLock, check_reuse, outputs_digest, read_json,
                               record_outputs, write_json)
 from compress.speculative_eval import attach_speculative
@@ -69,39 +68,6 @@ def resolve_device(plan: Plan) -> torch.device:
     if plan.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(plan.device)
-
-
-def dry_run(plan: Plan, run_dir: Path, rates: Rates | None = None, threads: int | None = None,
-            estimate: bool = False) -> list[str]:
-    """What run_plan would do, one line per step, without loading any model: whether it is cached,
-    what it does, and the model shape it leaves (as far as the plan tells), each followed by its
-    estimated time, disk and peak memory on this machine (compress.cost; `rates` measured here unless
-    given); then the totals, a warning per step over an hour, and the plan's notes."""
-    checks = check_steps(plan)
-    lines, made_from, base_outputs, rerun, cached = [], None, None, False, []
-    planned = planned_steps(plan, run_digests(run_dir))
-    for p, state in zip(planned, checks.states):
-        reuse = check_reuse(run_dir / p.name, p.hash, made_from, verify=False)
-        rerun = rerun or not reuse.ok
-        cached.append(not rerun)
-        if reuse.ok:
-            outputs = outputs_digest(reuse.info["outputs"])
-            base_outputs = base_outputs or outputs
-            made_from = digest(outputs, base_outputs)
-        status = "will run" if rerun else "cached"
-        shape = f"-> {state.shape}" if state.shape is not None else "-> shape known when it runs"
-        q = f", int{state.quantized.bits}" if state.quantized else ""
-        lines.append(f"{p.name:<22} {status:<9} {p.step.describe()}  [{shape}{q}]")
-    if estimate:
-        if rates is None:
-            works = [s.work() for s in plan_steps(plan)]
-            base = with_vocab(checks.states[0], works[0].vocab_size).shape
-            training = next((w for w in works if w.train_tokens), None)
-            rates = machine_rates(base, threads or torch.get_num_threads(), training)
-        estimates = estimate_steps(plan_steps(plan), checks.states, rates, [p.name for p in planned], cached)
-        lines = [line for pair in zip(lines, (e.line() for e in estimates)) for line in pair]
-        lines += summary_lines(estimates)
-    return lines + [f"note: {n}" for n in checks.notes]
 
 
 @dataclass

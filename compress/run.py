@@ -101,7 +101,7 @@ def _main(argv: list[str] | None) -> int:
         run_dir = args.out or Path("runs") / plan.name
         threads = choose_threads(args.threads, plan.threads)
         if args.dry_run:
-            from compress.pipeline import dry_run
+            from compress.dry_run import dry_run  # no torch: a cached cost model and the plan suffice
 
             for line in dry_run(plan, run_dir, threads=threads, estimate=not args.no_estimate):
                 print(line)

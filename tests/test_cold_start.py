@@ -41,11 +41,11 @@ print(json.dumps(results), file=sys.__stderr__)
 """ % (HEAVY,)
 
 
-def probe(*commands: list[str]) -> tuple[list[dict], str]:
+def probe(*commands: list[str], env: dict[str, str] | None = None) -> tuple[list[dict], str]:
     """Each command's {code, stdout, heavy} in one fresh interpreter, and its stderr."""
     proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(commands)], capture_output=True, text=True,
                           timeout=120, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]), **(env or {})})
     return json.loads(proc.stderr.strip().splitlines()[-1]), proc.stderr
 
 
@@ -77,3 +77,24 @@ def test_a_plan_schema_error_answers_without_torch(tmp_path):
     assert "steps[4].export.precisionn: unknown key" in stderr
     assert "steps[5].sparsify.methd: unknown key; did you mean 'method'?" in stderr
     assert result["heavy"] == [], f"a plan error imported {result['heavy']}"
+
+
+def test_dry_run_with_a_cached_cost_model_imports_no_torch(tmp_path):
+    from compress import cost
+    from compress.model_shape import Shape
+    from compress.step_api import Work
+
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("name: t\nmodel: {pretrain: {n_layer: 2, n_embd: 64, n_head: 2, tokens: 5000, batch_size: 4, "
+                    "seq_len: 32, tokenizer: {vocab_size: 300}}}\n"
+                    "data:\n  train: {builtin: python-docs}\n  eval: {builtin: python-docs, split: heldout}\n"
+                    "steps:\n  - prune: {mlp: 0.5}\n  - distill: {tokens: 2000, seq_len: 32, batch_size: 2}\n")
+    shape = cost.calibration_shape(Shape(n_layer=2, n_head=2, head_dim=32, n_inner=256, vocab_size=300,
+                                         n_positions=1024))
+    key = cost.rates_key(shape, 1, *cost.calibration_batch(Work(train_tokens=1, batch=4, seq_len=32)))
+    (tmp_path / "gpt2-edge").mkdir()
+    (tmp_path / "gpt2-edge" / "costs.json").write_text(json.dumps({key: {"train_flops": 1e9, "forward_flops": 3e9}}))
+    [result], stderr = probe(["compress.run", str(plan), "--dry-run", "--threads", "1", "--out", str(tmp_path / "run")],
+                             env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert result["code"] == 0 and "estimate: " in result["stdout"], stderr
+    assert result["heavy"] == [], f"--dry-run imported {result['heavy']}"
