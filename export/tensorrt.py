@@ -192,7 +192,7 @@ def int4_width_problems(state: "PlanState") -> list["Problem"]:
                 out.append(Problem(
                     f"{dim} = {width} (made by {origin.by}) is not a multiple of {INT4_MULTIPLE}: TensorRT Edge-LLM's "
                     f"INT4 refuses such weight dimensions (TENSORRT.md); widths that work: {works}"
-                    + (f" ({fix} in {origin.by})" if fix else "") + ", or builder: trtexec", "builder"))
+                    + (f"; in {origin.by}: {fix}" if fix else "") + "; or builder: trtexec", "builder"))
     if q is not None and q.bits == 4 and q.group_size != INT4_MULTIPLE:
         out.append(Problem(f"{q.by} uses group_size {q.group_size or 'per-channel'}: Edge-LLM's INT4 takes "
                            f"group_size {INT4_MULTIPLE} only (or builder: trtexec)", "builder"))
