@@ -37,6 +37,8 @@ from compress.errors import UserError
 from evalsuite import cli
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
 from export.onnx_target import OnnxGraphExport
+from evalsuite.deployment import Runtime
+from evalsuite.hardware import NVIDIA_GPU
 from export.target import checked, register_target
 from export.trt_check import check_model, errors
 from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
@@ -63,6 +65,7 @@ class TensorRTExport(OnnxGraphExport):
                                "INT4 blocks along K) or edge-llm (TensorRT Edge-LLM, the INT4 route on Orin: "
                                "group_size 128 and weight dimensions that are multiples of 128 only)")
     ort_may_refuse: ClassVar[bool] = True  # TensorRT checks the graph when it builds
+    runtime: ClassVar[Runtime] = Runtime("TensorRT", (NVIDIA_GPU,), unmeasured_reason="engine is built on the device")
     new_fields: ClassVar[dict[str, Any]] = {"genai": True, "builder": "trtexec"}
     legacy_fields: ClassVar[dict[str, Any]] = {"optimize": None, "fp16": False, "quantize": "none", "block_size": 128,
                                                "accuracy_level": 4, "smooth": None, "allow_outliers": False}
