@@ -108,8 +108,9 @@ class PruneConfig(StepConfig):
         if getattr(self.rounding, dim) % divisor:
             fixed = self.model_copy(update={"round_to": self._round_to_with(shape, dim, divisor)})
             new = target_shape(shape, fixed)
-            if getattr(new, dim) % divisor == 0 and getattr(new, dim) != getattr(shape, dim):
-                fixes.append(f"round_to {_spell(fixed.round_to)}" + (f" (n_embd {new.n_embd})" if dim == "n_embd" else ""))
+            if getattr(new, dim) % divisor == 0:
+                result = f" (n_embd {new.n_embd})" if dim == "n_embd" else ""
+                fixes.append(f"round_to {_spell(fixed.round_to)}{result}")
         if dim == "n_embd" and self.params is None:
             now = removed(self.width, shape.n_head)
             ok = [k for k in range(shape.n_head) if (shape.n_head - k) * shape.head_dim % divisor == 0]

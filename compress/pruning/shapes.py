@@ -112,8 +112,8 @@ def heads_per_multiple(head_dim: int, multiple: int) -> int:
 
 def round_heads(n: int, full: int, head_dim: int, multiple: int) -> int:
     """n of `full` heads, rounded to the nearest count whose n_embd is a multiple of `multiple` (a tie to
-    the smaller; at least one such count, at most full). Unchanged when nothing is pruned, the model is no wider than one
-    multiple, or no count of at most `full` heads gives one (target_problems says so)."""
+    the smaller; at least one such count, at most full). Unchanged when nothing is pruned, the model is
+    no wider than one multiple, or no count of at most `full` heads gives one (target_problems says so)."""
     step = heads_per_multiple(head_dim, multiple)
     if n >= full or multiple <= 1 or full * head_dim <= multiple or step > full:
         return min(n, full)

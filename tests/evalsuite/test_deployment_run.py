@@ -55,3 +55,11 @@ def test_a_tiny_run_reports_what_to_ship_per_target_device(tmp_path, byte_tokeni
         (tmp_path / "run" / "report.html").read_text()
     # the main table too, instead of a bare status
     assert "| tensorrt · target |" in md and "| not measured here (engine is built on the device) |" in md
+
+    # a run measured before metrics carried the runtime gets it when its steps are reused (no re-measuring)
+    base = tmp_path / "run" / "00-base" / "metrics.json"
+    old = json.loads(base.read_text())
+    base.write_text(json.dumps({k: v for k, v in old.items() if k not in ("runtime", "artifact")}))
+    run_plan(plan, tmp_path / "run", progress=False)
+    again = json.loads(base.read_text())
+    assert again["runtime"] == old["runtime"] and again["ppl"] == old["ppl"] and again["artifact"] == "model"
