@@ -80,7 +80,8 @@ def runs_on(runtime: Runtime, device: str) -> tuple[str, ...]:
 
 
 def is_measured_row(row: dict[str, Any]) -> bool:
-    return row.get("status") in (None, "measured") and row.get("ppl") is not None
+    """Measured here (False: a runtime that could not run here, e.g. a TensorRT engine built on the device)."""
+    return row.get("status") in (None, "measured")
 
 
 def option(row: dict[str, Any], runtime: Runtime, device: str) -> Option:
@@ -91,7 +92,10 @@ def option(row: dict[str, Any], runtime: Runtime, device: str) -> Option:
 
 
 def within_budget(row: dict[str, Any], base_ppl: float | None, ppl_budget: float) -> bool:
-    return base_ppl is None or row["ppl"] <= ppl_budget * base_ppl
+    """ppl <= ppl_budget x base ppl; with perplexity not measured (eval.perplexity: false) every row is."""
+    if base_ppl is None:
+        return True
+    return row.get("ppl") is not None and row["ppl"] <= ppl_budget * base_ppl
 
 
 def devices(rows: list[dict[str, Any]]) -> list[str]:
@@ -127,8 +131,10 @@ def _pick(rows: list[dict[str, Any]], device: str, base_ppl: float | None, ppl_b
 def _why(best: Option, fits: list[Option], base: dict[str, Any], device: str, ppl_budget: float) -> str:
     how = "measured" if best.measured else "projected"
     on = " / ".join(runs_on(best.runtime, device))
-    why = (f"{best.runtime.name} runs it on the {on}; the fastest {how} decode of the {len(fits)} artifacts that run "
-           f"on {device} within {ppl_budget:.2f}x the base's perplexity")
+    budget = f"within {ppl_budget:.2f}x the base's perplexity"
+    why = f"{best.runtime.name} runs it on the {on}; " + (
+        f"the fastest {how} decode of the {len(fits)} artifacts that run on {device} {budget}" if len(fits) > 1
+        else f"the only artifact that runs on {device} {budget} ({how} decode)")
     if not best.runtime.deploys:
         why += " (no export in this run runs there within the budget)"
     base_speed = option(base, TORCH, device).tokens_per_s

@@ -210,7 +210,10 @@ SHIP_HEAD = ["device", "ship", "runtime", "file", "size", "decode tok/s", "ppl /
 
 def ship_table(rows: list[dict[str, Any]], ppl_budget: float) -> list[tuple[list[str], bool]]:
     """The report's "what to ship" rows, (cells in SHIP_HEAD's columns, unmeasured): the pick of each
-    device, then the artifacts that run there unmeasured, with their projection and the reason."""
+    device, then the artifacts that run there unmeasured, with their projection and the reason. Empty for
+    rows that declare no runtime (runs measured before rows did; a model measured outside a plan)."""
+    if not any(deployment.Runtime.of(r) for r in rows):
+        return []
     out = []
     for pick in deployment.picks(rows, ppl_budget):
         device = f"{pick.device} ({', '.join(pick.processors)})"

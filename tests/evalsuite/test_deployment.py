@@ -68,6 +68,7 @@ def test_no_fit_and_rows_without_a_runtime_say_why():
     legacy = [{k: v for k, v in r.items() if k != "runtime"} for r in ROWS[:2]]
     (orin, *_) = picks(legacy, 1.20)
     assert orin.ship is None and "declares a runtime that runs on orin-nano" in orin.why
+    assert ship_table(legacy, 1.20) == [] and "What to ship" not in markdown_report(legacy, "old run")
     only_gpu = [row("00-base", 20.0, 40_000_000, TRT, tokens_per_s=100.0)]
     host = picks(only_gpu, 1.20)[-1]
     assert host.device == "host" and host.ship is None and "no artifact of this run" in host.why
@@ -101,3 +102,13 @@ def test_devices_declare_their_processors(device, procs):
     from evalsuite.hardware import processors
 
     assert processors(device) == procs
+
+
+def test_rows_without_perplexity_fit_any_budget_and_one_fit_is_named_the_only_one():
+    rows = [row("00-base", 20.0, 40_000_000), row("01-export-onnx", 20.0, 6_000_000, ORT, artifact="model.onnx")]
+    for r in rows:  # eval.perplexity: false
+        r.update(ppl=None, ppl_ratio_to_base=None)
+    (orin, h100, host) = picks(rows, 1.10)
+    assert orin.ship.row["step"] == "01-export-onnx" and orin.unmeasured == []
+    (gpu_only,) = [p for p in picks(rows[1:], 1.10) if p.device == "h100"]
+    assert "the only artifact that runs on h100 within 1.10x the base's perplexity (projected decode)" in gpu_only.why
