@@ -60,7 +60,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "Jetson AGX Orin Series data sheet / technical brief: 204.8 GB/s LPDDR5, 275 INT8 TOPS "
            "(sparse, GPU 170 + DLA 105), 5.3 FP32 TFLOPS; no FP16 figure published"),
     Target("h100", "NVIDIA H100 SXM5 80GB", 3350.0, 80, 1979.0, 989.5,
-           "H100 Tensor Core GPU data sheet: 3.35 TB/s HBM3, dense FP16 989.5 TFLOPS, INT8 1979 TOPS", (NVIDIA_GPU,)),
+           "H100 Tensor Core GPU data sheet: 3.35 TB/s HBM3, dense FP16 989.5 TFLOPS, INT8 1979 TOPS",
+           (NVIDIA_GPU,)),
     Target("h200", "NVIDIA H200 SXM 141GB", 4800.0, 141, 1979.0, 989.5,
            "H200 Tensor Core GPU data sheet: 4.8 TB/s HBM3e, same compute as H100 SXM", (NVIDIA_GPU,)),
 )}
