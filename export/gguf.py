@@ -32,6 +32,8 @@ from pydantic import Field
 
 from compress.errors import UserError
 from compress.plan_state import Check, PlanState, Problem
+from evalsuite.deployment import Runtime
+from evalsuite.hardware import CPU, NVIDIA_GPU
 from export.target import Built, ExportTarget, register_target
 
 if TYPE_CHECKING:
@@ -59,6 +61,9 @@ def ggml_type(name: str):
 @register_target
 class GgufExport(ExportTarget):
     """One GGUF file for llama.cpp (arch gpt2), validated by reading it back."""
+
+    runtime: ClassVar[Runtime] = Runtime("llama.cpp", (CPU, NVIDIA_GPU),  # CPU and CUDA builds (Jetson too)
+                                         unmeasured_reason="llama-cpp-python is not installed here")
 
     format: Literal["gguf"]
     type: GgufType = Field("f16", description="type of the block projections (q8_0/q4_0: blocks of 32 along "

@@ -32,6 +32,8 @@ from compress.gate import check_export
 from compress.hashing import digest
 from compress.plan_state import Check, PlanState, Problem
 from compress.step_api import StepContext, StepOutput
+from evalsuite.deployment import Runtime
+from evalsuite.hardware import CPU, NVIDIA_GPU
 from export.target import ExportTarget, checked, quantized_records, register_target
 
 if TYPE_CHECKING:
@@ -133,6 +135,7 @@ class ExportConfig(OnnxGraphExport):
                                                     "finds activation outliers above the limit")
     writes_decode_graph: ClassVar[bool] = True
     validates_on_device: ClassVar[bool] = True
+    runtime: ClassVar[Runtime] = Runtime("ONNX Runtime", (CPU, NVIDIA_GPU))  # CPU and CUDA execution providers
     legacy_fields: ClassVar[dict[str, Any]] = {"precision": None, "profile": None}
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.gate import check_export
 from compress.step_api import StepConfig
+from evalsuite.deployment import Runtime
 
 if TYPE_CHECKING:
     from torch import nn
@@ -87,6 +88,10 @@ class ExportTarget(StepConfig):
     kind: ClassVar[str] = "export"  # makes an artifact; the next step gets the same torch model
     # train: activation-outlier checks; eval: validation windows; latency: engine profiles
     reads: ClassVar[frozenset[str]] = frozenset({"seed", "train", "eval", "latency"})
+
+    # What runs the artifact and on which processors: the report's "what to ship" per target device reads
+    # it (evalsuite.deployment); every registered target declares its own.
+    runtime: ClassVar["Runtime"]
 
     format: str
     validation: ValidationConfig = Field(default_factory=ValidationConfig)

@@ -37,6 +37,8 @@ from compress.errors import UserError
 from evalsuite import cli
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
 from export.onnx_target import OnnxGraphExport
+from evalsuite.deployment import Runtime
+from evalsuite.hardware import NVIDIA_GPU
 from export.target import checked, register_target
 from export.trt_check import check_model, errors
 from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
@@ -63,6 +65,7 @@ class TensorRTExport(OnnxGraphExport):
                                "INT4 blocks along K) or edge-llm (TensorRT Edge-LLM, the INT4 route on Orin: "
                                "group_size 128 and weight dimensions that are multiples of 128 only)")
     ort_may_refuse: ClassVar[bool] = True  # TensorRT checks the graph when it builds
+    runtime: ClassVar[Runtime] = Runtime("TensorRT", (NVIDIA_GPU,), unmeasured_reason="engine is built on the device")
     new_fields: ClassVar[dict[str, Any]] = {"genai": True, "builder": "trtexec"}
     legacy_fields: ClassVar[dict[str, Any]] = {"optimize": None, "fp16": False, "quantize": "none", "block_size": 128,
                                                "accuracy_level": 4, "smooth": None, "allow_outliers": False}
@@ -192,7 +195,7 @@ def int4_width_problems(state: "PlanState") -> list["Problem"]:
                 out.append(Problem(
                     f"{dim} = {width} (made by {origin.by}) is not a multiple of {INT4_MULTIPLE}: TensorRT Edge-LLM's "
                     f"INT4 refuses such weight dimensions (TENSORRT.md); widths that work: {works}"
-                    + (f" ({fix} in {origin.by})" if fix else "") + ", or builder: trtexec", "builder"))
+                    + (f"; in {origin.by}: {fix}" if fix else "") + "; or builder: trtexec", "builder"))
     if q is not None and q.bits == 4 and q.group_size != INT4_MULTIPLE:
         out.append(Problem(f"{q.by} uses group_size {q.group_size or 'per-channel'}: Edge-LLM's INT4 takes "
                            f"group_size {INT4_MULTIPLE} only (or builder: trtexec)", "builder"))

@@ -266,3 +266,16 @@ def test_old_plans_keep_their_step_hashes():
     assert TensorRTExport(format="tensorrt", precision="int8").content_hash("p", inputs) == \
         digest("p", "export", trt, inputs.key())
     assert ExportConfig(genai=False).content_hash("p", inputs) != ExportConfig().content_hash("p", inputs)
+
+
+def test_every_export_target_declares_the_runtime_that_runs_its_artifact():
+    """The report's "what to ship" per device reads these facts, never a format name."""
+    from evalsuite.deployment import Runtime
+    from evalsuite.hardware import CPU, NVIDIA_GPU
+    from export.step import targets
+
+    declared = {fmt: cls.runtime for fmt, cls in targets().items()}
+    assert declared and all(isinstance(r, Runtime) and r.runs_on and r.deploys for r in declared.values())
+    assert all(set(r.runs_on) <= {CPU, NVIDIA_GPU} for r in declared.values())
+    trt = declared["tensorrt"]
+    assert trt.runs_on == (NVIDIA_GPU,) and "built on the device" in trt.unmeasured_reason

@@ -131,6 +131,7 @@ def test_the_error_names_the_prune_step_that_made_the_width_and_what_would_work(
     raw["steps"].insert(0, {"prune": {"importance": "taylor", "mlp": 0.5, "width": 0.25}})
     assert _problems(raw) == [
         "steps[1].quantize.group_size: 128 does not divide n_embd 576 (input of attn.c_attn, attn.c_proj, mlp.c_fc) "
-        "made by steps[0].prune (mlp 0.5, width 0.25); group_size 64 or 32 divide it, or width 0.2 (10 heads, n_embd 640) or 0.3 (8 heads, n_embd 512)"]
+        "made by steps[0].prune (mlp 0.5, width 0.25); group_size 64 or 32 divide it, or round_to {n_embd: 128} "
+        "(n_embd 512), or width 0.2 (10 heads, n_embd 640) or 0.3 (8 heads, n_embd 512)"]
     raw["steps"][0]["prune"]["width"] = 0.5
     assert parse_plan(raw).steps[1].group_size == 128
