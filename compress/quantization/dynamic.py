@@ -89,7 +89,7 @@ def quantize_dynamic_smoothed(model: GPT2LMHeadModel, windows: torch.Tensor | No
 
 class DynamicOptions(OutlierOptions):
     smooth: float | None = Field(
-        None, ge=0, le=1, description="dynamic-int8: SmoothQuant alpha; fold per-channel scales from calibration "
+        None, ge=0, le=1, description="dynamic-int8 / ort-dynamic-int8: SmoothQuant alpha; fold per-channel scales from calibration "
                                       "into the LayerNorms before quantizing (needs data.train)")
 
 

@@ -21,6 +21,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "compress.quantization.bnb_methods",
     "compress.quantization.dynamic",
     "compress.quantization.awq",
+    "compress.quantization.ort_graph",
 )
 
 
