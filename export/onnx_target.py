@@ -148,7 +148,7 @@ def old_quantizer(old: dict[str, Any]) -> tuple[Any, str]:
         return None, "quantize / block_size of the export are gone (quantize before it); remove them"
     spelled = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in body.items()
                         if v is not None)
-    line = f"export.quantize: {name} is now `- quantize: {{{spelled}}}` before the export"
+    line = f"quantize: {name} is now `- quantize: {{{spelled}}}` before the export"
     try:
         return QuantizeConfig.model_validate(body), line
     except ValidationError as e:

@@ -78,12 +78,9 @@ def quantize_dynamic_smoothed(model: GPT2LMHeadModel, windows: torch.Tensor | No
                               alpha: float | None) -> tuple[GPT2LMHeadModel, dict[str, LinearCodes]]:
     """Fold SmoothQuant factors (alpha; None: no smoothing) into the model, then torch dynamic int8
     (smooth_dynamic.py says why)."""
-    if alpha is not None:
-        from compress.quantization.smoothquant import smooth
+    from compress.quantization.smooth_dynamic import smooth_before_dynamic
 
-        if windows is None:
-            raise ValueError("smoothing needs calibration windows")
-        smooth(model, windows, alpha)
+    smooth_before_dynamic(model, windows, alpha)
     return quantize_dynamic_int8(model)
 
 

@@ -39,12 +39,9 @@ def smooth_for_ort_dynamic(model: GPT2LMHeadModel, cfg: QuantizeConfig,
                            windows: torch.Tensor | None) -> GPT2LMHeadModel:
     """ort-dynamic-int8: fold SmoothQuant factors (smooth: alpha) into the fp32 model; the outlier check
     ran before (api.quantize)."""
-    if cfg.smooth is not None:
-        from compress.quantization.smoothquant import smooth
+    from compress.quantization.smooth_dynamic import smooth_before_dynamic
 
-        if windows is None:
-            raise ValueError("smoothing needs calibration windows")
-        smooth(model, windows, cfg.smooth)
+    smooth_before_dynamic(model, windows, cfg.smooth)
     return model
 
 
