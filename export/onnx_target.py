@@ -121,33 +121,35 @@ class OnnxGraphExport(ExportTarget):
 
 # The export's own quantizer of older plans -> the quantization method that does it now.
 OLD_QUANTIZERS: dict[str, str] = {"int4": "ort-int4", "int8": "ort-int8", "dynamic-int8": "ort-dynamic-int8"}
-OLD_KEYS = ("quantize", "block_size", "smooth", "allow_outliers")
+# The older keys with the values the one ExportConfig of before dumped when they were not set.
+OLD_DEFAULTS: dict[str, Any] = {"quantize": "none", "block_size": 128, "smooth": None, "allow_outliers": False}
+OLD_KEYS = tuple(OLD_DEFAULTS)
 
 
 def old_quantizer(old: dict[str, Any]) -> tuple[Any, str]:
     """An older plan's export quantizer keys -> (the QuantizeConfig that does it now, or None for none,
     and the one line naming the new spelling). ValueError (that line) when it cannot be mapped."""
     from compress.quantization.config import QuantizeConfig
+    from compress.quantization.methods import method
+    from compress.quantization.registry import Grid
 
     name = old.get("quantize", "none")
     if name != "none" and name not in OLD_QUANTIZERS:
         raise ValueError(f"quantize: {name!r} is not an export option any more; quantize before the export with "
                          f"method {' / '.join(OLD_QUANTIZERS.values())}")
-    body: dict[str, Any] = {"method": OLD_QUANTIZERS.get(name)}
-    if name in ("int4", "int8"):
-        body["group_size"] = old.get("block_size", 128)
-    for key in ("smooth", "allow_outliers"):
-        if key in old:
-            body[key] = old[key]
-    if body["method"] is None:
-        options = [k for k in ("smooth", "allow_outliers") if k in body]
+    given = {k: v for k, v in old.items() if k != "quantize" and v != OLD_DEFAULTS[k]}
+    if name == "none":
+        options = [k for k in ("smooth", "allow_outliers") if k in given]
         if options:
             raise ValueError(f"{', '.join(options)}: options of method ort-dynamic-int8 now: "
-                             f"`- quantize: {{method: ort-dynamic-int8, {options[0]}: {body[options[0]]}}}` "
+                             f"`- quantize: {{method: ort-dynamic-int8, {options[0]}: {given[options[0]]}}}` "
                              "before the export")
-        return None, "quantize / block_size of the export are gone (quantize before it); remove them"
-    spelled = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in body.items()
-                        if v is not None)
+        return None, f"{', '.join(old)}: the export quantizes no more (a quantize step before it does); remove them"
+    body: dict[str, Any] = {"method": OLD_QUANTIZERS[name]}
+    if method(body["method"]).grid is Grid.BLOCKS:  # MatMulNBits: the old block is the group
+        body["group_size"] = old.get("block_size", OLD_DEFAULTS["block_size"])
+    body |= {k: v for k, v in given.items() if k != "block_size"}
+    spelled = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in body.items())
     line = f"quantize: {name} is now `- quantize: {{{spelled}}}` before the export"
     try:
         return QuantizeConfig.model_validate(body), line
@@ -172,8 +174,7 @@ class ExportConfig(OnnxGraphExport):
     validates_on_device: ClassVar[bool] = True
     onnx_forms: ClassVar[frozenset[OnnxForm]] = frozenset(OnnxForm)  # every form: ONNX Runtime runs them all
     # What the one ExportConfig of older versions dumped for these: old run directories keep their hashes.
-    legacy_fields: ClassVar[dict[str, Any]] = {"precision": None, "profile": None, "quantize": "none",
-                                               "block_size": 128, "smooth": None, "allow_outliers": False}
+    legacy_fields: ClassVar[dict[str, Any]] = {"precision": None, "profile": None, **OLD_DEFAULTS}
     old_keys: ClassVar[tuple[str, ...]] = OLD_KEYS
     _old: dict[str, Any] = PrivateAttr(default_factory=dict)  # an older plan's quantizer keys, as written
 

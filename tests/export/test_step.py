@@ -115,7 +115,7 @@ def test_failed_validation_stops_the_step_with_the_numbers(tmp_path, trained_tin
     assert v["reference"] == "torch fp32 (export is ort-int4 int4 g256)" and v["ppl_rel_diff"] > 1e-6 and not v["passed"]
 
 
-def test_old_quantize_spelling_maps_to_the_method_with_a_note(trained_tiny):
+def test_old_quantize_spelling_maps_to_the_method_with_a_note(tmp_path, trained_tiny, caplog):
     """`export: {quantize: int4, block_size: 32}` of older plans: a note naming the quantize step that says it now,
     the same plan state as that step would leave, the keys dumped back as written and the old step hash."""
     from compress.hashing import digest
@@ -133,6 +133,12 @@ def test_old_quantize_spelling_maps_to_the_method_with_a_note(trained_tiny):
     old = {**ExportConfig.legacy_fields, **ExportConfig().model_dump(mode="json"), "quantize": "int4", "block_size": 32}
     old.pop("genai")
     assert cfg.content_hash("p", inputs) == digest("p", "export", old, inputs.key())
+    with caplog.at_level(logging.WARNING):  # it runs: the method quantizes in memory, the graph pass follows
+        run_plan(plan, tmp_path / "run", progress=False)
+    assert "is now `- quantize: {method: ort-int4, group_size: 32}` before the export" in caplog.text
+    info = json.loads((tmp_path / "run" / "01-export-onnx" / "step.json").read_text())
+    assert info["info"]["passes"]["quantized_ops"]["MatMulNBits"] == 9 and info["info"]["validation"]["passed"]
+    assert "ort-int4 int4 g32 by ONNX Runtime's quantizer" in info["summary"]
 
 
 def test_quantize_then_export_writes_the_steps_integers(tmp_path, trained_tiny):
