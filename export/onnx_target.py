@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, model_serializer, model_validator
+from pydantic import Field, PrivateAttr, model_serializer, model_validator
 
 from compress.errors import UserError
 from compress.gate import check_export
@@ -39,6 +39,7 @@ from compress.hashing import digest
 from compress.plan_state import Check, PlanState, Problem
 from compress.quantization.registry import OnnxForm
 from compress.step_api import StepContext, StepOutput
+from export.old_quantize_keys import OLD_DEFAULTS, OLD_KEYS, old_quantizer
 from export.target import ExportTarget, checked, quantized_records, register_target
 
 if TYPE_CHECKING:
@@ -119,44 +120,6 @@ class OnnxGraphExport(ExportTarget):
         return export_onnx(self, ctx)
 
 
-# The export's own quantizer of older plans -> the quantization method that does it now.
-OLD_QUANTIZERS: dict[str, str] = {"int4": "ort-int4", "int8": "ort-int8", "dynamic-int8": "ort-dynamic-int8"}
-# The older keys with the values the one ExportConfig of before dumped when they were not set.
-OLD_DEFAULTS: dict[str, Any] = {"quantize": "none", "block_size": 128, "smooth": None, "allow_outliers": False}
-OLD_KEYS = tuple(OLD_DEFAULTS)
-
-
-def old_quantizer(old: dict[str, Any]) -> tuple[Any, str]:
-    """An older plan's export quantizer keys -> (the QuantizeConfig that does it now, or None for none,
-    and the one line naming the new spelling). ValueError (that line) when it cannot be mapped."""
-    from compress.quantization.config import QuantizeConfig
-    from compress.quantization.methods import method
-    from compress.quantization.registry import Grid
-
-    name = old.get("quantize", "none")
-    if name != "none" and name not in OLD_QUANTIZERS:
-        raise ValueError(f"quantize: {name!r} is not an export option any more; quantize before the export with "
-                         f"method {' / '.join(OLD_QUANTIZERS.values())}")
-    given = {k: v for k, v in old.items() if k != "quantize" and v != OLD_DEFAULTS[k]}
-    if name == "none":
-        options = [k for k in ("smooth", "allow_outliers") if k in given]
-        if options:
-            raise ValueError(f"{', '.join(options)}: options of method ort-dynamic-int8 now: "
-                             f"`- quantize: {{method: ort-dynamic-int8, {options[0]}: {given[options[0]]}}}` "
-                             "before the export")
-        return None, f"{', '.join(old)}: the export quantizes no more (a quantize step before it does); remove them"
-    body: dict[str, Any] = {"method": OLD_QUANTIZERS[name]}
-    if method(body["method"]).grid is Grid.BLOCKS:  # MatMulNBits: the old block is the group
-        body["group_size"] = old.get("block_size", OLD_DEFAULTS["block_size"])
-    body |= {k: v for k, v in given.items() if k != "block_size"}
-    spelled = ", ".join(f"{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in body.items())
-    line = f"quantize: {name} is now `- quantize: {{{spelled}}}` before the export"
-    try:
-        return QuantizeConfig.model_validate(body), line
-    except ValidationError as e:
-        raise ValueError(f"{line}, which is refused: {e.errors()[0]['msg'].removeprefix('Value error, ')}") from None
-
-
 @register_target
 class ExportConfig(OnnxGraphExport):
     """format onnx: one ONNX decoder with KV cache for ONNX Runtime (and a fused CPU decode graph beside)."""
@@ -203,6 +166,8 @@ class ExportConfig(OnnxGraphExport):
         return old_quantizer(self._old) if self._old else None
 
     def check(self, state: PlanState) -> Check:
+        from compress.quantization.methods import graph_methods
+
         problems: list[Problem] = []
         if self.old_quantizer is not None:
             quantizer, line = self.old_quantizer
@@ -213,7 +178,7 @@ class ExportConfig(OnnxGraphExport):
         state, more = super().check(state)
         problems += more
         done = state.quantized
-        if self.fp16 and done is not None and done.method in graph_methods():
+        if self.fp16 and done is not None and done.method in graph_methods():  # fp32 graph, ORT quantizes
             problems.append(Problem(f"fp16: the model is quantized by ONNX Runtime's quantizer ({done.by})", "fp16"))
         return state, problems
 
@@ -274,13 +239,6 @@ class ExportConfig(OnnxGraphExport):
             summary += (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}"
                         + (f", smooth {smooth}" if smooth is not None else ""))
         return StepOutput(summary=summary, artifact=ONNX_FILE, backend="onnxruntime", info=info)
-
-
-def graph_methods() -> list[str]:
-    """The quantization methods whose layout ONNX Runtime applies to the exported graph."""
-    from compress.quantization.methods import METHODS
-
-    return [m.name for m in METHODS.values() if m.onnx is not None and m.onnx.in_graph]
 
 
 def fuses(cfg: "ExportConfig", quant) -> bool:
