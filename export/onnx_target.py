@@ -105,7 +105,8 @@ class OnnxGraphExport(ExportTarget):
         raise NotImplementedError
 
     def approximate(self) -> str | None:
-        """What makes the file approximate the torch fp32 model by design (fp16, an export-time quantizer)."""
+        """What makes the file approximate the torch fp32 model by design (fp16); ONNX Runtime's quantizers
+        (ort-* methods) are read from the model (export.onnx_quant.graph_quantization)."""
         return None
 
     def prepare(self, model: "nn.Module", records: dict, ctx: StepContext) -> dict | None:
