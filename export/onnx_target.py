@@ -170,10 +170,11 @@ class ExportConfig(OnnxGraphExport):
         from compress.quantization.methods import graph_methods
 
         problems: list[Problem] = []
+        given = state  # the next step gets the torch model this export was given, quantized in memory or not
         if self.old_quantizer is not None:
             quantizer, line = self.old_quantizer
             problems.append(Problem(line, "quantize", note=True))
-            if quantizer is not None:  # what the quantize step would check and leave
+            if quantizer is not None:  # what the quantize step would check and leave, for this export's checks
                 state, own = quantizer.check(state)
                 problems += [p._replace(key="quantize") for p in own if not p.note]
         state, more = super().check(state)
@@ -181,7 +182,7 @@ class ExportConfig(OnnxGraphExport):
         done = state.quantized
         if self.fp16 and done is not None and done.method in graph_methods():  # fp32 graph, ORT quantizes
             problems.append(Problem(f"fp16: the model is quantized by ONNX Runtime's quantizer ({done.by})", "fp16"))
-        return state, problems
+        return replace(state, quantized=given.quantized), problems
 
     def graph_passes(self, graph, model, records, done, log):
         from export import onnx_quant, passes

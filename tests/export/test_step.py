@@ -122,9 +122,11 @@ def test_old_quantize_spelling_maps_to_the_method_with_a_note(tmp_path, trained_
     from compress.plan_check import check_steps
     from compress.step_inputs import StepInputs
 
-    plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"quantize": "int4", "block_size": 32}}]))
+    plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"quantize": "int4", "block_size": 32}},
+                                                  {"export": {"format": "tensorrt", "precision": "fp16"}}]))
     assert check_steps(plan).notes == ["steps[0].export: quantize: int4 is now "
                                        "`- quantize: {method: ort-int4, group_size: 32}` before the export"]
+    plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"quantize": "int4", "block_size": 32}}]))
     cfg = plan.steps[0]
     assert cfg.old_quantizer[0].method == "ort-int4" and cfg.old_quantizer[0].group_for(4) == 32
     assert {"quantize": "int4", "block_size": 32}.items() <= cfg.model_dump().items()
