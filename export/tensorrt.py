@@ -34,6 +34,7 @@ import onnx
 from pydantic import Field
 
 from compress.errors import UserError
+from compress.quantization.registry import OnnxForm
 from evalsuite import cli
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
 from export.onnx_target import OnnxGraphExport
@@ -66,6 +67,8 @@ class TensorRTExport(OnnxGraphExport):
                                "group_size 128 and weight dimensions that are multiples of 128 only)")
     ort_may_refuse: ClassVar[bool] = True  # TensorRT checks the graph when it builds
     runtime: ClassVar[Runtime] = Runtime("TensorRT", (NVIDIA_GPU,), unmeasured_reason="engine is built on the device")
+    # the quantize step's own integers as Q/DQ; ORT's graph quantizers write contrib ops TensorRT cannot parse
+    onnx_forms: ClassVar[frozenset[OnnxForm]] = frozenset({OnnxForm.MATMUL_NBITS, OnnxForm.QDQ_W8A8})
     new_fields: ClassVar[dict[str, Any]] = {"genai": True, "builder": "trtexec"}
     legacy_fields: ClassVar[dict[str, Any]] = {"optimize": None, "fp16": False, "quantize": "none", "block_size": 128,
                                                "accuracy_level": 4, "smooth": None, "allow_outliers": False}

@@ -37,8 +37,9 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
 
     bits: Literal[4, 8] | None = Field(
         None, description="default: the method's first (4 for rtn/gptq/awq/nf4/fp4, else 8)")
-    group_size: Literal[32, 64, 128, "per-channel"] | None = Field(
-        None, description="input channels per scale; default 128 at 4 bits, per-channel at 8 bits")
+    group_size: Literal[16, 32, 64, 128, 256, "per-channel"] | None = Field(
+        None, description="input channels per scale; default 128 at 4 bits, per-channel at 8 bits (ort-int4/8: "
+                          "the MatMulNBits block, default 128; 16 and 256 only there)")
     sym: bool = Field(True, description="symmetric grid (zero point 2**(bits-1)); false: asymmetric")
     lm_head: Literal["keep", "int8", "int4"] = Field(
         "keep", description="quantize the LM head; a tied head quantizes the tied matrix (the token lookup "
@@ -73,6 +74,10 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
         if m and m.grid is Grid.OWN:
             owner = f"{m.requires[0]}'" if m.requires else "its"
             raise ValueError(f"method {m.name} uses {owner} own blocks; leave group_size unset")
+        blocks = m is not None and m.grid is Grid.BLOCKS  # MatMulNBits: a power-of-two block, never per channel
+        if m and (v == "per-channel" if blocks else v in (16, 256)):
+            allowed = "16, 32, 64, 128 or 256" if blocks else "32, 64, 128 or per-channel"
+            raise ValueError(f"method {m.name} takes group_size {allowed}, not {v}")
         return v
 
     @field_validator("sym")
@@ -122,7 +127,7 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
             return self.group_size
         if self.quant_method.grid is Grid.OWN:
             return None  # the library's own blocks (bitsandbytes), not ours
-        return 128 if bits == 4 else None
+        return 128 if bits == 4 or self.quant_method.grid is Grid.BLOCKS else None
 
     @property
     def head_bits(self) -> int | None:
@@ -159,6 +164,8 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
         """Group sizes that do not divide the widths the earlier steps made, with what would."""
         shape = state.shape
         group = self.group_for(self.weight_bits)
+        if self.quant_method.grid is Grid.BLOCKS:
+            return []  # MatMulNBits pads a last partial block
         checks = [("group_size", "", group, "n_embd", "attn.c_attn, attn.c_proj, mlp.c_fc"),
                   ("group_size", "", group, "n_inner", "mlp.c_proj")]
         if self.head_bits:
@@ -179,6 +186,8 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
 
     def bad_groups(self, widths: dict[str, int]) -> dict[tuple[int, int], list[str]]:
         """(group, width) -> the layers whose input width the group does not divide."""
+        if self.quant_method.grid is Grid.BLOCKS:
+            return {}  # MatMulNBits pads a last partial block
         checks = [(n, w, self.group_for(self.weight_bits)) for n, w in widths.items() if n != "lm_head"]
         if self.head_bits:
             checks.append(("lm_head", widths["lm_head"], self.group_for(self.head_bits)))

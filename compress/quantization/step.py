@@ -29,7 +29,9 @@ def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
     grid = f"int{cfg.weight_bits} " + (f"g{g}" if g else "per-channel")
     summary = (f"{cfg.method} {grid}, lm_head {cfg.lm_head}: weights {before / 1e6:.1f} MB -> "
                f"{after / 1e6:.1f} MB on disk ({before / max(after, 1):.2f}x smaller)"
-               + (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}" if outliers else ""))
+               + (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}" if outliers else "")
+               + ("; the weights stay fp32 here: the ONNX export applies it in the graph (ONNX Runtime's quantizer)"
+                  if m.onnx is not None and m.onnx.in_graph else ""))
     return StepOutput(summary=summary, model_dir="model",
                       info={"bytes_before": before, "bytes_after": after, "method": cfg.method,
                             "bits": cfg.weight_bits, "group_size": g or "per-channel"}

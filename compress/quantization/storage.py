@@ -19,7 +19,9 @@ tied head is stored once: its codes, with `tie_word_embeddings: true` and no `tr
 load_model rebuilds the token table from them (quantize_tied_table). Stock loaders cannot (TIED_FORMAT)
 and cannot express dynamic-int8 (REFUSED_FORMAT): those groups name a format compressed-tensors
 rejects, so from_pretrained raises instead of loading random weights. Our own settings (method,
-lm_head, gptq options) sit beside, under quantization_config.gpt2_edge. bitsandbytes models use
+lm_head, gptq options) sit beside, under quantization_config.gpt2_edge. The methods quantized in the
+ONNX graph (ort_graph.py, layout onnx-graph) write every weight fp32 with no config group, and the
+quantization_config that names them. bitsandbytes models use
 bitsandbytes' serialization instead (see bnb.py). Directories written before the GPTBigCode form
 (model_type gpt2, Conv1D row order, packed zero points) still load here.
 """
@@ -270,6 +272,8 @@ def save_quantized_model(model: GPT2LMHeadModel, out_dir: Path) -> Path:
         from compress.quantization.dynamic import dynamic_records_of
 
         return save_quantized(model, out_dir, details, dynamic_records_of(model))
+    if layout is Layout.ONNX_GRAPH:  # fp32 weights: the ONNX export quantizes (ort_graph.py)
+        return save_quantized(model, out_dir, details, records={})
     return save_quantized(model, out_dir, details)
 
 
@@ -313,6 +317,12 @@ def _records(model_dir: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Lin
         for k in list(tensors):
             tensors[k] = stock.fp32_tensor_to_gpt2(k, tensors[k], config["n_embd"], config["n_head"])
     return records
+
+
+def codes_in_dir(model_dir: Path) -> bool:
+    """False for a quantized dir whose weights are fp32 (methods quantized in the ONNX graph): nothing to
+    hand off; the exporter reads the method from the model's config."""
+    return Layout(_details(Path(model_dir))["layout"]) is not Layout.ONNX_GRAPH
 
 
 def read_linear_codes(model_dir: Path) -> dict[str, LinearCodes]:

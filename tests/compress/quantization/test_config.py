@@ -88,7 +88,8 @@ def test_non_exportable_method_before_export_is_refused(method):
     raw = _plan({"method": method})
     raw["steps"].append({"export": {"format": "onnx"}})
     assert _problems(raw) == [f"steps[1].export: the model quantized by steps[0].quantize (method {method}) has "
-                              "no ONNX form; use rtn/gptq/smoothquant/awq before an export"]
+                              "no form the onnx export writes; use rtn/gptq/smoothquant/awq/ort-int4/ort-int8/"
+                              "ort-dynamic-int8 before it"]
     raw["steps"][0] = {"quantize": {"method": "gptq", "group_size": 32}}
     assert parse_plan(raw).steps[1].format == "onnx"
 
