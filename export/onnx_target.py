@@ -39,12 +39,9 @@ from compress.hashing import digest
 from compress.plan_state import Check, PlanState, Problem
 from compress.quantization.registry import OnnxForm
 from compress.step_api import StepContext, StepOutput
-<<<<<<< HEAD
 from evalsuite.deployment import Runtime
 from evalsuite.hardware import CPU, NVIDIA_GPU
-=======
 from export.old_quantize_keys import OLD_DEFAULTS, OLD_KEYS, old_quantizer
->>>>>>> wt-exportq
 from export.target import ExportTarget, checked, quantized_records, register_target
 
 if TYPE_CHECKING:
@@ -141,16 +138,12 @@ class ExportConfig(OnnxGraphExport):
                        "8-bit weights then run a slow fallback)")
     writes_decode_graph: ClassVar[bool] = True
     validates_on_device: ClassVar[bool] = True
-<<<<<<< HEAD
     runtime: ClassVar[Runtime] = Runtime("ONNX Runtime", (CPU, NVIDIA_GPU))  # CPU and CUDA execution providers
-    legacy_fields: ClassVar[dict[str, Any]] = {"precision": None, "profile": None}
-=======
     onnx_forms: ClassVar[frozenset[OnnxForm]] = frozenset(OnnxForm)  # every form: ONNX Runtime runs them all
     # What the one ExportConfig of older versions dumped for these: old run directories keep their hashes.
     legacy_fields: ClassVar[dict[str, Any]] = {"precision": None, "profile": None, **OLD_DEFAULTS}
     old_keys: ClassVar[tuple[str, ...]] = OLD_KEYS
     _old: dict[str, Any] = PrivateAttr(default_factory=dict)  # an older plan's quantizer keys, as written
->>>>>>> wt-exportq
 
     @model_validator(mode="wrap")
     @classmethod
