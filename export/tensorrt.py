@@ -214,8 +214,8 @@ def int4_width_problems(state: "PlanState") -> list["Problem"]:
                     f"INT4 refuses such weight dimensions (TENSORRT.md); widths that work: {works}"
                     + (f" ({fix} in {origin.by})" if fix else "") + ", or builder: trtexec", "builder"))
     if q is not None and any(g != (4, INT4_MULTIPLE) for g in q.grids if g[0] != 16):
-        out.append(Problem(f"{q.by} mixes precisions per module ({', '.join(f'int{b} g{g}' for b, g in q.grids)}): "
-                           f"Edge-LLM's INT4 takes int4 group_size {INT4_MULTIPLE} only (or builder: trtexec)", "builder"))
+        out.append(Problem(f"{q.by} sets a precision per module: Edge-LLM's INT4 takes int4 group_size "
+                           f"{INT4_MULTIPLE} only, everywhere (or builder: trtexec)", "builder"))
     elif q is not None and not q.grids and q.bits == 4 and q.group_size != INT4_MULTIPLE:
         out.append(Problem(f"{q.by} uses group_size {q.group_size or 'per-channel'}: Edge-LLM's INT4 takes "
                            f"group_size {INT4_MULTIPLE} only (or builder: trtexec)", "builder"))

@@ -77,7 +77,8 @@ def engine_spec(graph: onnx.ModelProto, onnx_path: Path, precision: Precision, p
     typed = strongly_typed(graph) and TRT_VERSIONS[options.target].version >= (9, 0)
     return {
         "onnx": onnx_path.name, "onnx_sha256": sha256(onnx_path), "engine": ENGINE_FILE,
-        "precision": precision, "strongly_typed": typed, "builder_flags": builder_flags(precision, typed, has_int8_weights(graph)),
+        "precision": precision, "strongly_typed": typed,
+        "builder_flags": builder_flags(precision, typed, has_int8_weights(graph)),
         "sparse_weights": sparse_weights,
         "target": {"tensorrt": options.target, "ships_with": TRT_VERSIONS[options.target].ships_with},
         "profile": profile.model_dump(mode="json"),
