@@ -1,10 +1,14 @@
 """Per-module precision (quantize overrides) through the exports: MatMulNBits with each node's own bits and
-block, TensorRT Q/DQ per node, GGUF tensors at their own types; each validated against the torch model."""
+block, TensorRT Q/DQ per node, GGUF tensors at their own types; each validated against the torch model.
+The graph-level tests run by default; the plan runs (export step, validation.json) are slow."""
 
 import json
+import logging
 
+import numpy as np
 import onnx
 import pytest
+import torch
 
 from compress.catalog import step_configs
 from compress.errors import PlanError
@@ -27,9 +31,62 @@ def _quantize_registered():
         pytest.skip("the quantize step is not registered in this checkout")
 
 
+@pytest.fixture(scope="module")
+def mixed():
+    """A tiny model quantized with QUANTIZE's overrides (rtn), and its records."""
+    from compress.quantization import QuantizeConfig, quantize
+    from compress.quantization.modules import quant_linears
+    from tests.tiny_models import tiny_model
+
+    model = quantize(tiny_model(seed=3), QuantizeConfig(**QUANTIZE["quantize"]))
+    return model, {n: m.record() for n, m in quant_linears(model).items()}
+
+
+def _graph(model, records, target):
+    from export.onnx import dequantized_copy
+    from export.step import build_graph
+
+    graph, _ = build_graph(target, dequantized_copy(model, records), {}, logging.getLogger("test"))
+    return graph
+
+
+def test_onnx_graph_has_each_nodes_bits_and_matches_torch(mixed, prefill_logits):
+    from export import onnx_quant
+    from export.step import ExportConfig
+
+    model, records = mixed
+    graph = _graph(model, records, ExportConfig(optimize=False))
+    assert onnx_quant.write_for_ort(graph, records, accuracy_level=0) == {"MatMulNBits": 7, "QDQ": 0}
+    bits = {n.name: {a.name: a.i for a in n.attribute}["bits"] for n in graph.graph.node if n.op_type == "MatMulNBits"}
+    assert sorted(bits.values()) == [4, 4, 4, 8, 8, 8, 8]
+    assert all(b == 8 for name, b in bits.items() if "/h.0/" in name)
+    ids = np.random.default_rng(0).integers(0, 256, (2, 12))
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(prefill_logits(graph, ids), want, atol=1e-4, rtol=0)
+
+
+def test_tensorrt_qdq_graph_per_node_matches_torch(mixed, prefill_logits):
+    from export.tensorrt import TensorRTExport
+    from export.trt_qdq import write_qdq
+    from export.trt_spec import builder_flags, has_int8_weights
+
+    model, records = mixed
+    graph = _graph(model, records, TensorRTExport(format="tensorrt", precision="fp16", opset=21))
+    assert write_qdq(graph, records) == {"int8": 4, "int4": 3}
+    assert has_int8_weights(graph) and builder_flags("int4", False, True) == ["FP16", "INT8"]
+    ids = np.random.default_rng(0).integers(0, 256, (2, 12))
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(prefill_logits(graph, ids), want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
 def test_onnx_matmulnbits_takes_bits_and_block_per_node(tmp_path, trained_tiny):
     plan = parse_plan(plan_dict(trained_tiny[0], [QUANTIZE, {"export": {"format": "onnx", "accuracy_level": 0}}]))
     run_plan(plan, tmp_path / "run", progress=False)
+    quantized = json.loads((tmp_path / "run" / "01-quantize-rtn-w4g32-mixed" / "step.json").read_text())
+    assert "rtn per module: int8 per-channel x4, float x2, int4 g32 x3," in quantized["summary"]  # float: c_attn, head
     step = tmp_path / "run" / "02-export-onnx"
     v = json.loads((step / "validation.json").read_text())
     assert v["passed"] and v["ppl_rel_diff"] < 1e-4 and v["max_abs_logit_diff"] < 1e-3  # the same integers
@@ -41,6 +98,7 @@ def test_onnx_matmulnbits_takes_bits_and_block_per_node(tmp_path, trained_tiny):
         "h.1.attn.c_proj": (4, 32), "h.1.mlp.c_fc": (4, 32), "h.1.mlp.c_proj": (4, 32)}  # h.1 c_attn: float MatMul
 
 
+@pytest.mark.slow
 def test_tensorrt_int4_writes_each_modules_qdq(tmp_path, trained_tiny):
     from export.trt_runner import unavailable_reason
 
