@@ -79,10 +79,13 @@ class GgufExport(ExportTarget):
         if q is not None and not q.exportable:
             problems.append(Problem(f"the model quantized by {q.by} (method {q.method}) keeps no integer codes "
                                     "this export can read; quantize with rtn/gptq/awq, or export the fp32 model", ""))
-        if q is not None and q.exportable and q.grids:
+        if q is not None and q.exportable and q.grids and self.type in BITS:
             problems.append(Problem(f"{q.by} sets a precision per module: each matrix is written at its own type "
                                     "(8-bit -> q8_0, 4-bit groups of 32k -> q4_0, float -> f16), other grids "
                                     f"re-quantized to {self.type}", "type", note=True))
+        elif q is not None and q.exportable and q.grids:
+            problems.append(Problem(f"{q.by} sets a precision per module: every matrix is written dequantized, as "
+                                    f"{self.type}", "type", note=True))
         elif q is not None and q.exportable and not carries_grid(q.bits, q.group_size, q.sym, self.type):
             grid = f"{q.by}'s grid ({q.bits}-bit, group {q.group_size or 'per-channel'}, {'sym' if q.sym else 'asym'})"
             problems.append(Problem(f"{grid} is not a {self.type} block: its dequantized weights are re-quantized "
@@ -275,12 +278,16 @@ def is_mixed(model: "nn.Module", records: dict) -> bool:
 
 
 def own_type(ql: "LinearCodes | None", t: str) -> str:
-    """The type of one projection of a mixed model: its codes' own block type (8-bit -> q8_0, 4-bit -> q4_0,
-    carried code for code where the grid is that block), f16 for a module kept float (f32 with type f32);
-    a 4-bit grid q4_0 cannot carry (not groups of 32k) is re-quantized to `t`."""
+    """The type of one projection of a mixed model exported as q8_0 / q4_0: its codes' own block type (8-bit ->
+    q8_0, 4-bit -> q4_0, carried code for code where the grid is that block), f16 for a module kept float;
+    a 4-bit grid q4_0 cannot carry (not groups of 32k) is re-quantized to `t`. type f16 / f32: all float."""
+    if t not in BITS:
+        return t  # f16 / f32 asked for: every matrix float (dequantized)
     if ql is None:
-        return "f32" if t == "f32" else "f16"
+        return "f16"
     native = {8: "q8_0", 4: "q4_0"}[ql.bits]
+    if ql.in_features % BLOCK[native]:
+        return "f16"  # rows that are not whole blocks (write_gguf refuses them for `t` itself)
     return native if ql.bits == 8 or carries_grid(ql.bits, ql.group_size, True, native) else t
 
 
