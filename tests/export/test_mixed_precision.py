@@ -142,3 +142,16 @@ def test_gguf_writes_each_matrix_at_its_own_type(tmp_path, trained_tiny):
     assert sum(h == "codes" for h in how.values()) == 7  # every quantized matrix carried code for code
     v = json.loads((step / "validation.json").read_text())
     assert v["passed"]  # within the re-quantized limit: the float token table is written as q8_0
+
+
+def test_gguf_type_per_module():
+    from compress.quantization import QuantizeConfig, quantize
+    from compress.quantization.modules import quant_linears
+    from export.gguf import own_type
+    from tests.tiny_models import tiny_model
+
+    cfg = QuantizeConfig(method="rtn", bits=4, group_size=32, overrides={"h.0.*": {"bits": 8}})
+    records = {n: m.record() for n, m in quant_linears(quantize(tiny_model(), cfg)).items()}
+    r8, r4 = records["transformer.h.0.mlp.c_fc"], records["transformer.h.1.mlp.c_fc"]
+    assert (own_type(r8, "q4_0"), own_type(r4, "q4_0"), own_type(None, "q4_0")) == ("q8_0", "q4_0", "f16")
+    assert own_type(r8, "f16") == "f16" and own_type(r4, "f32") == "f32"  # a float type asked for: all float

@@ -45,6 +45,7 @@ def test_precision_of_resolves_patterns_in_order_without_a_model():
     assert cfg.precision_of("lm_head") == (16, None)  # lm_head: keep
     assert QuantizeConfig(method="rtn", overrides={"lm_head": {"bits": 8}}).precision_of("lm_head") == (8, None)
     assert QuantizeConfig(method="rtn", lm_head="int4").precision_of("lm_head") == (4, 128)
+    assert len({cfg, QuantizeConfig(method="gptq", bits=4, group_size=32, overrides=MIXED)}) == 1  # hashable
     grids = cfg.module_precisions(2)
     assert len(grids) == 9 and sum(b == 8 for b, _ in grids.values()) == 5
     assert cfg.slug() == "quantize-gptq-w4g32-mixed"
@@ -149,3 +150,4 @@ def test_quantized_bytes_orders_mixed_plans_by_size():
     mixed = quantized_bytes(QuantizeConfig(method="gptq", bits=4, lm_head="int4",
                                            overrides={"h.0.*": {"bits": 8}, "h.5.*": {"bits": 8}}), **shape)
     assert int4 < mixed < int8
+
