@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from compress.quantization import QuantizeConfig
+
     ExportConfig = bench_run.bench_onnx.ExportConfig
     torch.manual_seed(0)
     small = GPT2LMHeadModel(GPT2Config()).eval()
@@ -44,7 +46,8 @@ def main(argv=None) -> int:
         def ours(bits: int, plain: bool):
             out = tmp / f"int{bits}{'-plain' if plain else ''}"
             out.mkdir()
-            runner = bench_run.bench_onnx.ours(small, ExportConfig(quantize=f"int{bits}"), {}, out, plain)
+            runner = bench_run.bench_onnx.ours(small, ExportConfig(), {}, out, plain,
+                                               QuantizeConfig(method=f"ort-int{bits}"))
             return runner, runner.path
 
         rows = {}

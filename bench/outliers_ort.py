@@ -3,10 +3,11 @@
     PYTHONPATH=. python bench/outliers_ort.py     # 20k held-out tokens, 64 x 256 calibration tokens
 
 The hard teacher is bench/quantize.py's (outliers x40 in channels 17, 138, 245, 371 of every block).
-Each row goes through what the export step runs for `export: {quantize: dynamic-int8[, smooth: 0.5]}`:
-compress.quantization.smooth_dynamic.prepare_ort_dynamic (outlier check, here with allow_outliers so
-the plain row is measured, then the smoothing fold), export.step.build_graph, ORT's quantize_dynamic,
-and perplexity with the ORT runner, against the torch fp32 teacher in the same run.
+Each row goes through what a plan runs for `- quantize: {method: ort-dynamic-int8[, smooth: 0.5]}`
+then `- export: {format: onnx}`: compress.quantization.quantize (the outlier check, here with
+allow_outliers so the plain row is measured, then the smoothing fold), export.step.build_graph (ORT's
+quantize_dynamic, looked up by the method's OnnxForm), and perplexity with the ORT runner, against the
+torch fp32 teacher in the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 import torch  # noqa: E402
 
 from compress.models import load_model, load_tokenizer  # noqa: E402
-from compress.quantization.smooth_dynamic import prepare_ort_dynamic  # noqa: E402
+from compress.quantization import QuantizeConfig, quantize  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402
 from evalsuite.outliers import plant_outliers  # noqa: E402
 from evalsuite.perplexity import perplexity  # noqa: E402
@@ -49,9 +50,12 @@ def main() -> int:
     hard = plant_outliers(load_model(TEACHER), (17, 138, 245, 371), 40.0)
     base = perplexity(TorchRunner(hard), eval_ids, seq_len=256, max_tokens=TOKENS, batch_size=8, progress=False).ppl
     for alpha in (None, 0.5):
-        model = copy.deepcopy(hard)
-        record = prepare_ort_dynamic(model, train_ids, alpha, True, "export")
-        graph, _ = build_graph(ExportConfig(quantize="dynamic-int8"), model, {}, logging.getLogger("bench"))
+        # the quantize step of method ort-dynamic-int8 (outlier check, smoothing), then the export's graph pass
+        options = {"smooth": alpha} if alpha is not None else {}
+        model = quantize(copy.deepcopy(hard), QuantizeConfig(method="ort-dynamic-int8", allow_outliers=True,
+                                                             **options), train_ids)
+        record = model.config.quantization_config["gpt2_edge"]["outliers"]
+        graph, _ = build_graph(ExportConfig(), model, {}, logging.getLogger("bench"))
         with tempfile.TemporaryDirectory() as tmp:
             path = save_onnx(graph, Path(tmp) / "model.onnx")
             ppl = perplexity(OrtRunner(path, "cpu"), eval_ids, seq_len=256, max_tokens=TOKENS, batch_size=8,

@@ -58,6 +58,7 @@ import torch  # noqa: E402
 from compress.models import load_model, load_tokenizer, save_model  # noqa: E402
 from compress.plan import load_plan  # noqa: E402
 from compress.pipeline import run_plan  # noqa: E402
+from compress.quantization import QuantizeConfig  # noqa: E402
 from evalsuite import cli, hardware  # noqa: E402
 from evalsuite.errors import ToolkitError  # noqa: E402
 from evalsuite.data import read_text, tokenize  # noqa: E402
@@ -184,16 +185,15 @@ def gpt2_small_rows(ours, tmp: Path, args) -> list[dict]:
     """Speed only: GPT-2 small's shapes (12 x 768, vocab 50257) with random weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    ExportConfig = bench_onnx.ExportConfig
     torch.manual_seed(0)
     small = GPT2LMHeadModel(GPT2Config()).eval()
     small_dir = save_model(small, tmp / "gpt2-small")
     small_rows = {
         "torch fp32 eager": lambda: (TorchRunner(small), small_dir),
         "torch fp32 static cache": lambda: (torch_static(small), small_dir),
-        "ours: ORT int8 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int8"), "s8"),
-        "ours: ORT int4 (MatMulNBits)": lambda: ours(small, ExportConfig(quantize="int4"), "s4"),
-        "ours: ORT int4, plain graph": lambda: ours(small, ExportConfig(quantize="int4"), "s4p", plain=True),
+        "ours: ORT int8 (MatMulNBits)": lambda: ours(small, "ort-int8", "s8"),
+        "ours: ORT int4 (MatMulNBits)": lambda: ours(small, "ort-int4", "s4"),
+        "ours: ORT int4, plain graph": lambda: ours(small, "ort-int4", "s4p", plain=True),
     }
     return measure_suite("gpt2-small shapes", small, small_rows, None, args) + peers(
         "gpt2-small shapes", small_dir, DATA / "gpt2-tokenizer", None, tmp / "peers-small", args)
@@ -278,9 +278,11 @@ def _main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-run-") as tmp:
         tmp = Path(tmp)
 
-        def ours(model, cfg, name, plain=False):
+        def ours(model, method, name, plain=False):
+            """ONNX Runtime's quantizer `method` (ort-int4 / ort-int8) applied by the export's graph pass."""
             (tmp / name).mkdir()
-            runner = bench_onnx.ours(model, cfg, {}, tmp / name, plain)  # the fused decode graph unless plain
+            runner = bench_onnx.ours(model, ExportConfig(), {}, tmp / name, plain,  # fused decode graph unless plain
+                                     QuantizeConfig(method=method))
             return runner, runner.path
 
         @functools.cache
@@ -302,9 +304,9 @@ def _main(argv=None) -> int:
             "torch fp32 static cache": lambda: (torch_static(teacher), args.teacher),
             "torch fp32 static + compile": lambda: (torch_static(teacher, "default"), args.teacher),
             "ours: pipeline -> ORT int4": run_pipeline,
-            "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int8"), "t8"),
-            "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4"),
-            "ours: ORT int4, plain graph": lambda: ours(teacher, ExportConfig(quantize="int4"), "t4p", plain=True),
+            "ours: ORT int8 (MatMulNBits)": lambda: ours(teacher, "ort-int8", "t8"),
+            "ours: ORT int4 (MatMulNBits)": lambda: ours(teacher, "ort-int4", "t4"),
+            "ours: ORT int4, plain graph": lambda: ours(teacher, "ort-int4", "t4p", plain=True),
             "ours: quantize rtn int4 -> ORT": lambda: quant_step_int4("rtn", calibrates=False),
             "ours: quantize gptq int4 -> ORT": lambda: quant_step_int4("gptq", calibrates=True),
             "peer: optimum + ORT dynamic int8": lambda: _peer_dynamic(args.teacher, tmp / "optimum"),

@@ -18,6 +18,7 @@ from compress.hashing import digest
 from compress.models import load_model, load_tokenizer
 from compress.run_dir import read_json
 from evalsuite.backends import open_backend
+from evalsuite.deployment import TORCH
 from evalsuite.errors import BackendUnavailable
 from evalsuite.errors import EvalInputError
 from evalsuite.metrics import KINDS, EvalSettings, ModelFacts, evaluate, gpt2_facts
@@ -62,6 +63,13 @@ def artifact_facts(artifact: Path, runner: Runner | None) -> ModelFacts:
     config_dir = artifact if artifact.is_dir() else artifact.parent
     facts = gpt2_facts(json.loads((config_dir / "config.json").read_text()), bytes_on_disk(config_dir, weights_only=True))
     return replace(facts, gathered_bytes=int(getattr(runner, "gathered_weight_bytes", 0)))
+
+
+def deployment_fields(info: dict[str, Any]) -> dict[str, Any]:
+    """What the report's "what to ship" reads of a step: its artifact (relative to the step dir) and the
+    runtime its writer declared (an export target's, in step.json; a model dir runs in PyTorch)."""
+    return {"artifact": info.get("artifact") or info.get("model_dir"),
+            "runtime": (info.get("info") or {}).get("runtime") or TORCH.as_dict()}
 
 
 def open_artifact(step_dir: Path, info: dict[str, Any], device: str) -> tuple[Path, str, Runner]:
@@ -134,6 +142,7 @@ class Measurer:
         if is_base and m["ppl"] is not None:
             m["ppl_ratio_to_base"] = 1.0
         m["eval_hash"] = self.eval_hash
+        m.update(deployment_fields(info))
         m["summary"] = info.get("summary", "")
         m["step_wall_s"] = info.get("wall_s")  # the step's own work, when it ran; eval_wall_s is its measurement
         # the step's own work's peak resident memory (step.json; "process start": could not be reset before it)

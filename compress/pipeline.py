@@ -30,7 +30,7 @@ from compress.errors import UserError
 from compress.gate import check_ppl_ratio
 from compress.hashing import digest
 from compress.manifest import start_manifest
-from compress.measure import Measurer
+from compress.measure import Measurer, deployment_fields
 from compress.plan import Plan, dump_plan
 from compress.dry_run import dry_run  # noqa: F401 (re-exported: it was here)
 from compress.planning import PlannedStep, planned_steps, run_digests
@@ -241,6 +241,9 @@ def _reuse_step(run: _Run, p: PlannedStep, step_dir: Path, info: dict, input_ppl
         metrics = run.measurer.measure(p.name, step_dir, info, p.step.source)
         write_json(step_dir / "metrics.json", metrics)
         status = "re-measured"
+    elif "runtime" not in metrics:  # measured before metrics carried the deployment facts: add them, no re-measure
+        metrics.update(deployment_fields(info))
+        write_json(step_dir / "metrics.json", metrics)
     check_ppl_ratio(p.name, p.step, metrics, input_ppl, run.plan.eval.max_ppl_ratio, kept=f"{step_dir} (cached)")
     log.info("%s: %s (hash %s)", p.name, status, p.hash[:12])
     return StepRecord(p.name, p.hash, status, info.get("wall_s", 0.0), info.get("summary", "")), info, metrics

@@ -31,6 +31,11 @@ from functools import lru_cache
 from pathlib import Path
 
 
+# The processors a target device offers an artifact's runtime (an export target declares which of these
+# its runtime runs on: evalsuite.deployment.Runtime.runs_on).
+CPU, NVIDIA_GPU = "cpu", "nvidia-gpu"
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -40,6 +45,9 @@ class Target:
     int8_tops: float | None  # peak, as published (sparse where the vendor only gives sparse)
     fp16_tflops: float | None  # peak dense FP16 tensor throughput; None where none is published
     source: str
+    # Processors that read the memory whose bandwidth the projection uses: a Jetson's CPU and GPU share
+    # its LPDDR5; an H100's HBM serves its GPU only; the host is this machine's CPU.
+    processors: tuple[str, ...] = (CPU, NVIDIA_GPU)
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -52,9 +60,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "Jetson AGX Orin Series data sheet / technical brief: 204.8 GB/s LPDDR5, 275 INT8 TOPS "
            "(sparse, GPU 170 + DLA 105), 5.3 FP32 TFLOPS; no FP16 figure published"),
     Target("h100", "NVIDIA H100 SXM5 80GB", 3350.0, 80, 1979.0, 989.5,
-           "H100 Tensor Core GPU data sheet: 3.35 TB/s HBM3, dense FP16 989.5 TFLOPS, INT8 1979 TOPS"),
+           "H100 Tensor Core GPU data sheet: 3.35 TB/s HBM3, dense FP16 989.5 TFLOPS, INT8 1979 TOPS",
+           (NVIDIA_GPU,)),
     Target("h200", "NVIDIA H200 SXM 141GB", 4800.0, 141, 1979.0, 989.5,
-           "H200 Tensor Core GPU data sheet: 4.8 TB/s HBM3e, same compute as H100 SXM"),
+           "H200 Tensor Core GPU data sheet: 4.8 TB/s HBM3e, same compute as H100 SXM", (NVIDIA_GPU,)),
 )}
 HOST = "host"
 KNOWN_TARGETS = (*TARGETS, HOST)
@@ -98,7 +107,12 @@ def host_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 def host_target() -> Target:
     return Target(HOST, f"this machine ({platform.machine()})", measure_host_bandwidth(), 0, None, None,
-                  "measured here: numpy copy of 256 MiB, best of 5, read + write bytes")
+                  "measured here: numpy copy of 256 MiB, best of 5, read + write bytes", (CPU,))
+
+
+def processors(name: str) -> tuple[str, ...]:
+    """The processors of a target device, without measuring the host's bandwidth."""
+    return (CPU,) if name == HOST else TARGETS[name].processors if name in TARGETS else ()
 
 
 def target(name: str) -> Target:

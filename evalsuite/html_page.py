@@ -9,8 +9,9 @@ from html import escape
 from typing import Any
 
 from evalsuite.speculative_report import speculative_html
-from evalsuite.summary import (BEST_MARK, DEFAULT_PPL_BUDGET, FRONT_MARK, legend, protocol_lines, sample_prompts,
-                               sample_text, sampling_line, table, target_rows, verdict, wall_rows)
+from evalsuite.summary import (BEST_MARK, DEFAULT_PPL_BUDGET, FRONT_MARK, SHIP_HEAD, legend, protocol_lines,
+                               sample_prompts, sample_text, sampling_line, ship_table, table, target_rows, verdict,
+                               wall_rows)
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
@@ -37,6 +38,7 @@ def render_html(rows: list[dict[str, Any]], title: str, svg: str, notes: list[st
              f"<figure>{svg}</figure>",
              _main_table(rows, ppl_budget),
              f'<p class="muted">{escape(legend(ppl_budget))}</p>',
+             _ship(rows, ppl_budget),
              "<h2>What each step did</h2>",
              "<ul>" + "".join(f"<li><b>{escape(r['step'])}</b>: {escape(r.get('summary') or '(no summary)')}</li>"
                               for r in rows) + "</ul>",
@@ -62,6 +64,20 @@ def _main_table(rows: list[dict[str, Any]], ppl_budget: float) -> str:
                       for j, c in enumerate(cells))
         body.append(f'<tr class="{cls}">{tds}</tr>')
     return f'<div class="scroll"><table><tr>{head}</tr>\n' + "\n".join(body) + "</table></div>"
+
+
+def _ship(rows: list[dict[str, Any]], ppl_budget: float) -> str:
+    cells = ship_table(rows, ppl_budget)
+    if not cells:
+        return ""
+    head = "".join(f'<th class="text">{escape(h)}</th>' for h in SHIP_HEAD)
+    trs = "".join(f'<tr class="{"unmeasured" if unmeasured else ""}">'
+                  + "".join(f'<td class="text">{escape(v)}</td>' for v in c) + "</tr>" for c, unmeasured in cells)
+    return ("<h2>What to ship, per target device</h2>"
+            f'<p class="muted">The artifact whose runtime runs on the device with the highest decode tokens/s '
+            f"(measured on the host, projected elsewhere) and perplexity within {ppl_budget:.2f}x the base's; "
+            "artifacts that run there but could not be measured here follow it with their projection.</p>"
+            f'<div class="scroll"><table><tr>{head}</tr>{trs}</table></div>')
 
 
 def _samples(rows: list[dict[str, Any]]) -> str:

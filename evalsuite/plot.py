@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
+from evalsuite.deployment import not_measured_text
 from evalsuite.summary import DEFAULT_PPL_BUDGET, best_index, decode_ms, get, human_bytes, is_measured, pareto_front
 
 BACKEND_COLORS = {"torch": "#1f77b4", "onnxruntime": "#ff7f0e", "tensorrt": "#2ca02c"}
@@ -134,10 +135,17 @@ def _footnote(rows: list[dict[str, Any]], pts: list[int]) -> str:
     note = "Marker area grows with bytes on disk"
     if sized:
         note += f" ({human_bytes(min(sized))} to {human_bytes(max(sized))})"
-    left = [f"{r['step']} ({r.get('status') or 'not measured'})" for i, r in enumerate(rows) if i not in pts]
+    left = [f"{r['step']} ({not_measured_text(r)}{_projected(r)})" for i, r in enumerate(rows) if i not in pts]
     if left:
         note += ".  Not plotted: " + ", ".join(left)
     return note + "."
+
+
+def _projected(row: dict[str, Any]) -> str:
+    """"; projected 1,234 tok/s on orin-nano": the first projection of an unplotted row."""
+    proj = row.get("projected_decode_tokens_per_s") or {}
+    device = next(iter(proj), None)
+    return f"; projected {proj[device]:,.0f} tok/s on {device}" if device else ""
 
 
 def _place_labels(fig: Figure, ax, legend, xs: list[float], ys: list[float], sizes: list[float],

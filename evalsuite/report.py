@@ -21,9 +21,9 @@ from typing import Any
 
 from evalsuite.html_page import render_html
 from evalsuite.speculative_report import speculative_lines
-from evalsuite.summary import (DEFAULT_PPL_BUDGET, fmt, get, human_bytes, legend, markdown_table,  # noqa: F401
-                               protocol_lines, sample_prompts, sample_text, sampling_line, target_rows, verdict,
-                               wall_rows)
+from evalsuite.summary import (DEFAULT_PPL_BUDGET, SHIP_HEAD, fmt, get, human_bytes, legend,  # noqa: F401
+                               markdown_table, protocol_lines, sample_prompts, sample_text, sampling_line, ship_table,
+                               target_rows, verdict, wall_rows)
 
 METRICS_FILE = "metrics.json"
 # free text and nested tables, shown in the report; a CSV cell is no place for them
@@ -64,7 +64,9 @@ def write_report(run_dir: Path, rows: list[dict[str, Any]], title: str, notes: l
 def markdown_report(rows: list[dict[str, Any]], title: str, notes: list[str] = (),
                     ppl_budget: float = DEFAULT_PPL_BUDGET) -> str:
     md = [f"# {title}", "", verdict(rows, ppl_budget), "", markdown_table(rows, ppl_budget), "",
-          legend(ppl_budget), "", "![perplexity vs decode latency](pareto.png)", "", "## What each step did", ""]
+          legend(ppl_budget), "", "![perplexity vs decode latency](pareto.png)"]
+    md += _markdown_ship(rows, ppl_budget)
+    md += ["", "## What each step did", ""]
     md += [f"- **{r['step']}**: {r.get('summary') or '(no summary)'}" for r in rows]
     md += _markdown_wall(rows)
     md += ["", "## How it was measured", ""] + [f"- {line}" for line in protocol_lines(rows)]
@@ -78,6 +80,18 @@ def markdown_report(rows: list[dict[str, Any]], title: str, notes: list[str] = (
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(md) + "\n"
+
+
+def _markdown_ship(rows: list[dict[str, Any]], ppl_budget: float) -> list[str]:
+    cells = ship_table(rows, ppl_budget)
+    if not cells:
+        return []
+    md = ["", "## What to ship, per target device", "",
+          f"Per device of eval.targets: the artifact whose runtime runs there with the highest decode tokens/s "
+          f"(measured on the host, projected elsewhere) and perplexity within {ppl_budget:.2f}x the base's; "
+          "artifacts that run there but could not be measured here follow it with their projection.", "",
+          "| " + " | ".join(SHIP_HEAD) + " |", "|" + "---|" * len(SHIP_HEAD)]
+    return md + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row, _ in cells]
 
 
 def _markdown_wall(rows: list[dict[str, Any]]) -> list[str]:

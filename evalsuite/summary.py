@@ -7,7 +7,8 @@ Rows are metrics.json dicts (evalsuite.metrics), one per step, in step order; th
 - Best point: the fastest step (lowest decode ms/token p50) whose perplexity is within the budget,
   ppl <= ppl_budget x base ppl (default 1.10, the plan's `eval.ppl_budget`). It is always on the
   front. When no compressed step fits the budget the base is best: nothing was worth its loss.
-Steps that are "to be built on target" (TensorRT here) have no measurements and take no part.
+Steps that are "to be built on target" (TensorRT here) have no measurements and take no part; the table
+shows their projections with the reason they were not measured (evalsuite.deployment).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from evalsuite import deployment
+from evalsuite.deployment import not_measured_text
 from evalsuite.hardware import HOST, TARGETS
 
 DEFAULT_PPL_BUDGET = 1.10
@@ -134,7 +137,7 @@ def _host_fraction(row: dict[str, Any]) -> str:
 
 def _ppl(row: dict[str, Any]) -> str:
     if row.get("status") not in (None, "measured"):
-        return row["status"]
+        return not_measured_text(row)
     return fmt(row.get("ppl"), "{:.2f}")
 
 
@@ -198,6 +201,32 @@ def markdown_table(rows: list[dict[str, Any]], ppl_budget: float = DEFAULT_PPL_B
     lines = ["| " + " | ".join(t.head) + " |", "|" + "---|" * len(t.head)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in t.cells]
     return "\n".join(lines)
+
+
+# -- what to ship, per target device (evalsuite.deployment picks) ---------------------------------------
+
+SHIP_HEAD = ["device", "ship", "runtime", "file", "size", "decode tok/s", "ppl / base", "why"]
+
+
+def ship_table(rows: list[dict[str, Any]], ppl_budget: float) -> list[tuple[list[str], bool]]:
+    """The report's "what to ship" rows, (cells in SHIP_HEAD's columns, unmeasured): the pick of each
+    device, then the artifacts that run there unmeasured, with their projection and the reason. Empty for
+    rows that declare no runtime (runs measured before rows did; a model measured outside a plan)."""
+    if not any(deployment.Runtime.of(r) for r in rows):
+        return []
+    out = []
+    for pick in deployment.picks(rows, ppl_budget):
+        device = f"{pick.device} ({', '.join(pick.processors)})"
+        s = pick.ship
+        if s is None:
+            out.append(([device, "–", "–", "–", "–", "–", "–", pick.why], False))
+        else:
+            out.append(([device, s.row["step"], s.runtime.name, s.file, fmt(s.row.get("bytes_on_disk"), "bytes"),
+                         s.speed(), fmt(s.row.get("ppl_ratio_to_base"), "{:.3f}"), pick.why], False))
+        out += [([device, f"{o.row['step']} (not measured)", o.runtime.name, o.file,
+                  fmt(o.row.get("bytes_on_disk"), "bytes"), o.speed(), "–", deployment.unmeasured_note(o, s)], True)
+                for o in pick.unmeasured]
+    return out
 
 
 def legend(ppl_budget: float = DEFAULT_PPL_BUDGET) -> str:

@@ -205,6 +205,7 @@ def build_for_export(cfg, model: "GPT2LMHeadModel", records: dict) -> tuple[onnx
     except NotExpressible as e:
         return None, {"skipped": str(e)}
     done: dict = {}
-    graph = onnx_quant.ort_passes(graph, cfg, records, done)  # no Python fusions: ORT's session ones do
+    quant = onnx_quant.graph_quantization(model, records)
+    graph = onnx_quant.ort_passes(graph, cfg, quant, done)  # no Python fusions: ORT's session ones do
     done["quantized_ops"] = onnx_quant.quantized_counts(graph)
     return graph, done

@@ -7,8 +7,11 @@ Two routes, both on the fp32 graph after `passes.gemm_to_matmul` and `passes.fol
      W8A8 (input_scale set) ->  QuantizeLinear/DequantizeLinear on the activation with the step's
                                 scale, DequantizeLinear on the int8 weight, then MatMul
    so ONNX Runtime computes what compress.quantization.modules.QuantLinear computes in torch.
-2. ONNX Runtime's own quantizers on an fp32 export: dynamic int8 (quantize_dynamic) and the
-   MatMulNBits quantizer (int4 / int8, symmetric, blockwise).
+2. ONNX Runtime's own quantizers on the graph of an fp32 model, for the methods whose layout is applied
+   here (compress.quantization.ort_graph: ort-dynamic-int8 -> quantize_dynamic, ort-int4 / ort-int8 ->
+   the MatMulNBits quantizer, symmetric, blockwise).
+
+Which route runs is looked up by the method's OnnxForm (ORT_PASSES), never by its name.
 
 A MatMul is matched to a torch module by its exporter node name ('/transformer/h.0/attn/c_attn/MatMul'
 -> 'transformer.h.0.attn.c_attn'), and its weight is checked against the dequantized codes before it
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -29,6 +33,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compress.errors import UserError
+from compress.quantization.registry import OnnxForm
 from export.passes import MS_DOMAIN, ensure_ms_domain, initializers, keep_root_logging, quiet, set_nodes
 
 if TYPE_CHECKING:
@@ -167,10 +172,12 @@ def replace_weight_matmuls(model: onnx.ModelProto, records: dict[str, "LinearCod
 
 def write_for_ort(model: onnx.ModelProto, records: dict[str, "LinearCodes"],
                   accuracy_level: int = 0) -> dict[str, int]:
-    """The quantize step's integers for ONNX Runtime: MatMulNBits (weight-only) or QDQ (W8A8). In place.
+    """The quantize step's integers for ONNX Runtime (forms MatMulNBits and QDQ W8A8). In place.
 
-    accuracy_level 0 keeps fp32 compute (matches torch); 4 lets MatMulNBits quantize activations to int8
-    per block (faster decode on CPUs with int8 dot products, not bit-exact with torch).
+    A record with a static activation scale (W8A8's block projections) becomes Q/DQ, any other (weight-only
+    layers, a W8A8 method's weight-only head) MatMulNBits. accuracy_level 0 keeps fp32 compute (matches
+    torch); 4 lets MatMulNBits quantize activations to int8 per block (faster decode on CPUs with int8 dot
+    products, not bit-exact with torch).
     """
     def build(ql: "LinearCodes", node: onnx.NodeProto):
         return qdq_nodes(ql, node) if ql.input_scale is not None else matmul_nbits_nodes(ql, node, accuracy_level)
@@ -182,7 +189,7 @@ def write_for_ort(model: onnx.ModelProto, records: dict[str, "LinearCodes"],
     return kinds
 
 
-# -- ONNX Runtime's own quantizers (plan asks for them on an fp32 export) -----------------------------
+# -- ONNX Runtime's own quantizers (methods ort-int4 / ort-int8 / ort-dynamic-int8 on an fp32 model) ---------
 
 def ort_dynamic_int8(model: onnx.ModelProto, per_channel: bool = False,
                      op_types: tuple[str, ...] | None = ("MatMul",)) -> onnx.ModelProto:
@@ -216,22 +223,93 @@ def ort_matmul_nbits(model: onnx.ModelProto, bits: int, block_size: int, accurac
     return quantizer.model.model
 
 
-def ort_passes(graph: onnx.ModelProto, cfg, records: dict[str, "LinearCodes"], done: dict,
+# -- what the export writes, by the quantization method's OnnxForm ------------------------------------------
+
+@dataclass(frozen=True)
+class GraphQuantization:
+    """The model's quantization as an ONNX export sees it: its method's OnnxForm and grid, and the codes
+    the quantize step handed off ({} where ONNX Runtime quantizes the graph)."""
+
+    form: OnnxForm
+    method: str
+    bits: int
+    group_size: int | None  # None: per channel (or the method's own blocks)
+    records: dict[str, "LinearCodes"]
+
+    @property
+    def label(self) -> str:
+        """For summaries and validation references: 'ort-int4 g32', 'rtn int4 g128'."""
+        return f"{self.method} int{self.bits}" + (f" g{self.group_size}" if self.group_size else "")
+
+
+def graph_quantization(model, records: dict[str, "LinearCodes"]) -> GraphQuantization | None:
+    """What the quantize step recorded on the model (config.quantization_config, as compress.quantization
+    writes it in memory and in config.json), or None for a float model."""
+    from compress.quantization.methods import method
+
+    config = getattr(model, "config", None)
+    details = (getattr(config, "quantization_config", None) or {}).get("gpt2_edge")
+    if details is None:
+        if records:
+            raise UserError("quantized layers without the quantize step's record (config.quantization_config)")
+        return None
+    m = method(details["method"])
+    if m.onnx is None:
+        raise UserError(f"method {m.name} has no ONNX form; quantize with one that has (docs/quantization.md)")
+    group = details.get("group_size")
+    return GraphQuantization(m.onnx, m.name, details["bits"], group if isinstance(group, int) else None, records)
+
+
+@dataclass(frozen=True)
+class OrtPass:
+    """How the ONNX Runtime export writes one OnnxForm: `write(graph, quantization, accuracy_level)` ->
+    (graph, what it did). The step's own codes are matched to the exporter's MatMul names, so they are
+    written before ORT's Python fusions; ORT's quantizers run on the fused graph (as bench/onnx.py measured)."""
+
+    write: Callable[[onnx.ModelProto, GraphQuantization, int], tuple[onnx.ModelProto, dict]]
+    on_fused_graph: bool
+
+
+def _codes(graph: onnx.ModelProto, q: GraphQuantization, accuracy_level: int) -> tuple[onnx.ModelProto, dict]:
+    return graph, {"from_quantize_step": write_for_ort(graph, q.records, accuracy_level)}
+
+
+def _nbits(graph: onnx.ModelProto, q: GraphQuantization, accuracy_level: int) -> tuple[onnx.ModelProto, dict]:
+    block = q.group_size or 128
+    return ort_matmul_nbits(graph, q.bits, block, accuracy_level), {"ort_quantizer": f"MatMulNBits int{q.bits} "
+                                                                                      f"block {block}"}
+
+
+def _dynamic(graph: onnx.ModelProto, q: GraphQuantization, accuracy_level: int) -> tuple[onnx.ModelProto, dict]:
+    return ort_dynamic_int8(graph), {"ort_quantizer": "quantize_dynamic int8 (MatMulInteger)"}
+
+
+ORT_PASSES: dict[OnnxForm, OrtPass] = {
+    OnnxForm.MATMUL_NBITS: OrtPass(_codes, on_fused_graph=False),
+    OnnxForm.QDQ_W8A8: OrtPass(_codes, on_fused_graph=False),
+    OnnxForm.ORT_NBITS: OrtPass(_nbits, on_fused_graph=True),
+    OnnxForm.ORT_DYNAMIC_INT8: OrtPass(_dynamic, on_fused_graph=True),
+}
+
+
+def ort_passes(graph: onnx.ModelProto, cfg, quant: GraphQuantization | None, done: dict,
                fuse: Callable[[onnx.ModelProto], tuple[onnx.ModelProto, dict]] | None = None) -> onnx.ModelProto:
     """The ONNX Runtime passes of an fp32 export graph (model.onnx and model_decode.onnx alike), in order:
-    the quantize step's integers, `fuse` (ORT's Python fusions, model.onnx only), ORT's quantizer that
-    `cfg` (an export.step.ExportConfig) asks for, then the tied table stored once. Records in `done`."""
+    the quantization's pass (ORT_PASSES[its OnnxForm]) before or after `fuse` (ORT's Python fusions,
+    model.onnx only), then the tied table stored once. `cfg`: the step's ExportConfig (accuracy_level).
+    Records in `done`."""
     from export import tied_embedding
 
     tied = tied_embedding.tied_token_gather(graph)  # checked on the fp32 graph, before any quantizer
-    if records:
-        done["from_quantize_step"] = write_for_ort(graph, records, cfg.accuracy_level)
+    write = ORT_PASSES[quant.form] if quant is not None else None
+    if write is not None and not write.on_fused_graph:
+        graph, did = write.write(graph, quant, cfg.accuracy_level)
+        done.update(did)
     if fuse is not None:
         graph, done["fused"] = fuse(graph)
-    if cfg.quantize == "dynamic-int8":
-        graph = ort_dynamic_int8(graph)
-    elif cfg.quantize in ("int4", "int8"):
-        graph = ort_matmul_nbits(graph, int(cfg.quantize[3:]), cfg.block_size, cfg.accuracy_level)
+    if write is not None and write.on_fused_graph:
+        graph, did = write.write(graph, quant, cfg.accuracy_level)
+        done.update(did)
     shared = tied_embedding.share_tied_embedding(graph, tied) if tied else ""
     done["tied_embedding"] = shared or ("stored twice: the head's form cannot be gathered" if tied else "not tied")
     return graph

@@ -2,7 +2,8 @@
 validation.json (+ genai_config.json).
 
     - export: {format: onnx}                                # fp32, ORT fusions, validated to 1e-3
-    - export: {format: onnx, quantize: int4, block_size: 32} # ORT's MatMulNBits quantizer on fp32
+    - quantize: {method: ort-int4, group_size: 32}          # ORT's MatMulNBits quantizer, applied here:
+    - export: {format: onnx}
     - export: {format: tensorrt, precision: fp16}           # ONNX here, engine via export.tensorrt
 
 Both formats trace the same decoder (`OnnxGraphExport`, the shared part) and differ in their hooks:
@@ -10,7 +11,12 @@ the graph passes (ORT's quantized kernels and fusions, or TensorRT's standard-op
 CPU decode graph is written beside, where the file is validated, and how the step finishes
 (`ExportConfig` here, `TensorRTExport` in export.tensorrt). After a `quantize` step the integers of
 that step are written as they are (MatMulNBits / QDQ for ONNX Runtime, Q/DQ for TensorRT), and the
-export must match the torch quantized model's perplexity within validation.ppl_rel. validation.json
+export must match the torch quantized model's perplexity within validation.ppl_rel; after a method
+whose layout is applied in the graph (ort-int4 / ort-int8 / ort-dynamic-int8) ONNX Runtime's quantizer
+runs on the traced graph. Which pass runs is looked up by the method's OnnxForm
+(export.onnx_quant.ORT_PASSES), and each target names the forms it can write (`onnx_forms`).
+Older plans' `export: {quantize: int4, block_size: 32}` still run: the same method is applied to the
+torch model in memory before the trace, with a note naming the quantize step that says it now. validation.json
 is measured on the file the step leaves on disk (its sha256 is recorded), with ONNX Runtime, the
 TensorRT Q/DQ graph included (on CPU).
 
@@ -25,13 +31,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_serializer, model_validator
 
 from compress.errors import UserError
 from compress.gate import check_export
 from compress.hashing import digest
 from compress.plan_state import Check, PlanState, Problem
+from compress.quantization.registry import OnnxForm
 from compress.step_api import StepContext, StepOutput
+from evalsuite.deployment import Runtime
+from evalsuite.hardware import CPU, NVIDIA_GPU
+from export.old_quantize_keys import OLD_DEFAULTS, OLD_KEYS, old_quantizer
 from export.target import ExportTarget, checked, quantized_records, register_target
 
 if TYPE_CHECKING:
@@ -52,6 +62,7 @@ class OnnxGraphExport(ExportTarget):
                                            "generates from the export dir (export.genai)")
     writes_decode_graph: ClassVar[bool] = False  # model_decode.onnx beside model.onnx (ORT's CPU kernels)
     validates_on_device: ClassVar[bool] = False  # ORT on the plan's device (else CPU)
+    onnx_forms: ClassVar[frozenset[OnnxForm]] = frozenset()  # what it writes of a quantize step's method
     ort_may_refuse: ClassVar[bool] = False  # a graph ORT cannot load is "not validated here", not an error
     # Fields of the one ExportConfig of older versions that this target does not have, with the values
     # that config dumped: added to the hash so that old run directories are reused.
@@ -71,13 +82,14 @@ class OnnxGraphExport(ExportTarget):
         return data
 
     def check(self, state: PlanState) -> Check:
+        from compress.quantization.methods import METHODS, method
+
         problems = []
         done = state.quantized
-        if done is not None and not done.exportable:
-            from compress.quantization.methods import exportable_methods
-
-            problems.append(Problem(f"the model quantized by {done.by} (method {done.method}) has no ONNX form; "
-                                    f"use {'/'.join(exportable_methods())} before an export"))
+        if done is not None and method(done.method).onnx not in self.onnx_forms:
+            fits = [m.name for m in METHODS.values() if m.onnx in self.onnx_forms]
+            problems.append(Problem(f"the model quantized by {done.by} (method {done.method}) has no form the "
+                                    f"{self.format} export writes; use {'/'.join(fits)} before it"))
         return replace(state, artifact=self.format), problems
 
     def content_hash(self, prev, inputs) -> str:
@@ -95,7 +107,8 @@ class OnnxGraphExport(ExportTarget):
         raise NotImplementedError
 
     def approximate(self) -> str | None:
-        """What makes the file approximate the torch fp32 model by design (fp16, an export-time quantizer)."""
+        """What makes the file approximate the torch fp32 model by design (fp16); ONNX Runtime's quantizers
+        (ort-* methods) are read from the model (export.onnx_quant.graph_quantization)."""
         return None
 
     def prepare(self, model: "nn.Module", records: dict, ctx: StepContext) -> dict | None:
@@ -119,42 +132,60 @@ class ExportConfig(OnnxGraphExport):
         None, description="ONNX Runtime's GPT-2 fusions (SkipLayerNorm, FastGelu); default: on for float "
                            "graphs, off for quantized ones (3-8% faster decode without them, bench/onnx.py)")
     fp16: bool = Field(False, description="fp16 weights and compute, for GPU execution providers")
-    quantize: Literal["none", "dynamic-int8", "int4", "int8"] = Field(
-        "none", description="ONNX Runtime's own quantizer on an fp32 model: dynamic int8 (MatMulInteger) "
-                            "or int4/int8 weight-only (MatMulNBits)")
-    block_size: Literal[16, 32, 64, 128, 256] = Field(128, description="MatMulNBits block for quantize: int4/int8")
     accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
-        4, description="MatMulNBits compute on CPU: 4 = activations quantized to int8 per block (fast "
-                       "decode), 0 = fp32 (bit-matches torch; 8-bit weights then run a slow fallback)")
-    # quantize: dynamic-int8 only: activation outliers (compress/quantization/outlier_check.py, smooth_dynamic.py)
-    smooth: float | None = Field(None, ge=0, le=1, description="SmoothQuant alpha folded into the torch model "
-                                                               "before ORT's dynamic int8 (needs data.train)")
-    allow_outliers: bool = Field(False, description="run ORT's dynamic int8 even when calibration on data.train "
-                                                    "finds activation outliers above the limit")
+        4, description="MatMulNBits compute on CPU (a quantize step's int4/int8 codes, methods ort-int4/ort-int8): "
+                       "4 = activations quantized to int8 per block (fast decode), 0 = fp32 (bit-matches torch; "
+                       "8-bit weights then run a slow fallback)")
     writes_decode_graph: ClassVar[bool] = True
     validates_on_device: ClassVar[bool] = True
-    legacy_fields: ClassVar[dict[str, Any]] = {"precision": None, "profile": None}
+    runtime: ClassVar[Runtime] = Runtime("ONNX Runtime", (CPU, NVIDIA_GPU))  # CPU and CUDA execution providers
+    onnx_forms: ClassVar[frozenset[OnnxForm]] = frozenset(OnnxForm)  # every form: ONNX Runtime runs them all
+    # What the one ExportConfig of older versions dumped for these: old run directories keep their hashes.
+    legacy_fields: ClassVar[dict[str, Any]] = {"precision": None, "profile": None, **OLD_DEFAULTS}
+    old_keys: ClassVar[tuple[str, ...]] = OLD_KEYS
+    _old: dict[str, Any] = PrivateAttr(default_factory=dict)  # an older plan's quantizer keys, as written
 
-    @model_validator(mode="after")
-    def _options_fit(self) -> "ExportConfig":
-        if self.fp16 and self.quantize != "none":
-            raise ValueError(f"fp16 and quantize: {self.quantize} exclude each other")
-        given = [k for k in ("smooth", "allow_outliers") if k in self.model_fields_set]
-        if given and self.quantize != "dynamic-int8":
-            raise ValueError(f"{', '.join(given)}: only with quantize: dynamic-int8")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _old_quantizer_keys(cls, data: Any, handler: Any) -> "ExportConfig":
+        """`quantize: int4, block_size: 32` of older plans: kept aside (and dumped back), validated as the
+        quantize step that says it now (old_quantizer)."""
+        if not isinstance(data, dict) or not set(OLD_KEYS) & data.keys():
+            return handler(data)
+        old = {k: data[k] for k in OLD_KEYS if k in data}
+        quantizer, _ = old_quantizer(old)
+        if quantizer is not None and data.get("fp16"):
+            raise ValueError(f"fp16 and quantize: {old['quantize']} exclude each other")
+        cfg = handler({k: v for k, v in data.items() if k not in OLD_KEYS})
+        cfg._old = old
+        return cfg
+
+    @model_serializer(mode="wrap")
+    def _dump_old_keys(self, handler: Any) -> dict[str, Any]:
+        return {**handler(self), **self._old}  # the plan as written: a reload maps them again
+
+    @property
+    def old_quantizer(self) -> tuple[Any, str] | None:
+        """(QuantizeConfig or None, the note) for an older plan's quantizer keys; None without them."""
+        return old_quantizer(self._old) if self._old else None
 
     def check(self, state: PlanState) -> Check:
-        state, problems = super().check(state)
+        from compress.quantization.methods import graph_methods
+
+        problems: list[Problem] = []
+        given = state  # the next step gets the torch model this export was given, quantized in memory or not
+        if self.old_quantizer is not None:
+            quantizer, line = self.old_quantizer
+            problems.append(Problem(line, "quantize", note=True))
+            if quantizer is not None:  # what the quantize step would check and leave, for this export's checks
+                state, own = quantizer.check(state)
+                problems += [p._replace(key="quantize") for p in own if not p.note]
+        state, more = super().check(state)
+        problems += more
         done = state.quantized
-        if done is not None and self.quantize != "none":
-            problems.insert(0, Problem(f"{self.quantize}: the model is already quantized by {done.by}; its own "
-                                       "integers are exported (leave quantize unset)", "quantize"))
-        if self.quantize == "dynamic-int8" and not state.train_data and (self.smooth is not None
-                                                                          or not self.allow_outliers):
-            problems.append(Problem("dynamic-int8 measures activation outliers (and smooths) on data.train; set "
-                                    "data.train in the plan, or allow_outliers: true without smooth", "quantize"))
-        return state, problems
+        if self.fp16 and done is not None and done.method in graph_methods():  # fp32 graph, ORT quantizes
+            problems.append(Problem(f"fp16: the model is quantized by ONNX Runtime's quantizer ({done.by})", "fp16"))
+        return replace(state, quantized=given.quantized), problems
 
     def graph_passes(self, graph, model, records, done, log):
         from export import onnx_quant, passes
@@ -162,51 +193,67 @@ class ExportConfig(OnnxGraphExport):
         def fuse(g: "onnx.ModelProto") -> tuple["onnx.ModelProto", dict]:
             return passes.ort_fusions(g, model.config.n_head, model.config.n_embd)
 
-        graph = onnx_quant.ort_passes(graph, self, records, done, fuse if fuses(self, records) else None)
+        quant = onnx_quant.graph_quantization(model, records)
+        graph = onnx_quant.ort_passes(graph, self, quant, done, fuse if fuses(self, quant) else None)
         if self.fp16:
             graph = passes.to_fp16(graph)
         done["quantized_ops"] = onnx_quant.quantized_counts(graph)
         return graph
 
     def approximate(self) -> str | None:
-        return "fp16" if self.fp16 else None if self.quantize == "none" else self.quantize
+        return "fp16" if self.fp16 else None
 
     def prepare(self, model, records, ctx):
-        if records and self.quantize != "none":
-            raise UserError(f"{ctx.name}: quantize: {self.quantize} on a model already quantized ({ctx.input_dir})")
-        if self.quantize != "dynamic-int8" or not ctx.has_train_text:
+        """An older plan's export quantizer: the method that does it now, on the torch model in memory (the
+        outlier check and smoothing of ort-dynamic-int8 included), so the graph pass finds it as after a
+        quantize step."""
+        if self.old_quantizer is None or self.old_quantizer[0] is None:
             return None
-        from compress.quantization.outlier_check import OutlierRefusal  # check, then smooth, in torch
-        from compress.quantization.smooth_dynamic import prepare_ort_dynamic
+        quantizer, line = self.old_quantizer
+        ctx.log.warning("%s: %s", ctx.inputs.step_key or ctx.name, line)
+        if records:
+            raise UserError(f"{ctx.name}: quantize: {self._old['quantize']} on a model already quantized "
+                            f"({ctx.input_dir})")
+        from compress.quantization.api import quantize
+        from compress.quantization.outlier_check import OutlierRefusal
 
+        m = quantizer.quant_method
+        calib = ctx.train_ids() if (m.calibrates or m.int8_activations) and ctx.has_train_text else None
         try:
-            return prepare_ort_dynamic(model, ctx.train_ids(), self.smooth, self.allow_outliers, "export")
+            quantize(model, quantizer, calib)
         except OutlierRefusal as e:
             raise e.at(ctx.inputs.step_key) from None
+        return model.config.quantization_config["gpt2_edge"].get("outliers")
 
     def finish_graph(self, onnx_path, ctx, info, validation, done, records, model):
-        what = (f"int{'/'.join(sorted({str(q.bits) for q in records.values()}))} from the quantize step"
-                if records else self.approximate() or "fp32")
+        from export.onnx_quant import graph_quantization
+
+        quant = graph_quantization(model, records)
+        what = (f"int{'/'.join(sorted({str(q.bits) for q in records.values()}))} from the quantize step" if records
+                else f"{quant.label} by ONNX Runtime's quantizer" if quant is not None else self.approximate() or "fp32")
         summary = (f"ONNX opset {self.opset} with KV cache, {what}"
-                   f"{', ORT fusions' if fuses(self, records) else ''}; {checked(validation)}")
+                   f"{', ORT fusions' if fuses(self, quant) else ''}; {checked(validation)}")
         decode = validation.get(DECODE_KEY)
         if decode is not None:
             summary += (f"; no decode graph ({decode['skipped']})" if "skipped" in decode
                         else f"; {decode['file']} (fused attention, CPU) {checked(decode)}")
         outliers = info.get("outliers")
         if outliers:
+            smooth = (model.config.quantization_config["gpt2_edge"].get("smooth")
+                      if quant is not None else None)
             summary += (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}"
-                        + (f", smooth {self.smooth}" if self.smooth is not None else ""))
+                        + (f", smooth {smooth}" if smooth is not None else ""))
         return StepOutput(summary=summary, artifact=ONNX_FILE, backend="onnxruntime", info=info)
 
 
-def fuses(cfg: "ExportConfig", records: dict) -> bool:
-    """Whether ORT's Python fusions run. Left to ORT's own session-time fusions, quantized graphs
-    decoded faster on the bench CPU (SkipLayerNorm/BiasGelu absorb the bias Adds the quantized
-    MatMul kernels would otherwise fuse), so the default fuses float graphs only."""
+def fuses(cfg: "ExportConfig", quant) -> bool:
+    """Whether ORT's Python fusions run (`quant`: export.onnx_quant.graph_quantization of the model).
+    Left to ORT's own session-time fusions, quantized graphs decoded faster on the bench CPU
+    (SkipLayerNorm/BiasGelu absorb the bias Adds the quantized MatMul kernels would otherwise fuse), so
+    the default fuses float graphs only."""
     if cfg.optimize is not None:
         return cfg.optimize
-    return not records and cfg.quantize == "none"
+    return quant is None
 
 
 def build_graph(cfg: OnnxGraphExport, model: "nn.Module", records: dict,
@@ -225,15 +272,18 @@ def build_graph(cfg: OnnxGraphExport, model: "nn.Module", records: dict,
     return graph, done
 
 
-def _limits(cfg: OnnxGraphExport, records: dict):
-    """Which check decides: exact logits (fp32), perplexity vs the quantized torch model, or approximate."""
+def _limits(cfg: OnnxGraphExport, records: dict, model: "nn.Module | None"):
+    """Which check decides: exact logits (fp32), perplexity vs the quantized torch model, or approximate
+    (fp16, or ONNX Runtime's quantizer on the fp32 model)."""
+    from export.onnx_quant import graph_quantization
     from export.validate import Limits
 
     v = cfg.validation
     if records:
         bits = sorted({ql.bits for ql in records.values()})
         return Limits(max_ppl_rel=v.ppl_rel), f"torch quantized model (int{'/'.join(map(str, bits))} QuantLinear)"
-    what = cfg.approximate()
+    quant = graph_quantization(model, records)
+    what = quant.label if quant is not None else cfg.approximate()
     if what is not None:
         return Limits(max_ppl_rel=v.approx_ppl_rel), f"torch fp32 (export is {what})"
     return Limits(max_abs_logit=v.max_abs_logit), "torch fp32"
@@ -265,7 +315,7 @@ def measure_file(cfg: OnnxGraphExport, onnx_path: Path, model: "nn.Module", reco
     from export.trt_spec import sha256
     from export.validate import validate
 
-    limits, reference = _limits(cfg, records)
+    limits, reference = _limits(cfg, records, model)
     shipped = {"file": onnx_path.name, "sha256": sha256(onnx_path)}
     try:
         runner = _validation_runner(cfg, onnx_path, ctx)

@@ -30,4 +30,6 @@ for _module in TARGET_MODULES:
 @register_step(ExportTarget)
 def export_step(cfg: ExportTarget, ctx: StepContext) -> StepOutput:
     """Every export format: the registered target class of `cfg.format` (export.target) does the work."""
-    return cfg.export(ctx)
+    out = cfg.export(ctx)
+    out.info["runtime"] = cfg.runtime.as_dict()  # metrics.json carries it to the report (evalsuite.deployment)
+    return out

@@ -1,6 +1,6 @@
 """Export targets: one registered config class per `format` of the `export` step, looked up by type.
 
-    - export: {format: onnx, quantize: int4}     # export.onnx_target.ExportConfig (ONNX Runtime)
+    - export: {format: onnx, fp16: true}         # export.onnx_target.ExportConfig (ONNX Runtime)
     - export: {format: tensorrt, precision: int8} # export.tensorrt.TensorRTExport
     - export: {format: gguf, type: q8_0}          # export.gguf.GgufExport (llama.cpp)
 
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.gate import check_export
 from compress.step_api import StepConfig
+from evalsuite.deployment import Runtime
 
 if TYPE_CHECKING:
     from torch import nn
@@ -88,7 +89,12 @@ class ExportTarget(StepConfig):
     # train: activation-outlier checks; eval: validation windows; latency: engine profiles
     reads: ClassVar[frozenset[str]] = frozenset({"seed", "train", "eval", "latency"})
 
+    # What runs the artifact and on which processors: the report's "what to ship" per target device reads
+    # it (evalsuite.deployment); every registered target declares its own.
+    runtime: ClassVar["Runtime"]
+
     format: str
+    old_keys: ClassVar[tuple[str, ...]] = ()  # keys of older plans the target still reads (and maps)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     @model_validator(mode="wrap")
@@ -103,8 +109,8 @@ class ExportTarget(StepConfig):
             raise ValueError(f"format: unknown export format {fmt!r} (known: {', '.join(sorted(known))})")
         misplaced: dict[str, list[str]] = {}  # another format's option: say which format has it
         for key in data:
-            owners = sorted({f for f, c in known.items() if key in c.model_fields})
-            if key not in known[fmt].model_fields and owners:
+            owners = sorted({f for f, c in known.items() if key in c.model_fields or key in c.old_keys})
+            if key not in known[fmt].model_fields and key not in known[fmt].old_keys and owners:
                 misplaced.setdefault(" / ".join(owners), []).append(key)
         if misplaced:
             raise ValueError("; ".join(f"{', '.join(keys)}: only for format {owners}"
@@ -139,8 +145,10 @@ class ExportTarget(StepConfig):
 def quantized_records(model_dir: Path | None) -> dict:
     """The quantize step's integer layers of model_dir, or {} for an fp32 model."""
     from compress.quantization import is_quantized_dir, quantized_linears
+    from compress.quantization.storage import codes_in_dir
 
-    return quantized_linears(model_dir) if model_dir is not None and is_quantized_dir(model_dir) else {}
+    return quantized_linears(model_dir) if model_dir is not None and is_quantized_dir(model_dir) \
+        and codes_in_dir(model_dir) else {}
 
 
 def validate_artifact(target: ExportTarget, built: Built, model: "nn.Module", ctx: "StepContext") -> dict:

@@ -12,6 +12,7 @@ from importlib import import_module
 # name is the submodule once anything imported it.
 _LAZY = {"prune": "compress.pruning.api", "prune_with_indices": "compress.pruning.api",
          "choose": "compress.pruning.api", "PruneConfig": "compress.pruning.config",
+         "RoundTo": "compress.pruning.config",
          "Scores": "compress.pruning.importance",
          "correct_layernorms": "compress.pruning.compensation", "Keep": "compress.pruning.selection",
          "select": "compress.pruning.selection", "Shape": "compress.pruning.shapes",

@@ -3,17 +3,28 @@ it leaves, computed by compress/pruning/shapes.py exactly as the step will prune
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import Seed
-from compress.pruning.shapes import Shape, removed, target_problems, target_shape
+from compress.pruning.shapes import Rounding, Shape, removed, target_problems, target_shape
 from compress.step_api import StepConfig
 
 Criterion = Literal["magnitude", "taylor", "activation", "random"]
 CALIBRATED: tuple[str, ...] = ("taylor", "activation")  # criteria that read calibration tokens
+Multiple = Annotated[int, Field(ge=1, le=4096)]
+
+
+class RoundTo(BaseModel):
+    """`round_to: {n_inner: 128, n_embd: 128}`: the multiple each pruned width is rounded to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_inner: Multiple = Field(64, description="a pruned MLP width is a multiple of this")
+    n_embd: Multiple = Field(1, description="a pruned n_embd (heads x head_dim) is a multiple of this: the "
+                                            "head count is rounded to the nearest count that gives one")
 
 
 class PruneConfig(StepConfig):
@@ -33,8 +44,9 @@ class PruneConfig(StepConfig):
                                                       "shrinks with them (head_dim is kept)")
     params: float | None = Field(None, gt=0, le=1, description="keep this fraction of the parameters; "
                                  "the step chooses width and mlp (see compress/pruning/shapes.py)")
-    round_to: int = Field(64, ge=1, le=4096, description="a pruned n_inner is a multiple of this "
-                          "(tensor cores, quantization groups); 1 keeps the exact count")
+    round_to: Multiple | RoundTo = Field(64, description="a pruned n_inner is a multiple of this (tensor cores, "
+                                         "quantization groups; 1 keeps the exact count); {n_inner: 128, n_embd: "
+                                         "128} rounds n_embd too (TensorRT Edge-LLM INT4, groups of 128)")
     calib_tokens: int = Field(16384, ge=64, le=100_000_000, description="calibration tokens (taylor, activation)")
     seq_len: int | None = Field(None, ge=8, le=8192, description="calibration window; default min(256, n_positions)")
     batch_size: int = Field(8, ge=1, le=1024, description="calibration windows per forward pass")
@@ -47,6 +59,12 @@ class PruneConfig(StepConfig):
         if self.params is not None and (self.mlp or self.width):
             raise ValueError("params is exclusive with mlp and width (with params the step chooses them)")
         return self
+
+    @property
+    def rounding(self) -> Rounding:
+        """The multiple of each pruned width; a single int is the MLP's alone (its meaning before the mapping)."""
+        r = self.round_to
+        return Rounding(n_inner=r, n_embd=1) if isinstance(r, int) else Rounding(n_inner=r.n_inner, n_embd=r.n_embd)
 
     def prunes_nothing(self) -> bool:
         return self.layers == 0 and self.mlp == 0 and self.width == 0 and self.params in (None, 1)
@@ -84,19 +102,41 @@ class PruneConfig(StepConfig):
         return ", ".join(f"{k} {v}" for k, v in given.items()) or "nothing"
 
     def fix_for(self, shape: Shape, dim: str, divisor: int) -> str | None:
-        """A setting of this step under which the pruned `dim` of `shape` is a multiple of divisor."""
-        if dim == "n_inner" and self.round_to % divisor:
-            fixed = self.model_copy(update={"round_to": divisor})
-            if target_shape(shape, fixed).n_inner % divisor == 0:
-                return f"round_to {divisor}"
+        """A setting of this step under which the pruned `dim` of `shape` is a multiple of divisor:
+        round_to first (the same pruning otherwise), then, for n_embd, the width values nearest the given one."""
+        fixes = []
+        if getattr(self.rounding, dim) % divisor:
+            fixed = self.model_copy(update={"round_to": self._round_to_with(shape, dim, divisor)})
+            new = target_shape(shape, fixed)
+            if getattr(new, dim) % divisor == 0:
+                result = f" (n_embd {new.n_embd})" if dim == "n_embd" else ""
+                fixes.append(f"round_to {_spell(fixed.round_to)}{result}")
         if dim == "n_embd" and self.params is None:
             now = removed(self.width, shape.n_head)
             ok = [k for k in range(shape.n_head) if (shape.n_head - k) * shape.head_dim % divisor == 0]
             near = sorted(ok, key=lambda k: (abs(k - now), k))[:2]
             if near:
-                return "width " + " or ".join(f"{_width_for(k, shape.n_head)} ({shape.n_head - k} heads, n_embd "
-                                              f"{(shape.n_head - k) * shape.head_dim})" for k in sorted(near))
-        return None
+                fixes.append("width " + " or ".join(f"{_width_for(k, shape.n_head)} ({shape.n_head - k} heads, n_embd "
+                                                    f"{(shape.n_head - k) * shape.head_dim})" for k in sorted(near)))
+        return ", or ".join(fixes) or None
+
+    def _round_to_with(self, shape: Shape, dim: str, divisor: int) -> "int | RoundTo":
+        """round_to with `dim` rounded to `divisor`, and the other pruned width too where it is not a multiple
+        either (a group size or Edge-LLM's rule reads both): one setting that fixes both errors."""
+        r, now = self.rounding, target_shape(shape, self)
+        update = {d: divisor for d in ("n_inner", "n_embd")
+                  if d == dim or (getattr(now, d) != getattr(shape, d) and getattr(now, d) % divisor)}
+        if set(update) == {"n_inner"} and r.n_embd == 1:
+            return divisor  # the single-int spelling still says it all
+        return RoundTo(**{"n_inner": r.n_inner, "n_embd": r.n_embd, **update})
+
+
+def _spell(round_to: "int | RoundTo") -> str:
+    """round_to as a plan writes it: `128`, or `{n_embd: 128}` (the fields that differ from the defaults)."""
+    if isinstance(round_to, int):
+        return str(round_to)
+    given = round_to.model_dump(exclude_defaults=True)
+    return "{" + ", ".join(f"{k}: {v}" for k, v in given.items()) + "}"
 
 
 def _width_for(k: int, n_head: int) -> str:

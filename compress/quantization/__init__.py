@@ -17,7 +17,8 @@ _LAZY = {"quantize": ("compress.quantization.api", "quantize"),
          "QuantizeConfig": ("compress.quantization.config", "QuantizeConfig"),
          "LinearCodes": ("compress.quantization.handoff", "LinearCodes"),
          "is_quantized_dir": ("compress.quantization.handoff", "is_quantized_dir"),
-         "quantized_linears": ("compress.quantization.storage", "read_linear_codes")}
+         "quantized_linears": ("compress.quantization.storage", "read_linear_codes"),
+         "quantized_bytes": ("compress.quantization.footprint", "quantized_bytes")}
 __all__ = sorted(_LAZY)
 
 

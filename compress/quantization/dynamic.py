@@ -78,18 +78,15 @@ def quantize_dynamic_smoothed(model: GPT2LMHeadModel, windows: torch.Tensor | No
                               alpha: float | None) -> tuple[GPT2LMHeadModel, dict[str, LinearCodes]]:
     """Fold SmoothQuant factors (alpha; None: no smoothing) into the model, then torch dynamic int8
     (smooth_dynamic.py says why)."""
-    if alpha is not None:
-        from compress.quantization.smoothquant import smooth
+    from compress.quantization.smooth_dynamic import smooth_before_dynamic
 
-        if windows is None:
-            raise ValueError("smoothing needs calibration windows")
-        smooth(model, windows, alpha)
+    smooth_before_dynamic(model, windows, alpha)
     return quantize_dynamic_int8(model)
 
 
 class DynamicOptions(OutlierOptions):
     smooth: float | None = Field(
-        None, ge=0, le=1, description="dynamic-int8: SmoothQuant alpha; fold per-channel scales from calibration "
+        None, ge=0, le=1, description="dynamic-int8 / ort-dynamic-int8: SmoothQuant alpha; fold per-channel scales from calibration "
                                       "into the LayerNorms before quantizing (needs data.train)")
 
 

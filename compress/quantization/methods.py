@@ -21,6 +21,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "compress.quantization.bnb_methods",
     "compress.quantization.dynamic",
     "compress.quantization.awq",
+    "compress.quantization.ort_graph",
 )
 
 
@@ -57,3 +58,8 @@ def methods_reading(field: str) -> list[str]:
 
 def exportable_methods() -> list[str]:
     return [m.name for m in METHODS.values() if m.exportable]
+
+
+def graph_methods() -> list[str]:
+    """Names of the methods whose layout ONNX Runtime applies to the exported graph (ort_graph.py)."""
+    return [m.name for m in METHODS.values() if m.onnx is not None and m.onnx.in_graph]

@@ -50,7 +50,7 @@ class OutlierOptions(BaseModel):
     derive from this)."""
 
     allow_outliers: bool = Field(
-        False, description="dynamic-int8 / smoothquant: run even when calibration finds an input quantized per "
+        False, description="dynamic-int8 / ort-dynamic-int8 / smoothquant: run even when calibration finds an input quantized per "
                            "tensor with max/median above outlier_check.OUTLIER_LIMIT")
 
 
@@ -112,7 +112,12 @@ def _smoothed(cfg: "QuantizeConfig") -> bool:
 def checked_inputs(cfg: "QuantizeConfig") -> tuple[str, ...]:
     """The inputs a QuantizeConfig's method quantizes per tensor unsmoothed (weight-only and LLM.int8
     methods: none; their profile is recorded, not checked)."""
-    return per_tensor_inputs(_smoothed(cfg)) if cfg.quant_method.int8_activations else ()
+    m = cfg.quant_method
+    if not m.int8_activations:
+        return ()
+    # ONNX Runtime's graph quantizers also quantize the LM head's MatMul per tensor; its input (ln_f's
+    # output) cannot be smoothed without changing the tied token embeddings.
+    return per_tensor_inputs(_smoothed(cfg)) + (("lm_head",) if m.onnx is not None and m.onnx.in_graph else ())
 
 
 def needs_outlier_windows(cfg: "QuantizeConfig") -> bool:

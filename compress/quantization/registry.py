@@ -30,6 +30,7 @@ class Layout(str, Enum):
     INT8 = "int-quantized"  # compressed-tensors int8 weights + a static per-tensor input scale (W8A8)
     INT8_DYNAMIC = "int-quantized-dynamic"  # int8 weights, activations quantized per call (torch.ao)
     BITSANDBYTES = "bitsandbytes"  # bitsandbytes' own state-dict serialization
+    ONNX_GRAPH = "onnx-graph"  # fp32 weights (smoothing folded in): the ONNX export's graph pass quantizes
 
     @property
     def has_handoff(self) -> bool:
@@ -38,10 +39,19 @@ class Layout(str, Enum):
 
 
 class OnnxForm(str, Enum):
-    """What the export step writes for the quantize step's integers."""
+    """What the export step writes for the quantize step's method (export.onnx_quant.ORT_PASSES is
+    keyed by it): the step's own integers, or ONNX Runtime's quantizer run on the exported graph."""
 
     MATMUL_NBITS = "MatMulNBits"  # weight-only: ORT MatMulNBits; TensorRT int4/int8 weight Q/DQ
     QDQ_W8A8 = "QDQ W8A8"  # Q/DQ of the activation and of the int8 weight (ORT and TensorRT int8)
+    ORT_NBITS = "ORT MatMulNBits quantizer"  # ORT's blockwise RTN on the fp32 graph (every weight MatMul)
+    ORT_DYNAMIC_INT8 = "ORT quantize_dynamic"  # ORT's MatMulInteger, activations per tensor per call
+
+    @property
+    def in_graph(self) -> bool:
+        """ONNX Runtime quantizes the exported graph (the torch model stays fp32): only an ONNX Runtime
+        export can write it, and it quantizes every weight MatMul, the LM head included."""
+        return self in (OnnxForm.ORT_NBITS, OnnxForm.ORT_DYNAMIC_INT8)
 
 
 class Grid(str, Enum):
@@ -49,7 +59,8 @@ class Grid(str, Enum):
 
     GROUPS = "groups"  # our integer grid: groups of 32/64/128 input channels, or per channel
     PER_CHANNEL = "per-channel"  # our grid, one scale per output channel only
-    OWN = "own"  # the library's own blocks (bitsandbytes): group_size must stay unset
+    OWN = "own"  # the library's own blocks (bitsandbytes, ORT dynamic): group_size must stay unset
+    BLOCKS = "blocks"  # ORT MatMulNBits blocks of 16..256 input channels (a last partial block is padded)
 
 
 # run(model, cfg, windows) -> the quantized model; windows: (N, T) calibration ids, or None when the
@@ -77,6 +88,8 @@ class QuantMethod:
     options: type[BaseModel] = NoOptions
     asymmetric: bool = False  # accepts sym: false
     quantizes_head: bool = False  # accepts lm_head: int8 | int4
+    per_module: bool = False  # accepts `overrides` (a precision per module: module_precision.py); its run
+    #                           quantizes each module at cfg.precision_of(name)
     cpu_only: bool = False  # runs (and its model stays) on CPU
     requires: tuple[str, str] | None = None  # (module, pip extra) of an optional package it needs
     smooths: bool = False  # folds SmoothQuant factors into the model itself (the outlier check then skips
@@ -85,7 +98,9 @@ class QuantMethod:
 
     @property
     def exportable(self) -> bool:
-        return self.onnx is not None
+        """Whether its integer codes are handed to the exporters (MatMulNBits / Q/DQ of its own codes;
+        TensorRT and GGUF read them). Methods quantized in the ONNX graph are not: see `onnx`."""
+        return self.onnx is not None and not self.onnx.in_graph
 
     @property
     def default_bits(self) -> int:
@@ -101,4 +116,4 @@ class QuantMethod:
     def int8_activations(self) -> bool:
         """Whether its activations are quantized to int8 per tensor (W8A8, dynamic int8): the methods
         that activation outliers hurt."""
-        return self.layout in (Layout.INT8, Layout.INT8_DYNAMIC)
+        return self.layout in (Layout.INT8, Layout.INT8_DYNAMIC) or self.onnx is OnnxForm.ORT_DYNAMIC_INT8

@@ -7,11 +7,12 @@ folded into ln_1 / ln_2 / the value rows of c_attn (compress.quantization.smooth
 the outlier channels down and multiply the matching weight rows up; the model is still a stock fp32
 GPT-2 with the same function, and the integer kernels then see tame activations:
 
-    quantize: {method: dynamic-int8, smooth: 0.5}                 # torch.ao, CPU
-    export:   {format: onnx, quantize: dynamic-int8, smooth: 0.5}  # ORT quantize_dynamic on the export
+    quantize: {method: dynamic-int8, smooth: 0.5}      # torch.ao, CPU (dynamic.py)
+    quantize: {method: ort-dynamic-int8, smooth: 0.5}  # ORT quantize_dynamic on the export (ort_graph.py)
 
 mlp.c_proj (after the GELU) cannot be smoothed and stays per tensor as it is, as does the LM head in
-ONNX Runtime's case; the outlier check (outlier_check.py) still watches both.
+ONNX Runtime's case; the outlier check (outlier_check.py, run by api.quantize before this) still
+watches both.
 """
 
 from __future__ import annotations
@@ -19,29 +20,14 @@ from __future__ import annotations
 import torch
 from transformers import GPT2LMHeadModel
 
-from compress.quantization.calibration import calibration_windows
-from compress.quantization.dynamic import quantize_dynamic_smoothed  # noqa: F401 (the torch path, re-exported)
-from compress.quantization.outlier_check import check_outliers, per_tensor_inputs
 from compress.quantization.smoothquant import smooth
-
-# Calibration of the export step's smoothing and outlier check (the export config has no calib fields).
-EXPORT_CALIB_SAMPLES = 64
-EXPORT_CALIB_SEQ_LEN = 256
 
 
 @torch.no_grad()
-def prepare_ort_dynamic(model: GPT2LMHeadModel, train_ids: torch.Tensor, alpha: float | None, allowed: bool,
-                        where: str) -> dict:
-    """Before ONNX Runtime's dynamic int8 of an fp32 export: check outliers on calibration windows of
-    train_ids (refuse unless allowed), then fold smoothing into the model in place (alpha not None).
-    Returns the outlier record for step.json."""
-    seq_len = min(EXPORT_CALIB_SEQ_LEN, model.config.n_positions)
-    windows = calibration_windows(train_ids, EXPORT_CALIB_SAMPLES, seq_len, seed=0)
-    what = "ONNX Runtime dynamic int8" + (f" (smooth {alpha})" if alpha is not None else "")
-    # ORT also quantizes the LM head's MatMul per tensor; its input (ln_f output) cannot be smoothed
-    # without changing the tied token embeddings.
-    checked = per_tensor_inputs(alpha is not None) + ("lm_head",)
-    record = check_outliers(model, windows, checked, what, allowed, where)
-    if alpha is not None:
-        smooth(model, windows, alpha)
-    return record
+def smooth_before_dynamic(model: GPT2LMHeadModel, windows: torch.Tensor | None, alpha: float | None) -> None:
+    """Fold SmoothQuant factors (alpha; None: no smoothing) into the fp32 model in place."""
+    if alpha is None:
+        return
+    if windows is None:
+        raise ValueError("smoothing needs calibration windows")
+    smooth(model, windows, alpha)

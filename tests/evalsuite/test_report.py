@@ -116,7 +116,7 @@ def test_table_rows_marks_and_ratios():
     assert t.cells[3][col["tok/s vs host roofline"]] == "5.3% of 2,500"  # under 10%: one decimal
     assert onnx[col["projected tok/s orin-nano"]] == "7,556"  # 68e9 / 9e6
     trt = t.cells[5]
-    assert trt[col["ppl"]] == "to be built on target"
+    assert trt[col["ppl"]] == "not measured here (to be built on target)"  # a row without a declared runtime
     assert trt[col["backend · device"]] == "tensorrt · target"
     assert trt[col["decode ms/token p50 / p90"]] == "–"
     assert trt[col["projected tok/s agx-orin"]] == "21,558"  # sizes and projections still shown

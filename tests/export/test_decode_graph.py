@@ -122,9 +122,12 @@ def test_padded_batches_are_refused_with_a_pointer_to_the_plain_graph(fp32):
                                                 ("int8", "MatMulNBits", "GatherBlockQuantized"),
                                                 ("dynamic-int8", "MatMulInteger", "DequantizeLinear")])
 def test_ort_quantizer_graphs_match_the_plain_graph_greedily(model, tmp_path, quantize, op, lookup):
-    cfg = ExportConfig(quantize=quantize, **({} if quantize == "dynamic-int8" else {"block_size": 32,
-                                                                                  "accuracy_level": 0}))
-    plain, fused, done = _export_both(model, cfg, tmp_path / "q")
+    from compress.quantization import QuantizeConfig
+    from compress.quantization import quantize as quantize_model
+
+    options = {"allow_outliers": True} if quantize == "dynamic-int8" else {"group_size": 32}
+    qmodel = quantize_model(copy.deepcopy(model), QuantizeConfig(method=f"ort-{quantize}", **options))
+    plain, fused, done = _export_both(qmodel, ExportConfig(accuracy_level=0), tmp_path / "q")
     assert done["quantized_ops"][op] == 9 and lookup in done["tied_embedding"]
     ids = torch.tensor([[5, 17, 99, 3, 40, 41]])
     a, pa = plain.forward(ids)

@@ -37,7 +37,7 @@ def pruned(byte_tokenizer):
 def test_the_format_picks_the_target_class():
     cfg = ExportTarget.model_validate({"format": "gguf", "type": "q4_0"})
     assert type(cfg) is GgufExport and cfg.table_type == "q8_0" and cfg.slug() == "export-gguf"
-    assert type(ExportTarget.model_validate({"quantize": "int4"})) is ExportConfig  # old plans unchanged
+    assert type(ExportTarget.model_validate({"quantize": "int4"})) is ExportConfig  # old plans: mapped, with a note
     assert ExportTarget.model_validate({"format": "gguf", "type": "f16"}).table_type == "f16"
 
 

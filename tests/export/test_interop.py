@@ -20,19 +20,20 @@ import pytest
 import torch
 
 from compress.models import load_model, save_model
-from compress.quantization import QuantizeConfig, quantize, quantized_linears
+from compress.quantization import QuantizeConfig, quantize
 from export.generate import GenerationConfig, generate
 from export.onnx import save_onnx
 from export.ort_runner import OrtRunner
 from export.step import ExportTarget, build_graph
+from export.target import quantized_records
 
 # name: (export options, quantize step before it or None, ops the graph must hold)
 VARIANTS = {
     "fp32": ({}, None, {"SkipLayerNormalization"}),
     "fp16": ({"fp16": True}, None, {"Cast"}),
-    "ort-int4": ({"quantize": "int4", "block_size": 32}, None, {"MatMulNBits", "GatherBlockQuantized"}),
-    "ort-int8": ({"quantize": "int8", "block_size": 32}, None, {"MatMulNBits", "GatherBlockQuantized"}),
-    "dynamic-int8": ({"quantize": "dynamic-int8"}, None, {"MatMulInteger", "DequantizeLinear"}),
+    "ort-int4": ({}, dict(method="ort-int4", group_size=32), {"MatMulNBits", "GatherBlockQuantized"}),
+    "ort-int8": ({}, dict(method="ort-int8", group_size=32), {"MatMulNBits", "GatherBlockQuantized"}),
+    "dynamic-int8": ({}, dict(method="ort-dynamic-int8", allow_outliers=True), {"MatMulInteger", "DequantizeLinear"}),
     "step-int4-head": ({"accuracy_level": 0}, dict(method="rtn", bits=4, group_size=32, sym=False, lm_head="int4"),
                        {"MatMulNBits", "GatherBlockQuantized"}),
     "step-int8": ({}, dict(method="rtn", bits=8), {"MatMulNBits"}),
@@ -69,7 +70,7 @@ def step_dirs(trained_tiny, tmp_path_factory):
             if quant is not None:
                 src = tmp_path_factory.mktemp(f"{name}-quantized")
                 save_model(quantize(load_model(model_dir), QuantizeConfig(**quant), held[:2000]), src)
-            records = quantized_linears(src) if quant is not None else {}
+            records = quantized_records(src)  # {} where the method is applied in the graph (ort-*)
             if name == "step-w8a8":
                 records = {n: replace(r, input_scale=0.05) for n, r in records.items()}
             graph, _ = build_graph(ExportTarget.model_validate(options), load_model(src), records, logging.getLogger("test"))

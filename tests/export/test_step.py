@@ -25,10 +25,11 @@ def plan_dict(model_dir, steps, max_tokens=300):
 def test_defaults_and_slug():
     assert step_configs()["export"] is ExportTarget and ExportTarget.model_validate({}) == ExportConfig()
     cfg = ExportConfig()
-    assert (cfg.format, cfg.opset, cfg.quantize, cfg.block_size) == ("onnx", 18, "none", 128)
+    assert (cfg.format, cfg.opset, cfg.accuracy_level) == ("onnx", 18, 4) and not hasattr(cfg, "quantize")
     assert ExportConfig.model_validate({"kv_cache": True}) == cfg  # older plans' key: always on, dropped
-    assert fuses(cfg, {}) and not fuses(ExportConfig(quantize="int4"), {}) and not fuses(cfg, {"lm_head": None})
-    assert fuses(ExportConfig(quantize="int4", optimize=True), {}) and not fuses(ExportConfig(optimize=False), {})
+    quantized = object()  # export.onnx_quant.graph_quantization of a quantized model
+    assert fuses(cfg, None) and not fuses(cfg, quantized)
+    assert fuses(ExportConfig(optimize=True), quantized) and not fuses(ExportConfig(optimize=False), None)
     assert cfg.slug() == "export-onnx" and TensorRTExport(format="tensorrt").slug() == "export-tensorrt"
 
 
@@ -40,8 +41,9 @@ def test_defaults_and_slug():
     ({"kv_cache": False}, "kv_cache: the export always has the KV cache"),
     ({"fp16": True, "quantize": "dynamic-int8"}, "exclude each other"),
     ({"opset": 9}, "greater than or equal to 14"),
-    ({"quantize": "int3"}, "Input should be"),
-    ({"block_size": 48}, "Input should be"),
+    ({"quantize": "int3"}, "quantize: 'int3' is not an export option any more"),
+    ({"quantize": "int4", "block_size": 48}, "quantize: int4 is now `- quantize: {method: ort-int4, group_size: 48}` "
+                                             "before the export, which is refused: Input should be"),
     ({"validation": {"max_abs_logit": 0}}, "greater than 0"),
     ({"unknown": 1}, "unknown key"),
 ])
@@ -64,9 +66,13 @@ def test_tensorrt_fields_accepted_with_format_tensorrt(trained_tiny):
 def test_ort_quantizer_after_a_quantize_step_is_a_plan_problem(trained_tiny):
     if "quantize" not in step_configs():
         pytest.skip("the quantize step is not registered in this checkout")
-    with pytest.raises(PlanError, match=r"steps\[1\]\.export\.quantize: int4: the model is already quantized"):
+    with pytest.raises(PlanError, match=r"steps\[1\]\.export\.quantize: the model is already quantized"):
         parse_plan(plan_dict(trained_tiny[0], [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32}},
                                                {"export": {"quantize": "int4"}}]))
+    with pytest.raises(PlanError, match=r"steps\[1\]\.export: the model quantized by steps\[0\]\.quantize \(method "
+                                        r"ort-int4\) has no form the tensorrt export writes; use rtn/gptq/"):
+        parse_plan(plan_dict(trained_tiny[0], [{"quantize": {"method": "ort-int4"}},
+                                               {"export": {"format": "tensorrt", "precision": "fp16"}}]))
 
 
 def test_export_step_in_a_plan(tmp_path, trained_tiny):
@@ -100,12 +106,41 @@ def test_export_step_in_a_plan(tmp_path, trained_tiny):
 
 def test_failed_validation_stops_the_step_with_the_numbers(tmp_path, trained_tiny):
     plan = parse_plan(plan_dict(trained_tiny[0], [
-        {"export": {"quantize": "int4", "block_size": 256, "validation": {"approx_ppl_rel": 1e-6, "tokens": 256}}}]))
-    with pytest.raises(UserError, match=r"01-export-onnx: export validation failed: perplexity .* apart, limit 0\.0001%"):
+        {"quantize": {"method": "ort-int4", "group_size": 256}},
+        {"export": {"validation": {"approx_ppl_rel": 1e-6, "tokens": 256}}}]))
+    with pytest.raises(UserError, match=r"02-export-onnx: export validation failed: perplexity .* apart, limit 0\.0001%"):
         run_plan(plan, tmp_path / "run", progress=False)
-    assert not (tmp_path / "run" / "01-export-onnx").exists()  # a failed step never looks done
-    v = json.loads((tmp_path / "run" / ".01-export-onnx.tmp" / "validation.json").read_text())
-    assert v["reference"] == "torch fp32 (export is int4)" and v["ppl_rel_diff"] > 1e-6 and not v["passed"]
+    assert not (tmp_path / "run" / "02-export-onnx").exists()  # a failed step never looks done
+    v = json.loads((tmp_path / "run" / ".02-export-onnx.tmp" / "validation.json").read_text())
+    assert v["reference"] == "torch fp32 (export is ort-int4 int4 g256)" and v["ppl_rel_diff"] > 1e-6 and not v["passed"]
+
+
+def test_old_quantize_spelling_maps_to_the_method_with_a_note(tmp_path, trained_tiny, caplog):
+    """`export: {quantize: int4, block_size: 32}` of older plans: a note naming the quantize step that says it now,
+    the same plan state as that step would leave, the keys dumped back as written and the old step hash."""
+    from compress.hashing import digest
+    from compress.plan_check import check_steps
+    from compress.step_inputs import StepInputs
+
+    plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"quantize": "int4", "block_size": 32}},
+                                                  {"export": {"format": "tensorrt", "precision": "fp16"}}]))
+    assert check_steps(plan).notes == ["steps[0].export: quantize: int4 is now "
+                                       "`- quantize: {method: ort-int4, group_size: 32}` before the export"]
+    plan = parse_plan(plan_dict(trained_tiny[0], [{"export": {"quantize": "int4", "block_size": 32}}]))
+    cfg = plan.steps[0]
+    assert cfg.old_quantizer[0].method == "ort-int4" and cfg.old_quantizer[0].group_for(4) == 32
+    assert {"quantize": "int4", "block_size": 32}.items() <= cfg.model_dump().items()
+    assert ExportTarget.model_validate(cfg.model_dump()) == cfg
+    inputs = StepInputs(declared=frozenset({"seed"}), _seed=0)
+    old = {**ExportConfig.legacy_fields, **ExportConfig().model_dump(mode="json"), "quantize": "int4", "block_size": 32}
+    old.pop("genai")
+    assert cfg.content_hash("p", inputs) == digest("p", "export", old, inputs.key())
+    with caplog.at_level(logging.WARNING):  # it runs: the method quantizes in memory, the graph pass follows
+        run_plan(plan, tmp_path / "run", progress=False)
+    assert "is now `- quantize: {method: ort-int4, group_size: 32}` before the export" in caplog.text
+    info = json.loads((tmp_path / "run" / "01-export-onnx" / "step.json").read_text())
+    assert info["info"]["passes"]["quantized_ops"]["MatMulNBits"] == 9 and info["info"]["validation"]["passed"]
+    assert "ort-int4 int4 g32 by ONNX Runtime's quantizer" in info["summary"]
 
 
 def test_quantize_then_export_writes_the_steps_integers(tmp_path, trained_tiny):
@@ -158,18 +193,24 @@ def test_validation_limits_name_the_numbers():
 @pytest.mark.parametrize("options, shared", [
     ({}, "token lookup reads the head's weight (one fp table)"),
     ({"fp16": True}, "token lookup reads the head's weight (one fp table)"),
-    ({"quantize": "int4", "block_size": 32}, "token lookup reads the head's int4 blocks (GatherBlockQuantized)"),
-    ({"quantize": "int8", "block_size": 32}, "token lookup reads the head's int8 blocks (GatherBlockQuantized)"),
-    ({"quantize": "dynamic-int8"}, "token lookup reads the head's int8 weight (DequantizeLinear)"),
-    ({"quantize": "int4", "block_size": 128}, "stored twice: the head's form cannot be gathered"),  # K = 64
+    ({"method": "ort-int4", "group_size": 32}, "token lookup reads the head's int4 blocks (GatherBlockQuantized)"),
+    ({"method": "ort-int8", "group_size": 32}, "token lookup reads the head's int8 blocks (GatherBlockQuantized)"),
+    ({"method": "ort-dynamic-int8", "allow_outliers": True},
+     "token lookup reads the head's int8 weight (DequantizeLinear)"),
+    ({"method": "ort-int4"}, "stored twice: the head's form cannot be gathered"),  # block 128, K = 64
 ])
 def test_build_graph_shares_the_tied_table_after_every_quantizer(options, shared, run_decoder):
-    """The tie is found on the fp32 graph and the lookup rewritten after ORT's quantizers ran."""
+    """The tie is found on the fp32 graph and the lookup rewritten after ORT's quantizers ran (methods whose
+    layout the export applies: the quantize step leaves the weights, the graph pass reads its OnnxForm)."""
     import numpy as np
 
+    from compress.quantization import QuantizeConfig, quantize
     from tests.tiny_models import tiny_model
 
-    graph, done = build_graph(ExportConfig(**options), tiny_model(seed=2), {}, logging.getLogger("test"))
+    model = tiny_model(seed=2)
+    if "method" in options:
+        model = quantize(model, QuantizeConfig(**options))
+    graph, done = build_graph(ExportConfig(fp16="fp16" in options), model, {}, logging.getLogger("test"))
     assert done["tied_embedding"] == shared
     tables = [t for t in graph.graph.initializer if t.name == "transformer.wte.weight"]
     assert len(tables) == (1 if shared.startswith("stored twice") else 0)
@@ -266,3 +307,16 @@ def test_old_plans_keep_their_step_hashes():
     assert TensorRTExport(format="tensorrt", precision="int8").content_hash("p", inputs) == \
         digest("p", "export", trt, inputs.key())
     assert ExportConfig(genai=False).content_hash("p", inputs) != ExportConfig().content_hash("p", inputs)
+
+
+def test_every_export_target_declares_the_runtime_that_runs_its_artifact():
+    """The report's "what to ship" per device reads these facts, never a format name."""
+    from evalsuite.deployment import Runtime
+    from evalsuite.hardware import CPU, NVIDIA_GPU
+    from export.step import targets
+
+    declared = {fmt: cls.runtime for fmt, cls in targets().items()}
+    assert declared and all(isinstance(r, Runtime) and r.runs_on and r.deploys for r in declared.values())
+    assert all(set(r.runs_on) <= {CPU, NVIDIA_GPU} for r in declared.values())
+    trt = declared["tensorrt"]
+    assert trt.runs_on == (NVIDIA_GPU,) and "built on the device" in trt.unmeasured_reason

@@ -63,3 +63,26 @@ def test_tensorrt_int4_for_edge_llm_refuses_widths_that_are_not_multiples_of_128
     plan["steps"][1]["export"]["precision"] = "int8"
     plan["steps"][0]["quantize"] = {"method": "rtn", "bits": 8, "group_size": "per-channel"}
     parse_plan(plan)  # int8 has no such rule
+
+
+def test_the_int4_width_refusal_names_the_prune_rounding_that_fixes_it():
+    """gpt2 (12 heads of 64) pruned to 9 heads (n_embd 576) and n_inner 1984: neither is a multiple of 128."""
+    from compress.errors import PlanError
+
+    plan = {"name": "trt", "model": "gpt2",
+            "data": {"train": {"builtin": "python-docs"}, "eval": {"builtin": "python-docs", "split": "heldout"}},
+            "steps": [{"prune": {"importance": "magnitude", "width": 0.25, "mlp": 0.35}},
+                      {"quantize": {"method": "rtn", "bits": 4, "group_size": 128}},
+                      {"export": {"format": "tensorrt", "precision": "int4", "opset": 21, "builder": "edge-llm"}}]}
+    with pytest.raises(PlanError) as e:
+        parse_plan(plan)
+    found = e.value.problems
+    fix = "round_to {n_inner: 128, n_embd: 128}"
+    export = [p for p in found if p.startswith("steps[2].export.builder")]
+    assert len(export) == 2 and all(fix in p for p in export), found  # n_embd 576 and n_inner 1984
+    assert "n_embd = 576" in export[0] and "(n_embd 512)" in export[0]
+    quantize = [p for p in found if p.startswith("steps[1].quantize.group_size")]
+    assert quantize and all(fix in p for p in quantize), found  # group 128 meets the same widths
+    plan["steps"][0]["prune"]["round_to"] = {"n_inner": 128, "n_embd": 128}
+    checked = parse_plan(plan)
+    assert checked.steps[2].builder == "edge-llm"

@@ -68,7 +68,9 @@ def test_a_gpt2_hub_id_is_checked_offline_and_another_when_loaded():
     assert plan.steps[0].layers == 40
 
 
-@pytest.mark.parametrize("target", [{"params": 0.6, "round_to": 32}, {"width": 0.3, "mlp": 0.37, "layers": 1}])
+@pytest.mark.parametrize("target", [{"params": 0.6, "round_to": 32}, {"width": 0.3, "mlp": 0.37, "layers": 1},
+                                    {"width": 0.5, "mlp": 0.3, "round_to": {"n_inner": 32, "n_embd": 32}},
+                                    {"params": 0.6, "round_to": {"n_embd": 64}}])
 def test_the_plan_time_shape_is_the_shape_the_step_makes(tmp_path, target, byte_tokenizer):
     from compress import prune
     from compress.model_shape import Shape
@@ -81,6 +83,9 @@ def test_the_plan_time_shape_is_the_shape_the_step_makes(tmp_path, target, byte_
     planned = check_steps(plan).states[-1].shape
     pruned = prune(model, plan.steps[0], None)
     assert planned == Shape.of_config(pruned.config)
+    r = plan.steps[0].rounding  # the widths the step cut are multiples of round_to
+    assert pruned.config.n_inner % r.n_inner == 0 and pruned.config.n_embd % r.n_embd == 0
+    assert pruned.config.n_embd < 96 and pruned.transformer.h[0].attn.c_attn.weight.shape[0] == pruned.config.n_embd
 
 
 def test_a_params_budget_on_a_vocabulary_still_to_be_trained_waits_for_the_run():

@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress import PruneConfig
 from compress.pruning import Shape, budget_shape, param_count, target_shape
-from compress.pruning.shapes import round_channels, target_problems
+from compress.pruning.shapes import round_channels, round_heads, target_problems
 
 QUICKSTART = Shape(n_layer=4, n_head=8, head_dim=32, n_inner=1024, vocab_size=4096, n_positions=256)
 TEACHER = Shape(n_layer=6, n_head=6, head_dim=64, n_inner=1536, vocab_size=50257, n_positions=1024)
@@ -98,3 +98,34 @@ def test_impossible_targets(cfg, message):
 def test_possible_targets_have_no_problems():
     assert target_problems(QUICKSTART, PruneConfig(layers=3, width=0.9, mlp=0.99, seq_len=256)) == []
     assert target_problems(QUICKSTART, PruneConfig(params=0.2)) == []
+
+
+@pytest.mark.parametrize("n, full, head_dim, multiple, expected", [
+    (9, 12, 64, 128, 8),     # gpt2 width 0.25: 9 heads (576) -> 8 (512); a tie goes to fewer heads
+    (11, 12, 64, 128, 10),   # 704 -> 640
+    (5, 8, 32, 128, 4),      # 160 -> 128 (4 heads of 32 per multiple)
+    (1, 8, 32, 128, 4),      # at least one multiple
+    (8, 8, 32, 128, 8),      # nothing pruned: unchanged
+    (7, 12, 64, 1, 7),       # n_embd 1: exact
+    (2, 3, 64, 256, 2),      # no count of 3 heads makes 256: unchanged (target_problems says so)
+])
+def test_round_heads(n, full, head_dim, multiple, expected):
+    assert round_heads(n, full, head_dim, multiple) == expected
+
+
+def test_round_to_mapping_rounds_n_embd_too_and_a_single_int_keeps_its_meaning():
+    gpt2 = Shape(n_layer=12, n_head=12, head_dim=64, n_inner=3072, vocab_size=50257, n_positions=1024)
+    old = target_shape(gpt2, PruneConfig(width=0.25, mlp=0.3, round_to=128))
+    assert (old.n_embd, old.n_inner) == (576, 2176)  # an int rounds n_inner alone, as before
+    both = target_shape(gpt2, PruneConfig(width=0.25, mlp=0.3, round_to={"n_inner": 128, "n_embd": 128}))
+    assert (both.n_embd, both.n_inner) == (512, 2176)
+    budget = target_shape(gpt2, PruneConfig(params=0.6, round_to={"n_inner": 128, "n_embd": 128}))
+    assert budget.n_embd % 128 == 0 and budget.n_inner % 128 == 0
+    assert target_shape(QUICKSTART, PruneConfig(width=0.25, mlp=0.5)) == \
+        target_shape(QUICKSTART, PruneConfig(width=0.25, mlp=0.5, round_to={"n_inner": 64}))  # the quickstart's shape
+
+
+def test_a_rounding_no_head_count_can_meet_is_refused():
+    (problem,) = target_problems(QUICKSTART, PruneConfig(width=0.25, round_to={"n_embd": 144}))
+    assert problem == ("round_to n_embd 144: no head count of the 4x256 model (8 heads of 32) makes n_embd "
+                       "a multiple of 144")

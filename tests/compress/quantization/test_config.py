@@ -88,7 +88,8 @@ def test_non_exportable_method_before_export_is_refused(method):
     raw = _plan({"method": method})
     raw["steps"].append({"export": {"format": "onnx"}})
     assert _problems(raw) == [f"steps[1].export: the model quantized by steps[0].quantize (method {method}) has "
-                              "no ONNX form; use rtn/gptq/smoothquant/awq before an export"]
+                              "no form the onnx export writes; use rtn/gptq/smoothquant/awq/ort-int4/ort-int8/"
+                              "ort-dynamic-int8 before it"]
     raw["steps"][0] = {"quantize": {"method": "gptq", "group_size": 32}}
     assert parse_plan(raw).steps[1].format == "onnx"
 
@@ -131,6 +132,7 @@ def test_the_error_names_the_prune_step_that_made_the_width_and_what_would_work(
     raw["steps"].insert(0, {"prune": {"importance": "taylor", "mlp": 0.5, "width": 0.25}})
     assert _problems(raw) == [
         "steps[1].quantize.group_size: 128 does not divide n_embd 576 (input of attn.c_attn, attn.c_proj, mlp.c_fc) "
-        "made by steps[0].prune (mlp 0.5, width 0.25); group_size 64 or 32 divide it, or width 0.2 (10 heads, n_embd 640) or 0.3 (8 heads, n_embd 512)"]
+        "made by steps[0].prune (mlp 0.5, width 0.25); group_size 64 or 32 divide it, or round_to {n_embd: 128} "
+        "(n_embd 512), or width 0.2 (10 heads, n_embd 640) or 0.3 (8 heads, n_embd 512)"]
     raw["steps"][0]["prune"]["width"] = 0.5
     assert parse_plan(raw).steps[1].group_size == 128

@@ -75,8 +75,8 @@ def test_dynamic_int8_without_calibration_needs_allow_outliers():
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(method="rtn", smooth=0.5), "smooth applies to method dynamic-int8 only"),
-    (dict(method="gptq", allow_outliers=True), "allow_outliers applies to method smoothquant / dynamic-int8 only"),
+    (dict(method="rtn", smooth=0.5), "smooth applies to method dynamic-int8 / ort-dynamic-int8 only"),
+    (dict(method="gptq", allow_outliers=True), "allow_outliers applies to method smoothquant / dynamic-int8 / ort-dynamic-int8 only"),
     (dict(method="dynamic-int8", smooth=1.5), "less than or equal to 1"),
 ])
 def test_outlier_options_are_bounded(options, message):

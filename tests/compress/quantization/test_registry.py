@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_every_plan_method_has_one_entry_and_back():
     literal = typing.get_args(QuantizeConfig.model_fields["method"].annotation)
     assert literal == tuple(METHODS) and len(set(literal)) == len(literal)
-    assert {"rtn", "gptq", "smoothquant", "bnb-int8", "bnb-nf4", "bnb-fp4", "dynamic-int8", "awq"} == set(literal)
+    assert {"rtn", "gptq", "smoothquant", "bnb-int8", "bnb-nf4", "bnb-fp4", "dynamic-int8", "awq",
+            "ort-int4", "ort-int8", "ort-dynamic-int8"} == set(literal)
     assert all(method(n).name == n for n in literal)
 
 
@@ -27,13 +28,15 @@ def test_every_plan_method_has_one_entry_and_back():
 def test_entry_attributes_are_consistent(name):
     m = method(name)
     assert m.bits and set(m.bits) <= {4, 8} and m.default_bits == m.bits[0]
-    assert m.exportable == (m.onnx is not None) == m.layout.has_handoff
+    assert m.exportable == (m.onnx is not None and not m.onnx.in_graph) == m.layout.has_handoff
+    # a form applied in the ONNX graph <-> fp32 weights on disk (the export's graph pass quantizes)
+    assert (m.onnx is not None and m.onnx.in_graph) == (m.layout is Layout.ONNX_GRAPH)
     if m.onnx is OnnxForm.MATMUL_NBITS:
         assert m.layout is Layout.PACKED and m.grid is Grid.GROUPS
     if m.onnx is OnnxForm.QDQ_W8A8:
         assert m.layout is Layout.INT8 and m.bits == (8,)
-    assert (m.grid is Grid.OWN) == (m.layout is Layout.BITSANDBYTES)
-    assert m.int8_activations == (name in ("smoothquant", "dynamic-int8"))
+    assert (m.grid is Grid.OWN) == (m.layout is Layout.BITSANDBYTES or m.onnx is OnnxForm.ORT_DYNAMIC_INT8)
+    assert m.int8_activations == (name in ("smoothquant", "dynamic-int8", "ort-dynamic-int8"))
     assert callable(m.run) and m.summary
     for field in m.options.model_fields:  # every option is a QuantizeConfig field
         assert field in QuantizeConfig.model_fields
@@ -105,3 +108,31 @@ def test_no_method_name_switches_outside_the_methods_own_modules():
                 if name:
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} compares {name!r}")
     assert found == [], "look the method's attribute up in its registry entry instead:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("name, group", [("ort-int4", 32), ("ort-int8", 256), ("ort-dynamic-int8", None)])
+def test_methods_applied_in_the_graph_keep_the_weights_and_record_the_method(name, group, tmp_path):
+    """ort-*: the torch weights stay fp32 (saved and reloaded as such, with the method in config.json), and
+    the export finds the method's OnnxForm on the model; the MatMulNBits block need not divide the widths."""
+    import torch
+
+    from compress.models import load_model, save_model
+    from compress.quantization import quantize
+    from compress.quantization.storage import codes_in_dir
+    from export.onnx_quant import ORT_PASSES, graph_quantization
+    from tests.tiny_models import tiny_model
+
+    options = {"group_size": group} if group else {"allow_outliers": True}
+    cfg = QuantizeConfig(method=name, **options)
+    assert not cfg.width_problems({"attn.c_attn": 48, "mlp.c_proj": 100, "lm_head": 48})
+    model = tiny_model(seed=3)
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(ids).logits
+        q = quantize(model, cfg)
+        path = save_model(q, tmp_path / name)
+        again = load_model(path)
+        torch.testing.assert_close(again(ids).logits, before, atol=1e-5, rtol=0)
+    assert not codes_in_dir(path)
+    found = graph_quantization(again, {})
+    assert found.form is method(name).onnx and found.form in ORT_PASSES and found.group_size == group
