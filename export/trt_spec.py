@@ -66,6 +66,8 @@ def builder_flags(precision: Precision, typed: bool, int8_weights: bool = False)
 
 def has_int8_weights(graph: onnx.ModelProto) -> bool:
     """Whether some DequantizeLinear reads an int8 initializer (trt_qdq's int8 weights)."""
+    from onnx import TensorProto
+
     int8 = {i.name for i in graph.graph.initializer if i.data_type == TensorProto.INT8}
     return any(n.op_type == "DequantizeLinear" and n.input[0] in int8 for n in graph.graph.node)
 
