@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from compress.models import load_model, load_tokenizer
-from compress.pruning import (PruneConfig, Shape, budget_shape, correct_layernorms, importance, select,
-                              slice_gpt2)
+from compress.pruning import PruneConfig, Shape, budget_shape, correct_layernorms, select, slice_gpt2
 from compress.pruning.api import calibration_batches
+from compress.pruning.importance import importance
 from evalsuite import cli
 from evalsuite.data import read_text, tokenize
 from evalsuite.latency import measure_latency

@@ -145,6 +145,8 @@ class Measurer:
         m.update(deployment_fields(info))
         m["summary"] = info.get("summary", "")
         m["step_wall_s"] = info.get("wall_s")  # the step's own work, when it ran; eval_wall_s is its measurement
+        # the step's own work's peak resident memory (step.json; "process start": could not be reset before it)
+        m["step_peak_rss_bytes"], m["step_peak_rss_since"] = info.get("peak_rss_bytes"), info.get("peak_rss_since")
         if runner is not None:
             log.info("%s: ppl %s, decode %s ms/token", name, f"{m['ppl']:.2f}" if m["ppl"] else "–",
                      f"{m['decode_ms_per_token']['p50']:.2f}" if m["decode_ms_per_token"] else "–")

@@ -32,13 +32,14 @@ from compress.hashing import digest
 from compress.manifest import start_manifest
 from compress.measure import Measurer, deployment_fields
 from compress.plan import Plan, dump_plan
-from compress.plan_check import check_steps
+from compress.dry_run import dry_run  # noqa: F401 (re-exported: it was here)
 from compress.planning import PlannedStep, planned_steps, run_digests
 from compress.run_dir import (DONE, RECORD_FORMAT, STEP_JSON, RunLock, check_reuse, outputs_digest, read_json,
                               record_outputs, write_json)
 from compress.speculative_eval import attach_speculative
 from compress.step_api import StepContext
 from evalsuite.report import write_report
+from evalsuite.size import peak_rss_bytes, reset_peak_rss
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +68,6 @@ def resolve_device(plan: Plan) -> torch.device:
     if plan.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(plan.device)
-
-
-def dry_run(plan: Plan, run_dir: Path) -> list[str]:
-    """What run_plan would do, one line per step, without loading any model: whether it is cached,
-    what it does, and the model shape it leaves (as far as the plan tells); then the plan's notes."""
-    checks = check_steps(plan)
-    lines, made_from, base_outputs, rerun = [], None, None, False
-    for p, state in zip(planned_steps(plan, run_digests(run_dir)), checks.states):
-        reuse = check_reuse(run_dir / p.name, p.hash, made_from, verify=False)
-        rerun = rerun or not reuse.ok
-        if reuse.ok:
-            outputs = outputs_digest(reuse.info["outputs"])
-            base_outputs = base_outputs or outputs
-            made_from = digest(outputs, base_outputs)
-        status = "will run" if rerun else "cached"
-        shape = f"-> {state.shape}" if state.shape is not None else "-> shape known when it runs"
-        q = f", int{state.quantized.bits}" if state.quantized else ""
-        lines.append(f"{p.name:<22} {status:<9} {p.step.describe()}  [{shape}{q}]")
-    return lines + [f"note: {n}" for n in checks.notes]
 
 
 @dataclass
@@ -221,6 +203,7 @@ def _build_step(run: _Run, p: PlannedStep, input_dir: Path | None, base_dir: Pat
         lg.addHandler(handler)
     log.info("%s: running (hash %s)", p.name, p.hash[:12])
     t0 = time.perf_counter()
+    peak_since = "step start" if reset_peak_rss() else "process start"  # else the running peak: said so
     try:
         out = handler_for(p.step)(p.step, ctx)
         wall = time.perf_counter() - t0
@@ -228,7 +211,8 @@ def _build_step(run: _Run, p: PlannedStep, input_dir: Path | None, base_dir: Pat
         info = {"format": RECORD_FORMAT, "name": p.name, "hash": p.hash, "step_kind": p.step.kind,
                 "config": p.step.model_dump(mode="json"), "inputs": p.inputs.key(), "summary": out.summary,
                 "model_dir": out.model_dir, "artifact": out.artifact, "backend": out.backend, "wall_s": wall,
-                "info": out.info, "made_from": made_from, "outputs": record_outputs(tmp)}
+                "info": out.info, "made_from": made_from, "outputs": record_outputs(tmp),
+                "peak_rss_bytes": peak_rss_bytes(), "peak_rss_since": peak_since}
         write_json(tmp / STEP_JSON, info)
         metrics = run.measurer.measure(p.name, tmp, info, p.step.source)
         write_json(tmp / "metrics.json", metrics)

@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a plan value, e.g. --set steps.0.prune.mlp=0.3 (repeatable)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print what each step will do and whether it is cached; load no model")
+                   help="print what each step will do, whether it is cached, and its estimated time, disk and "
+                        "peak memory here; load no model")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="with --dry-run: no time/disk/memory estimate (it measures this machine once, a few "
+                        "seconds, cached in ~/.cache/gpt2-edge/costs.json)")
     p.add_argument("--show-plan", action="store_true",
                    help="with --dry-run: also print the resolved plan (every default filled in)")
     p.add_argument("--threads", type=cli.thread_count, default=None, metavar="N",
@@ -97,9 +101,9 @@ def _main(argv: list[str] | None) -> int:
         run_dir = args.out or Path("runs") / plan.name
         threads = choose_threads(args.threads, plan.threads)
         if args.dry_run:
-            from compress.pipeline import dry_run
+            from compress.dry_run import dry_run  # no torch: a cached cost model and the plan suffice
 
-            for line in dry_run(plan, run_dir):
+            for line in dry_run(plan, run_dir, threads=threads, estimate=not args.no_estimate):
                 print(line)
             print(f"# run directory: {run_dir}; threads: {threads}"
                   + ("" if args.show_plan else "; --show-plan prints the resolved plan"))

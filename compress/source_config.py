@@ -22,7 +22,7 @@ from compress.models import check_tokenizer_dir, is_local_source, tokenizer_size
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.plan_types import ExistingPath, ModelSource, Seed, Strict
 from compress.step_inputs import StepInputs
-from compress.step_api import StepConfig
+from compress.step_api import StepConfig, Work
 
 
 class TrainTokenizer(Strict):
@@ -159,6 +159,11 @@ class PretrainBase(StepConfig):
     def describe(self) -> str:
         cfg = self.pretrain
         return f"pretrain {cfg.n_layer}x{cfg.n_embd} on data.train for {cfg.tokens:,} tokens"
+
+    def work(self) -> Work:
+        cfg = self.pretrain
+        vocab = cfg.tokenizer.vocab_size if isinstance(cfg.tokenizer, TrainTokenizer) else None
+        return Work(train_tokens=cfg.tokens, batch=cfg.batch_size, seq_len=cfg.seq_len, vocab_size=vocab)
 
     def check(self, state: PlanState) -> Check:
         cfg = self.pretrain

@@ -25,6 +25,21 @@ if TYPE_CHECKING:
     import torch  # annotations only: plan validation must not import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerBase
 
+
+@dataclass(frozen=True)
+class Work:
+    """What a step computes (StepConfig.work), for --dry-run's estimate (compress.cost): tokens it trains,
+    tokens it only runs forward."""
+
+    train_tokens: int = 0  # forward + backward of the step's output model
+    forward_tokens: int = 0  # forward only, of the step's input model (calibration)
+    teacher: str | None = None  # "base", or a model dir / hub id whose forward runs beside training
+    batch: int = 1  # sequences per forward (activations)
+    seq_len: int = 256
+    lora: bool = False  # trains adapters only: no gradients or AdamW moments for the full weights
+    vocab_size: int | None = None  # at most this many tokens, where the shape does not know (a tokenizer to train)
+
+
 class StepConfig(BaseModel):
     """Base of every step's config: unknown keys are errors, values are bounded by their fields."""
 
@@ -55,6 +70,20 @@ class StepConfig(BaseModel):
         """Plan time, before any model loads: the state of the model this step leaves, and the problems
         of this step with the model it receives (`state`: its shape, quantization, who made them)."""
         return state, []
+
+    def work(self) -> Work:
+        """What the step computes, for --dry-run's estimate of its time, disk and memory (compress.cost).
+        This default reads the fields steps share by convention: `tokens` (a training budget),
+        `calib_tokens` or `calib_samples` x `calib_seq_len` (forward-only calibration), `teacher`,
+        `batch_size` (or `batch_tokens` / `seq_len` / `grad_accum`), `seq_len`, `lora`. A step whose
+        work is something else overrides it."""
+        get = lambda name: getattr(self, name, None)  # noqa: E731
+        seq_len = get("seq_len") or get("calib_seq_len") or 256
+        batch = get("batch_size") or (get("batch_tokens") or seq_len) // seq_len // (get("grad_accum") or 1)
+        calib = get("calib_tokens") or (get("calib_samples") or 0) * (get("calib_seq_len") or 0)
+        teacher = get("teacher")
+        return Work(train_tokens=get("tokens") or 0, forward_tokens=calib, teacher=teacher if isinstance(teacher, str)
+                    else None, batch=max(1, batch), seq_len=seq_len, lora=get("lora") is not None)
 
     def own_texts(self) -> dict[str, Any]:
         """The text sources of the step's own config, by role (read with `reads` including "texts"):

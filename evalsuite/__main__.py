@@ -70,11 +70,11 @@ def _settings(args: argparse.Namespace):
 
 
 def run_eval(argv: list[str]) -> str:
+    args = eval_parser().parse_args(argv)  # before torch: --help and argument errors answer at once
+    settings = _settings(args)
     from evalsuite.standalone import evaluate_path
     from evalsuite.summary import markdown_table, protocol_lines
 
-    args = eval_parser().parse_args(argv)
-    settings = _settings(args)
     m = evaluate_path(args.model, args.data, settings, cli.check_device(args.device), args.tokenizer, progress=False)
     if args.json:
         args.json.write_text(json.dumps(m, indent=1) + "\n")
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["compare"]:
+        args = compare_parser().parse_args(argv[1:])
         from evalsuite.compare import compare_runs
 
-        args = compare_parser().parse_args(argv[1:])
         print(compare_runs(args.run_a, args.run_b, force=args.force))
     else:
         print(run_eval(argv))

@@ -106,10 +106,12 @@ def _wall(rows: list[dict[str, Any]]) -> str:
     times = wall_rows(rows)
     if not times:
         return ""
-    head = "".join(f"<th>{h}</th>" for h in ("step", "step work s", "evaluation s", "total s"))
+    head = "".join(f"<th>{h}</th>" for h in ("step", "step work s", "evaluation s", "total s",
+                                            "peak RSS of the step work"))
     trs = "".join("<tr>" + "".join(f'<td class="text">{escape(c)}</td>' if j == 0 else f"<td>{escape(c)}</td>"
                                    for j, c in enumerate(t)) + "</tr>" for t in times)
-    return ('<h2>Wall time per step</h2><p class="muted">Seconds; a cached step shows the run that made it.</p>'
+    return ('<h2>Wall time per step</h2><p class="muted">Seconds; a cached step shows the run that made it. '
+            'Peak RSS: the step\'s own work, measurement aside (* counted from the process start).</p>'
             f"<table><tr>{head}</tr>{trs}</table>")
 
 

@@ -98,9 +98,13 @@ def _markdown_wall(rows: list[dict[str, Any]]) -> list[str]:
     times = wall_rows(rows)
     if not times:
         return []
-    md = ["", "## Wall time per step (seconds; a cached step shows the run that made it)", "",
-          "| step | step work | evaluation | total |", "|---|---|---|---|"]
-    return md + ["| " + " | ".join(t) + " |" for t in times]
+    md = ["", "## Wall time per step, and the peak memory of its work (a cached step shows the run that made it)", "",
+          "| step | step work s | evaluation s | total s | peak RSS of the step work |", "|---|---|---|---|---|"]
+    md += ["| " + " | ".join(t) + " |" for t in times]
+    if any(t[-1].endswith("*") for t in times):
+        md += ["", "\\* peak resident memory since the process started (the kernel's peak could not be reset "
+                   "before the step: /proc/self/clear_refs not writable here)."]
+    return md
 
 
 def _markdown_samples(rows: list[dict[str, Any]]) -> list[str]:

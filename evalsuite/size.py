@@ -1,12 +1,11 @@
-"""Size: parameters, bytes on disk, peak resident memory."""
+"""Size: parameters, bytes on disk, peak resident memory (sampled inside a block, or the kernel's
+per-process peak, which the plan runner resets before each step: compress.pipeline)."""
 
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
-
-import torch
 
 WEIGHT_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".data", ".engine", ".plan", ".bin", ".gguf")
 # Second copies of the weights beside the file that ships (the export's CPU decode graph beside
@@ -50,6 +49,38 @@ def current_rss_bytes() -> int:
         return 0
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's kernel-kept peak RSS (VmHWM) to its current RSS, so that the next
+    `peak_rss_bytes()` is the peak since now: "5" written to /proc/self/clear_refs (Linux >= 4.0).
+    False where that is not allowed or not Linux: the peak then runs from the process's start."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """The kernel's peak resident memory of this process (VmHWM; getrusage's ru_maxrss elsewhere, which
+    never resets); None where neither is available."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass  # not Linux: getrusage below
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
+    except (ImportError, OSError):
+        return None
+
+
 def _page_size() -> int:
     import os
 
@@ -67,6 +98,8 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         if self.device.startswith("cuda"):
+            import torch  # here: gpt2_param_count serves plan validation, which imports no torch
+
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
             self.peak_bytes = current_rss_bytes()
@@ -81,6 +114,8 @@ class PeakMemory:
 
     def __exit__(self, *exc) -> None:
         if self.device.startswith("cuda"):
+            import torch
+
             self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
         else:
             self._stop.set()

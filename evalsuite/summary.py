@@ -305,12 +305,17 @@ def sampling_line(rows: list[dict[str, Any]]) -> str | None:
 
 
 def wall_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """[step, step s, eval s, total s] per row that recorded its times (runs before: none)."""
+    """[step, step s, eval s, total s, step peak RSS] per row that recorded its times (runs before: none).
+    The peak RSS is the step's own work's (its measurement aside); "*" marks a peak counted from the
+    process's start (the kernel's peak could not be reset before the step)."""
     out = []
     for r in rows:
         work, ev = r.get("step_wall_s"), r.get("eval_wall_s")
         if work is None and ev is None:
             continue
         total = (work or 0.0) + (ev or 0.0)
-        out.append([r.get("step", "?"), fmt(work, "{:.1f}"), fmt(ev, "{:.1f}"), f"{total:.1f}"])
+        rss = fmt(r.get("step_peak_rss_bytes"), "bytes")
+        if r.get("step_peak_rss_bytes") and r.get("step_peak_rss_since") == "process start":
+            rss += "*"
+        out.append([r.get("step", "?"), fmt(work, "{:.1f}"), fmt(ev, "{:.1f}"), f"{total:.1f}", rss])
     return out

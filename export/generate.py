@@ -5,7 +5,8 @@
     python -m export.generate runs/x/00-base/model --draft runs/x/04-export-onnx "Once upon a time" -k 4
 
 The same `generate()` drives every backend, so a torch checkpoint and its ONNX export can be compared
-token by token (greedy decoding must agree).
+token by token (greedy decoding must agree). torch is imported by the functions that run a model, so
+`--help` and argument errors answer without it (tests/test_cold_start.py).
 """
 
 from __future__ import annotations
@@ -15,15 +16,23 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.errors import UserError
 from evalsuite import cli
-from evalsuite.runner import Runner
-from evalsuite.sampling import choose_token, next_token_logits  # noqa: F401 (next_token_logits re-exported)
+
+if TYPE_CHECKING:
+    from evalsuite.runner import Runner
+
+
+def __getattr__(name: str):
+    if name == "next_token_logits":  # re-exported (evalsuite.sampling imports torch: only on first use)
+        from evalsuite.sampling import next_token_logits
+
+        return next_token_logits
+    raise AttributeError(f"module 'export.generate' has no attribute {name!r}")
 
 
 class GenerationConfig(BaseModel):
@@ -49,10 +58,21 @@ class GenerationConfig(BaseModel):
         return self
 
 
-@torch.inference_mode()
 def generate(runner: Runner, prompt_ids: list[int], cfg: GenerationConfig,
              on_token: Callable[[int], None] | None = None) -> list[int]:
     """New token ids after `prompt_ids` (batch 1), calling on_token for each as soon as it is chosen."""
+    import torch
+
+    with torch.inference_mode():
+        return _generate(runner, prompt_ids, cfg, on_token)
+
+
+def _generate(runner: Runner, prompt_ids: list[int], cfg: GenerationConfig,
+              on_token: Callable[[int], None] | None) -> list[int]:
+    import torch
+
+    from evalsuite.sampling import choose_token, next_token_logits
+
     if not prompt_ids:
         raise UserError("the prompt is empty (it tokenized to no ids)")
     if len(prompt_ids) >= runner.max_positions:
@@ -125,6 +145,8 @@ def open_any(path: str | Path, device: str = "cpu", threads: int | None = None) 
     from evalsuite.runner import TorchRunner
 
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
     return TorchRunner(load_model(path), device), path
 
@@ -177,7 +199,7 @@ def _main(argv: list[str] | None) -> int:
     tokenizer = load_tokenizer(tok_dir)
     cfg = config_from_args(args, tokenizer.eos_token_id)
     ids = tokenizer.encode(args.prompt)
-    threads = getattr(runner, "threads", torch.get_num_threads())
+    threads = getattr(runner, "threads", None) or _torch_threads()
     print(f"[{runner.backend} on {runner.device}, {threads} threads: {args.model}]", file=sys.stderr)
     if not args.draft and (args.k is not None or args.adaptive):
         raise UserError("-k, --adaptive: only used with --draft DRAFT")
@@ -198,6 +220,12 @@ def _main(argv: list[str] | None) -> int:
               f"{stats.target_calls} target and {stats.draft_calls} draft calls, "
               f"{stats.new_tokens / max(stats.decode_s, 1e-9):.1f} tokens/s after the prefill]", file=sys.stderr)
     return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def open_draft(args: argparse.Namespace, tokenizer) -> Runner:
@@ -226,6 +254,7 @@ def generate_with_draft(runner: Runner, args: argparse.Namespace, ids: list[int]
     """Speculative decoding of `runner` with the --draft model: the same tokens as generate() when
     greedy, the same distribution when sampling (evalsuite.speculative)."""
     from evalsuite.errors import EvalInputError
+    from evalsuite.sampling import next_token_logits
     from evalsuite.speculative import SpeculativeSettings, speculative_generate, turn_taking
 
     k = 4 if args.k is None else args.k

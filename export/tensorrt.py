@@ -24,27 +24,29 @@ run and are tested on CPU. Step 3 and the `build`, `run` and `stamp` commands ne
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+
+if __name__ == "__main__":  # the command line (export.trt_cli) parses before onnx and the export code load
+    from export.trt_cli import main
+
+    sys.exit(main())
+
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import onnx
 from pydantic import Field
 
 from compress.errors import UserError
 from compress.quantization.registry import OnnxForm
-from evalsuite import cli
 from export.profiles import TensorRTProfile, plan_profile, profile_problems
 from export.onnx_target import OnnxGraphExport
 from evalsuite.deployment import Runtime
 from evalsuite.hardware import NVIDIA_GPU
 from export.target import checked, register_target
-from export.trt_check import check_model, errors
-from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
-from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, SCRIPT, BuildOptions,
-                             Precision, engine_spec, read_spec, write_step_files)
+from export.trt_cli import main  # noqa: F401 (the command line, re-exported)
+from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, ONNX_FILE, SCRIPT, BuildOptions, Precision,  # noqa: F401 (ENGINE_JSON)
+                             engine_spec, write_step_files)
 
 if TYPE_CHECKING:
     from compress.plan_state import Check, PlanState, Problem, Quantized
@@ -102,7 +104,10 @@ def finish_step(cfg: Any, onnx_path: Path, ctx: "StepContext", options: BuildOpt
     """Check, engine.json, build_engine.sh and (where TensorRT runs) the engine. See the module doc.
     The graph at onnx_path is final (Q/DQ already written by the export step, `qdq` its counts):
     nothing here rewrites it, so engine.json's sha256 is that of the validated file."""
+    import onnx  # here, not at the top: the plan's export config loads this module, and plan checks read no graph
+
     from compress.step_api import StepOutput
+    from export.trt_check import check_model, errors
     from export.trt_runner import build_engine, unavailable_reason
 
     options = options or BuildOptions()
@@ -226,134 +231,3 @@ def int4_width_problems(state: "PlanState") -> list["Problem"]:
         out.append(Problem(f"{q.by} uses group_size {q.group_size or 'per-channel'}: Edge-LLM's INT4 takes "
                            f"group_size {INT4_MULTIPLE} only (or builder: trtexec)", "builder"))
     return out
-
-
-# -- command line ----------------------------------------------------------------------------------------
-
-def _step_dir(path: str) -> Path:
-    p = Path(path)
-    return p.parent if p.is_file() else p
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    target = Path(args.path)
-    onnx_path = target if target.is_file() else target / ONNX_FILE
-    if not onnx_path.is_file():
-        raise UserError(f"{onnx_path}: no such ONNX file")
-    spec = json.loads((onnx_path.parent / ENGINE_JSON).read_text()) if (onnx_path.parent / ENGINE_JSON).is_file() else {}
-    precision = args.precision or spec.get("precision", "fp16")
-    profile = TensorRTProfile(**spec["profile"]) if "profile" in spec else None
-    findings = check_model(onnx.load(str(onnx_path)), precision, profile, args.target)
-    for f in findings:
-        print(f)
-    print(f"{len(errors(findings))} error(s), {len(findings) - len(errors(findings))} other finding(s) "
-          f"for TensorRT {args.target}, precision {precision}")
-    return 1 if errors(findings) else 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from export.trt_runner import audit_layers, engine_layer_info
-
-    step_dir = _step_dir(args.path)
-    spec = read_spec(step_dir)
-    layers = step_dir / LAYERS_JSON
-    if not layers.is_file():
-        _require_tensorrt()  # no trtexec layers.json: ask the engine's inspector
-    info = json.loads(layers.read_text()) if layers.is_file() else engine_layer_info(step_dir)
-    warnings = audit_layers(info, spec["precision"])
-    for w in warnings:
-        print(f"warning: {w}")
-    print(f"{len(warnings)} warning(s) for a {spec['precision']} engine")
-    return 0
-
-
-def _require_tensorrt() -> None:
-    from evalsuite.errors import BackendUnavailable
-    from export.trt_runner import unavailable_reason
-
-    reason = unavailable_reason()
-    if reason is not None:
-        raise BackendUnavailable(f"{reason}: run this on the device (JetPack ships TensorRT; see docs/jetson.md)")
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    from export.trt_runner import build_engine
-
-    _require_tensorrt()
-    built = build_engine(_step_dir(args.path), workspace_mib=args.workspace_mib, optimization_level=args.opt_level)
-    print(json.dumps(built, indent=1))
-    return 0
-
-
-def cmd_stamp(args: argparse.Namespace) -> int:
-    from export.trt_runner import stamp
-
-    _require_tensorrt()
-    print(json.dumps(stamp(_step_dir(args.path), by="trtexec"), indent=1))
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Stream a continuation of the prompt from the engine (export.generate, the same loop as ONNX/torch)."""
-    import time
-
-    from compress.models import load_tokenizer
-    from export.generate import GenerationConfig, TextStream, generate
-    from export.trt_runner import open_runner
-
-    step_dir = _step_dir(args.path)
-    runner = open_runner(step_dir, args.device)  # BackendUnavailable says why not, here
-    tokenizer = load_tokenizer(step_dir)
-    cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed,
-                           eos_token_id=tokenizer.eos_token_id)
-    sys.stdout.write(args.prompt)
-    t0 = time.perf_counter()
-    out = generate(runner, tokenizer.encode(args.prompt), cfg, TextStream(tokenizer))
-    wall = time.perf_counter() - t0
-    print(f"\n[{len(out)} tokens in {wall:.2f} s, {len(out) / wall:.1f} tokens/s incl. prefill]", file=sys.stderr)
-    return 0
-
-
-def parser() -> argparse.ArgumentParser:
-    p = cli.add_debug_flag(cli.ArgumentParser(prog="python -m export.tensorrt", description=__doc__.split("\n\n")[0]))
-    sub = p.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
-    c = sub.add_parser("check", help="static TensorRT check of model.onnx (runs anywhere)")
-    c.add_argument("path", help="step directory or .onnx file")
-    c.add_argument("--precision", choices=["fp32", "fp16", "int8", "int4"], default=None)
-    c.add_argument("--target", choices=list(TRT_VERSIONS), default=DEFAULT_TRT_VERSION, help="TensorRT version on the device")
-    c.set_defaults(fn=cmd_check)
-    b = sub.add_parser("build", help="build model.engine with the TensorRT Python API (on the device)")
-    b.add_argument("path")
-    b.add_argument("--workspace-mib", type=int, default=None)
-    b.add_argument("--opt-level", type=int, choices=range(6), default=None)
-    b.set_defaults(fn=cmd_build)
-    r = sub.add_parser("run", help="generate text with the engine (on the device)")
-    r.add_argument("path")
-    r.add_argument("prompt")
-    r.add_argument("--max-new-tokens", type=int, default=64)
-    r.add_argument("--sample", action="store_true", help="sample (temperature 1) instead of greedy decoding")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cuda:0")
-    r.set_defaults(fn=cmd_run)
-    s = sub.add_parser("stamp", help="record TensorRT version and GPU of a trtexec-built engine in engine.json")
-    s.add_argument("path")
-    s.set_defaults(fn=cmd_stamp)
-    a = sub.add_parser("audit", help="warn about layers that fell back from int8/int4 (layers.json or engine)")
-    a.add_argument("path")
-    a.set_defaults(fn=cmd_audit)
-    for sub_parser in (c, b, r, s, a):
-        cli.add_debug_flag(sub_parser)  # `run STEP --debug` as well as `--debug run STEP`
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One line on stderr and exit 2 / 3 for every failure a user can cause or meet (evalsuite.cli)."""
-    def body() -> int:
-        args = parser().parse_args(argv)
-        return args.fn(args)  # `run` without TensorRT: BackendUnavailable says why, before any device is used
-
-    return cli.run_cli(body, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

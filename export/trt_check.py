@@ -60,7 +60,7 @@ class GraphIndex:
         self.dims: dict[str, tuple] = {}
         for vi in [*self.graph.input, *self.graph.value_info, *self.graph.output]:
             t = vi.type.tensor_type
-            self.types[vi.name] = ONNX_TYPES.get(t.elem_type, TensorProto.DataType.Name(t.elem_type))
+            self.types[vi.name] = trt_type(t.elem_type)
             if t.HasField("shape"):
                 self.dims[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                            for d in t.shape.dim)
@@ -76,7 +76,7 @@ class GraphIndex:
                     if a.name == "value":
                         self.consts[node.output[0]] = numpy_helper.to_array(a.t)
         for i in self.graph.initializer:
-            self.types[i.name] = ONNX_TYPES.get(i.data_type, TensorProto.DataType.Name(i.data_type))
+            self.types[i.name] = trt_type(i.data_type)
             self.dims[i.name] = tuple(i.dims)
         self.io = {vi.name for vi in [*self.graph.input, *self.graph.output]}
 
@@ -107,6 +107,12 @@ class GraphIndex:
                 break
             name = node.input[0]
         return "activation", name
+
+
+def trt_type(elem_type: int) -> str:
+    """TensorRT's name of an ONNX element type (FP32, INT4...); ONNX's own name where TensorRT has none."""
+    name = TensorProto.DataType.Name(elem_type)
+    return ONNX_TYPES.get(name, name)
 
 
 def node_name(node: onnx.NodeProto, index: int) -> str:
@@ -366,7 +372,7 @@ def graph_inputs(model: onnx.ModelProto) -> list[InputSpec]:
             continue
         t = vi.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim)
-        out.append(InputSpec(vi.name, dims, ONNX_TYPES.get(t.elem_type, TensorProto.DataType.Name(t.elem_type))))
+        out.append(InputSpec(vi.name, dims, trt_type(t.elem_type)))
     return out
 
 

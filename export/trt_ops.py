@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnx import TensorProto
 
 
 @dataclass(frozen=True)
@@ -84,7 +83,8 @@ HINTS = {
     "DynamicQuantizeLinear": "dynamic int8 (quantize_dynamic) cannot build; TensorRT int8 needs static Q/DQ",
     "QLinearMatMul": "QOperator format cannot build; quantize in QDQ format",
 }
-ONNX_TYPES = {TensorProto.FLOAT: "FP32", TensorProto.FLOAT16: "FP16", TensorProto.BFLOAT16: "BF16",
-              TensorProto.INT32: "INT32", TensorProto.INT64: "INT64", TensorProto.INT8: "INT8",
-              TensorProto.UINT8: "UINT8", TensorProto.BOOL: "BOOL", TensorProto.INT4: "INT4",
-              TensorProto.FLOAT8E4M3FN: "FP8", TensorProto.FLOAT4E2M1: "FP4", TensorProto.DOUBLE: "DOUBLE"}
+# ONNX element types (TensorProto.DataType names: no onnx import, so `python -m export.tensorrt --help`,
+# which reads TRT_VERSIONS, stays light) -> TensorRT's names; export.trt_check.trt_type reads it.
+ONNX_TYPES = {"FLOAT": "FP32", "FLOAT16": "FP16", "BFLOAT16": "BF16", "INT32": "INT32", "INT64": "INT64",
+              "INT8": "INT8", "UINT8": "UINT8", "BOOL": "BOOL", "INT4": "INT4", "FLOAT8E4M3FN": "FP8",
+              "FLOAT4E2M1": "FP4", "DOUBLE": "DOUBLE"}

@@ -12,15 +12,15 @@ import hashlib
 import json
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import onnx
-from onnx import TensorProto
 from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import UserError
 from export.profiles import TensorRTProfile, input_shapes, trtexec_shape_flags
-from export.trt_check import graph_inputs
+
+if TYPE_CHECKING:  # onnx (and export.trt_check, which reads graphs) load when a graph is read: plan checks need neither
+    import onnx
 from export.trt_ops import DEFAULT_TRT_VERSION, TRT_VERSIONS
 
 ONNX_FILE, ENGINE_FILE, ENGINE_JSON = "model.onnx", "model.engine", "engine.json"
@@ -48,6 +48,8 @@ def sha256(path: Path) -> str:
 
 def strongly_typed(graph: onnx.ModelProto) -> bool:
     """An fp16 graph is built strongly typed (types as in the ONNX); an fp32 one weakly typed with flags."""
+    from onnx import TensorProto
+
     return any(o.type.tensor_type.elem_type == TensorProto.FLOAT16 for o in graph.graph.output)
 
 
@@ -64,6 +66,8 @@ def builder_flags(precision: Precision, typed: bool, int8_weights: bool = False)
 
 def has_int8_weights(graph: onnx.ModelProto) -> bool:
     """Whether some DequantizeLinear reads an int8 initializer (trt_qdq's int8 weights)."""
+    from onnx import TensorProto
+
     int8 = {i.name for i in graph.graph.initializer if i.data_type == TensorProto.INT8}
     return any(n.op_type == "DequantizeLinear" and n.input[0] in int8 for n in graph.graph.node)
 
@@ -73,6 +77,8 @@ def engine_spec(graph: onnx.ModelProto, onnx_path: Path, precision: Precision, p
     """engine.json before the build: everything both build routes (Python API, trtexec) read.
     sparse_weights: every block projection holds 2:4 (a sparsify step), so the build enables
     TensorRT's sparse weights (BuilderFlag.SPARSE_WEIGHTS, trtexec --sparsity=enable); the ONNX is dense."""
+    from export.trt_check import graph_inputs
+
     # Strong typing arrived in TensorRT 9: 8.x has no STRONGLY_TYPED network flag and no trtexec --stronglyTyped
     typed = strongly_typed(graph) and TRT_VERSIONS[options.target].version >= (9, 0)
     return {

@@ -17,6 +17,18 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def machine_rates_not_measured(tmp_path_factory, monkeypatch):
+    """--dry-run's cost model measures this machine once and caches it in the user's cache dir: in tests
+    the cache is a temporary dir and the rates a fixed stand-in (seconds saved per dry run; the
+    measurement itself is tested in tests/compress/test_cost.py)."""
+    from compress import cost
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.setattr(cost, "measure_rates", lambda shape, threads, batch, seq, key="", repeats=2: cost.Rates(
+        train_flops=1e9, forward_flops=3e9, measured_on=key))
+
+
 @pytest.fixture
 def tiny():
     """A random tiny GPT-2 (2 layers, 64 wide, 4 heads, vocab 256)."""

@@ -63,13 +63,14 @@ def _imports(tree: ast.AST, module: str, is_package: bool):
 
 
 def registry_lists(tree: ast.AST):
-    """(module name, line) for every string in a module-level `*_MODULES = ("pkg.mod", ...)` tuple: a
-    registry that imports its members by name (BUILTIN_STEP_MODULES, METHOD_MODULES)."""
+    """(module name, line) for every string in a module-level `*_MODULES = ("pkg.mod", ...)` tuple (or
+    the values of a `{"key": "pkg.mod"}` dict): a registry that imports its members by name
+    (BUILTIN_STEP_MODULES, METHOD_MODULES)."""
     for node in getattr(tree, "body", []):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id.endswith("_MODULES") for t in targets) \
-                and isinstance(node.value, (ast.Tuple, ast.List)):
-            for elt in node.value.elts:
+                and isinstance(node.value, (ast.Tuple, ast.List, ast.Dict)):
+            for elt in node.value.values if isinstance(node.value, ast.Dict) else node.value.elts:
                 if isinstance(elt, ast.Constant) and isinstance(elt.value, str):
                     yield elt.value, node.lineno
 
@@ -194,8 +195,9 @@ def test_the_checker_finds_a_planted_cycle_and_violation():
 
 
 def test_the_checker_counts_registry_lists_and_entry_points_as_imports():
-    tree = ast.parse('METHOD_MODULES: tuple[str, ...] = ("compress.quantization.rtn",)\nOTHER = ("x.y",)\n')
-    assert list(registry_lists(tree)) == [("compress.quantization.rtn", 1)]
+    tree = ast.parse('METHOD_MODULES: tuple[str, ...] = ("compress.quantization.rtn",)\nOTHER = ("x.y",)\n'
+                     'STEP_MODULES = {"prune": "compress.pruning.step"}\n')
+    assert list(registry_lists(tree)) == [("compress.quantization.rtn", 1), ("compress.pruning.step", 3)]
     edges = {(loader, target) for loader, target, _ in entry_point_edges()}
     assert ("compress.catalog", "export.step") in edges and ("evalsuite.backends", "export.ort_runner") in edges
     graph, _ = import_graph()

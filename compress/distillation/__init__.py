@@ -4,9 +4,18 @@
     student = distill(student, teacher, train_ids, DistillConfig(tokens=2_000_000, temperature=2.0))
 """
 
-from compress.distillation.config import DistillConfig, LossWeights, StudentInit
-from compress.distillation.loop import DistillResult, distill, run_distillation
-from compress.distillation.student import student_from_teacher
+from importlib import import_module
 
-__all__ = ["DistillConfig", "DistillResult", "LossWeights", "StudentInit", "distill", "run_distillation",
-           "student_from_teacher"]
+# name -> the module that defines it, imported on first use: the plan's config classes and the step
+# modules import this package without importing torch (plan errors answer fast: tests/test_cold_start.py).
+_LAZY = {"DistillConfig": "compress.distillation.config", "DistillResult": "compress.distillation.loop",
+         "LossWeights": "compress.distillation.config", "StudentInit": "compress.distillation.config",
+         "distill": "compress.distillation.loop", "run_distillation": "compress.distillation.loop",
+         "student_from_teacher": "compress.distillation.student"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

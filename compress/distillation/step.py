@@ -6,16 +6,18 @@ model, checkpoints and TensorBoard scalars.
 
 from __future__ import annotations
 
-from compress import distributed as dist
 from compress.distillation.config import DistillConfig
-from compress.distillation.loop import run_distillation
-from compress.distillation.student import student_from_teacher, student_layers
 from compress.models import load_model
 from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(DistillConfig)
 def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepOutput:
+    # torch: imported when the step runs, not when the plan is validated
+    from compress import distributed as dist
+    from compress.distillation.loop import run_distillation
+    from compress.distillation.student import student_from_teacher, student_layers
+
     teacher_src = ctx.base_dir if cfg.teacher == "base" else cfg.teacher
     teacher = load_model(teacher_src).to(ctx.device)
     layer_map = None

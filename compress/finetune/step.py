@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from compress.finetune.config import FinetuneConfig
-from compress.finetune.loop import run_finetune
 from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(FinetuneConfig)
 def finetune_step(cfg: FinetuneConfig, ctx: StepContext) -> StepOutput:
+    from compress.finetune.loop import run_finetune  # torch: imported when the step runs, not by the plan
+
     model = ctx.load_input()
     held = ctx.text_ids("heldout") if cfg.heldout is not None else None
     model, result = run_finetune(

@@ -4,13 +4,24 @@
     small = prune(model, PruneConfig(importance="activation", mlp=0.5, width=0.25, layers=2), calib_ids)
 """
 
-from compress.pruning.api import choose, prune, prune_with_indices
-from compress.pruning.config import PruneConfig, RoundTo
-from compress.pruning.compensation import correct_layernorms
-from compress.pruning.importance import Scores, importance
-from compress.pruning.selection import Keep, select
-from compress.pruning.shapes import Shape, budget_shape, param_count, target_shape
-from compress.pruning.slicing import slice_gpt2
+from importlib import import_module
 
-__all__ = ["prune", "prune_with_indices", "choose", "PruneConfig", "RoundTo", "Scores", "importance",
-           "correct_layernorms", "Keep", "select", "Shape", "budget_shape", "param_count", "target_shape", "slice_gpt2"]
+# name -> the module that defines it, imported on first use: the plan's config classes and the step
+# modules import this package without importing torch (plan errors answer fast: tests/test_cold_start.py).
+# The function `importance` is compress.pruning.importance.importance: the package attribute of that
+# name is the submodule once anything imported it.
+_LAZY = {"prune": "compress.pruning.api", "prune_with_indices": "compress.pruning.api",
+         "choose": "compress.pruning.api", "PruneConfig": "compress.pruning.config",
+         "RoundTo": "compress.pruning.config",
+         "Scores": "compress.pruning.importance",
+         "correct_layernorms": "compress.pruning.compensation", "Keep": "compress.pruning.selection",
+         "select": "compress.pruning.selection", "Shape": "compress.pruning.shapes",
+         "budget_shape": "compress.pruning.shapes", "param_count": "compress.pruning.shapes",
+         "target_shape": "compress.pruning.shapes", "slice_gpt2": "compress.pruning.slicing"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

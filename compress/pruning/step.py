@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from compress.pruning.api import prune_with_indices
 from compress.pruning.config import CALIBRATED, PruneConfig
 from compress.pruning.shapes import Shape
 from compress.step_api import StepContext, StepOutput, register_step
@@ -10,6 +9,8 @@ from compress.step_api import StepContext, StepOutput, register_step
 
 @register_step(PruneConfig)
 def run_prune(cfg: PruneConfig, ctx: StepContext) -> StepOutput:
+    from compress.pruning.api import prune_with_indices  # torch: imported when the step runs, not by the plan
+
     model = ctx.load_input()
     # Calibration text: needed by taylor/activation; magnitude/random use it for the LayerNorm correction.
     wants_text = not cfg.prunes_nothing() and (

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from compress.models import load_model
 from compress.qat.config import QatConfig
-from compress.qat.loop import run_qat
 from compress.step_api import StepContext, StepOutput, register_step
 
 
 @register_step(QatConfig)
 def qat_step(cfg: QatConfig, ctx: StepContext) -> StepOutput:
+    from compress.qat.loop import run_qat  # torch: imported when the step runs, not by the plan
+
     teacher_src = ctx.base_dir if cfg.teacher == "base" else cfg.teacher
     model = ctx.load_input()
     model, result = run_qat(model, load_model(teacher_src), ctx.train_ids(), cfg, seed=ctx.inputs.seed,

@@ -8,10 +8,22 @@ Each method is one registry entry (registry.QuantMethod, the table in methods.py
 The on-disk format and the hand-off to the ONNX exporter are described in storage.py and handoff.py.
 """
 
-from compress.quantization.api import quantize
-from compress.quantization.config import QuantizeConfig
-from compress.quantization.footprint import quantized_bytes
-from compress.quantization.handoff import LinearCodes, is_quantized_dir
-from compress.quantization.storage import read_linear_codes as quantized_linears
+from importlib import import_module
 
-__all__ = ["quantize", "QuantizeConfig", "LinearCodes", "is_quantized_dir", "quantized_linears", "quantized_bytes"]
+# name -> (module, attribute), imported on first use: the export step's config reads
+# compress.quantization.registry at plan time, and importing this package must not import torch
+# (plan errors answer fast: tests/test_cold_start.py).
+_LAZY = {"quantize": ("compress.quantization.api", "quantize"),
+         "QuantizeConfig": ("compress.quantization.config", "QuantizeConfig"),
+         "LinearCodes": ("compress.quantization.handoff", "LinearCodes"),
+         "is_quantized_dir": ("compress.quantization.handoff", "is_quantized_dir"),
+         "quantized_linears": ("compress.quantization.storage", "read_linear_codes"),
+         "quantized_bytes": ("compress.quantization.footprint", "quantized_bytes")}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        return getattr(import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

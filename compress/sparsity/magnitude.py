@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from compress.sparsity.registry import SparsityMethod
 from compress.sparsity.pattern import select_keep
+
+if TYPE_CHECKING:  # annotations: the method table is read at plan time, without torch
+    import torch
 
 
 def prune_magnitude(name, w: torch.Tensor, stats, target, cfg) -> torch.Tensor:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # the plan's configs read PROJECTIONS, Target, parse_pattern: no torch at plan time
+    import torch
+    from torch import nn
 
 CONFIG_KEY = "gpt2_edge_sparsity"  # config.json entry written by the sparsify step
 PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -69,6 +70,8 @@ class Target:
 def select_keep(scores: torch.Tensor, target: Target) -> torch.Tensor:
     """Boolean keep-mask [out, in] that keeps the largest scores: per M-group (N of them) for a pattern,
     per output row (in - round(fraction * in) of them) otherwise."""
+    import torch
+
     out_f, in_f = scores.shape
     keep = torch.zeros_like(scores, dtype=torch.bool)
     if target.m:
@@ -102,6 +105,7 @@ def measure(w: torch.Tensor, expected: str | None = None) -> dict[str, Any]:
 
 def weight_of(module: nn.Module) -> torch.Tensor:
     """The fp32 weight [out, in] of a Conv1D, nn.Linear, or quantized linear (dequantized codes)."""
+    from torch import nn
     from transformers.pytorch_utils import Conv1D
 
     if isinstance(module, Conv1D):
@@ -115,6 +119,7 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 def set_weight(module: nn.Module, w: torch.Tensor) -> None:
     """Write w [out, in] into a Conv1D ([in, out]) or nn.Linear, in place."""
+    import torch
     from transformers.pytorch_utils import Conv1D
 
     with torch.no_grad():

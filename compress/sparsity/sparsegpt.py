@@ -11,17 +11,30 @@ pattern (chosen when the group's first column is reached, so the group sees the 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from compress.quantization.gptq import drop_dead_inputs, inverse_hessian_factor
 from compress.sparsity.registry import SparsityMethod
 from compress.sparsity.pattern import Target, select_keep
 
+if TYPE_CHECKING:  # annotations: the method table is read at plan time, without torch
+    import torch
 
-@torch.no_grad()
+
 def sparsegpt(name: str, w: torch.Tensor, H: torch.Tensor, target: Target, damp: float,
               block_size: int) -> torch.Tensor:
     """The pruned and updated w [out, in] given the Hessian H [in, in] of its inputs."""
+    import torch
+
+    with torch.no_grad():
+        return _sparsegpt(name, w, H, target, damp, block_size)
+
+
+def _sparsegpt(name: str, w: torch.Tensor, H: torch.Tensor, target: Target, damp: float,
+               block_size: int) -> torch.Tensor:
+    import torch
+
+    from compress.quantization.gptq import drop_dead_inputs, inverse_hessian_factor
+
     W = w.clone().float()
     in_f = W.shape[1]
     H = H.clone().float()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from compress.sparsity.api import sparsify
 from compress.sparsity.config import SparsifyConfig
 from compress.sparsity.methods import METHODS
 from compress.step_api import StepContext, StepOutput, register_step
@@ -10,6 +9,8 @@ from compress.step_api import StepContext, StepOutput, register_step
 
 @register_step(SparsifyConfig)
 def run_sparsify(cfg: SparsifyConfig, ctx: StepContext) -> StepOutput:
+    from compress.sparsity.api import sparsify  # torch: imported when the step runs, not by the plan
+
     model = ctx.load_input()
     calib = ctx.train_ids() if METHODS[cfg.method].calibrates else None
     layers = sparsify(model, cfg, calib, ctx.log)

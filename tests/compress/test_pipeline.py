@@ -58,6 +58,9 @@ def test_run_writes_the_run_directory_and_resumes(tmp_path):
     report = (out / "report.md").read_text()
     assert "| 00-base |" in report and "Run wall time" in report
     assert not (out / ".00-base.tmp").exists()
+    step = json.loads((out / "00-base" / "step.json").read_text())  # the step's own peak resident memory
+    assert step["peak_rss_bytes"] > 10 * 2**20 and step["peak_rss_since"] in ("step start", "process start")
+    assert m["step_peak_rss_bytes"] == step["peak_rss_bytes"] and "peak RSS of the step work" in report
 
     again = run_plan(plan, out, progress=False)
     assert [r.status for r in again.records] == ["cached"]
@@ -199,16 +202,16 @@ def test_the_step_entry_points_are_loaded_by_group(monkeypatch):
 
     registered = catalog.step_configs()
     assert {"prune", "distill", "quantize"} <= set(registered) and "base" not in registered  # sources are `model:`
-    if not catalog._LOADED:
+    if not catalog._entry_points():
         pytest.skip(f"this environment's gpt2-edge metadata predates the entry points: {catalog.REINSTALL}")
-    assert "export" in registered and "export" in catalog._LOADED
+    assert catalog._entry_points()["export"].value == "export.step"  # the plan key names the entry point
+    assert "export" in registered and registered["export"].kind == "export"  # loaded on the first look-up
 
 
 def test_missing_step_entry_points_give_the_reinstall_hint(tmp_path, monkeypatch):
     from compress import catalog
 
-    monkeypatch.setattr(catalog, "_LOADED", [])
-    monkeypatch.setattr(catalog, "_BUILTINS_LOADED", True)
+    monkeypatch.setattr(catalog, "_entry_points", lambda: {})
     text = TINY_PLAN.replace("TOKENS", "3000") + "steps:\n  - exprt: {}\n"
     (tmp_path / "plan.yaml").write_text(text)
     with pytest.raises(PlanError) as e:

@@ -36,6 +36,7 @@ def test_dry_run_prints_the_steps_first_and_the_plan_on_request(tmp_path, capsys
     assert main([str(plan), "--dry-run", "--out", str(tmp_path / "run"), "--set", "model.pretrain.n_layer=2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("00-base") and "will run" in out and "n_layer: 2" not in out
+    assert out.splitlines()[1].split()[:1] == ["estimate:"] and "peak memory" in out  # each step's, under it
     assert main([str(plan), "--dry-run", "--show-plan", "--out", str(tmp_path / "run"),
                  "--set", "model.pretrain.n_layer=2"]) == 0
     assert "n_layer: 2" in capsys.readouterr().out

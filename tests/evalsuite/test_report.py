@@ -50,7 +50,12 @@ def test_report_shows_sampled_text_greedy_parity_and_wall_times():
     assert "--sample --temperature 0.8 --top-p 0.9 --repetition-penalty 1.3 --seed 0" in sampled
     assert "| 00-base | the the |  |" in greedy and "| 01-quantize | the a |  |" in greedy
     assert "| 02-export-onnx | the a | = input |" in greedy  # the export continues like its input
-    assert "| 00-base | 120.5 | 2.0 | 122.5 |" in md and "| 02-export-onnx | 9.2 | 2.0 | 11.2 |" in md
+    assert "| 00-base | 120.5 | 2.0 | 122.5 | – |" in md and "| 02-export-onnx | 9.2 | 2.0 | 11.2 | – |" in md
+    rows[0].update(step_peak_rss_bytes=300 * 2**20, step_peak_rss_since="step start")
+    rows[1].update(step_peak_rss_bytes=2**30, step_peak_rss_since="process start")  # could not be reset
+    md = markdown_report(rows, "t")
+    assert "| 00-base | 120.5 | 2.0 | 122.5 | 300.0 MB |" in md and "| 01-quantize | 3.0 | 2.0 | 5.0 | 1.0 GB* |" in md
+    assert "\\* peak resident memory since the process started" in md
     page = render_html(rows, "t", "<svg></svg>")
     assert "Wall time per step" in page and "<td>122.5</td>" in page and "Greedy continuations" in page
     legacy = markdown_report([metrics("00-base", 20.0, 10.0, 4000)], "old run")  # greedy text only, no times

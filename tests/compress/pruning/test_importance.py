@@ -6,7 +6,8 @@ import torch
 from compress import PruneConfig
 from compress.errors import UserError
 from compress.models import load_model
-from compress.pruning import choose, importance, select
+from compress.pruning import choose, select
+from compress.pruning.importance import importance
 from compress.pruning.importance import group_sums
 from tests.tiny_models import tiny_model
 
