@@ -47,6 +47,9 @@ class Quantized:
     group_size: int | None  # input channels per scale; None: per-channel (or the method's own blocks)
     sym: bool
     exportable: bool  # has an ONNX form (MatMulNBits / Q/DQ of its own integers)
+    # (bits, group_size) of every grid the modules use when `overrides` make them differ (16: float), in the
+    # order first met; empty: every quantized module at bits/group_size
+    grids: tuple[tuple[int, int | None], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ The on-disk format and the hand-off to the ONNX exporter are described in storag
 
 from compress.quantization.api import quantize
 from compress.quantization.config import QuantizeConfig
+from compress.quantization.footprint import quantized_bytes
 from compress.quantization.handoff import LinearCodes, is_quantized_dir
 from compress.quantization.storage import read_linear_codes as quantized_linears
 
-__all__ = ["quantize", "QuantizeConfig", "LinearCodes", "is_quantized_dir", "quantized_linears"]
+__all__ = ["quantize", "QuantizeConfig", "LinearCodes", "is_quantized_dir", "quantized_linears", "quantized_bytes"]

@@ -13,18 +13,27 @@ from compress.quantization.config import QuantizeConfig, layer_widths
 from compress.quantization.outlier_check import calibrates_for_outliers, record_outliers
 
 
-def details(cfg: QuantizeConfig) -> dict[str, Any]:
+def details(cfg: QuantizeConfig, n_layer: int) -> dict[str, Any]:
     """What config.json records about the quantization (the config with its defaults resolved, and
-    the storage layout that storage.py reads back)."""
+    the storage layout that storage.py reads back); with overrides, every module's precision."""
     group = cfg.group_for(cfg.weight_bits)
-    return cfg.model_dump(mode="json") | {"bits": cfg.weight_bits, "group_size": group or "per-channel",
-                                          "layout": cfg.quant_method.layout.value}
+    out = cfg.model_dump(mode="json", exclude=None if cfg.overrides else {"overrides"})
+    out |= {"bits": cfg.weight_bits, "group_size": group or "per-channel", "layout": cfg.quant_method.layout.value}
+    if cfg.overrides:
+        out["precisions"] = {n: {"bits": b, "group_size": g or "per-channel"}
+                             for n, (b, g) in cfg.module_precisions(n_layer).items()}
+    return out
 
 
 def check_widths(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> None:
-    problems = cfg.width_problems(layer_widths(model.config.n_embd, model.config.n_inner))
+    widths = layer_widths(model.config.n_embd, model.config.n_inner)
+    problems = cfg.width_problems(widths, model.config.n_layer)
     if problems:
         raise UserError(f"quantize.group_size: {'; '.join(problems)}")
+    if cfg.overrides:
+        problems = cfg.override_problems(model.config.n_layer, widths)
+        if problems:
+            raise UserError(f"quantize.overrides: {'; '.join(problems)}")
 
 
 @torch.no_grad()
@@ -52,5 +61,5 @@ def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | 
     # activation outliers measured on the fp32 model: recorded, and refused for per-tensor int8
     outliers = record_outliers(model, cfg, windows) if windows is not None else None
     model = cfg.quant_method.run(model, cfg, windows)
-    model.config.quantization_config = {"gpt2_edge": details(cfg) | ({"outliers": outliers} if outliers else {})}
+    model.config.quantization_config = {"gpt2_edge": details(cfg, model.config.n_layer) | ({"outliers": outliers} if outliers else {})}
     return model.eval()

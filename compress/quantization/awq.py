@@ -33,6 +33,7 @@ from transformers import GPT2LMHeadModel
 from compress.quantization.calibration import capture_block_inputs, input_hooks, run_block
 from compress.quantization.folding import fold_into_layernorm, fold_into_values
 from compress.quantization.gptq import HessianSum
+from compress.quantization.module_precision import FLOAT_BITS
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import rtn, rtn_head
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+GridOf = Callable[[str], tuple[int, "int | None"]]  # a block's layer ('mlp.c_fc') -> (bits, group_size)
 CLIP_GRID, MAX_SHRINK = 20, 0.5  # clipping candidates max|w| * (1 - i/20), i < 10 (as the paper's code)
 
 # The scaled layers of a block and how their input scale is folded (the block, s) -> None.
@@ -130,14 +132,18 @@ def clip_weight(w: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def scale_block(block: nn.Module, stats: InputStats, bits: int, group: int | None, sym: bool,
+def scale_block(block: nn.Module, stats: InputStats, grid_of: GridOf, sym: bool,
                 grid: int) -> dict[str, tuple[float, float]]:
-    """Search and fold the input scales of one block's scaled layers (fp32 function unchanged).
+    """Search and fold the input scales of one block's scaled layers (fp32 function unchanged), each
+    for its own grid_of(local) = (bits, group); a layer kept float (bits 16) is not scaled.
 
     Returns {layer: (rtn error, awq error)} of the calibration outputs; `stats` is left describing the
     scaled inputs (x / s)."""
     errors = {}
     for local, fold in FOLDS.items():
+        bits, group = grid_of(local)
+        if bits == FLOAT_BITS:
+            continue
         w = linear_weight(block.get_submodule(local))[0].cpu()  # searched on CPU, beside the statistics
         H, x_mean = stats.get(local)
         s, rtn_err, best_err = search_scale(w, H, x_mean, bits, group, sym, grid)
@@ -150,8 +156,8 @@ def scale_block(block: nn.Module, stats: InputStats, bits: int, group: int | Non
 
 
 @torch.no_grad()
-def scale_model(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, group: int | None, sym: bool,
-                grid: int, on_block: Callable[[int, nn.Module, InputStats], None] | None = None) -> None:
+def scale_model(model: GPT2LMHeadModel, windows: torch.Tensor, precision_of: Callable[[str], tuple[int, int | None]],
+                sym: bool, grid: int, on_block: Callable[[int, nn.Module, InputStats], None] | None = None) -> None:
     """Fold AWQ scales into every block, in place (nothing is quantized; the fp32 outputs stay the same).
 
     Block by block on calibration windows; `on_block(i, block, stats)` runs after block i is scaled,
@@ -161,7 +167,7 @@ def scale_model(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, group:
         stats = InputStats()
         with input_hooks({n: block.get_submodule(n) for n in BLOCK_LINEARS}, stats.add):
             run_block(block, calls)
-        errors = scale_block(block, stats, bits, group, sym, grid)
+        errors = scale_block(block, stats, lambda local: precision_of(f"transformer.h.{i}.{local}"), sym, grid)
         log.info("awq: block %d/%d scaled, output error rtn -> awq: %s", i + 1, model.config.n_layer,
                  ", ".join(f"{n} {a:.3g} -> {b:.3g}" for n, (a, b) in errors.items()))
         if on_block:
@@ -170,12 +176,14 @@ def scale_model(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, group:
 
 
 def run_awq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) -> GPT2LMHeadModel:
-    bits, sym = cfg.weight_bits, cfg.sym
-    group = cfg.group_for(bits)
+    sym = cfg.sym
     records = {}
 
     def quantize_block(i: int, block: nn.Module, stats: InputStats) -> None:
         for local in BLOCK_LINEARS:
+            bits, group = cfg.precision_of(f"transformer.h.{i}.{local}")
+            if bits == FLOAT_BITS:
+                continue
             w, bias = linear_weight(block.get_submodule(local))
             w = w.cpu()  # beside the statistics
             if cfg.clip:
@@ -183,10 +191,10 @@ def run_awq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) 
             name = f"transformer.h.{i}.{local}"
             records[name] = rtn(name, w, bias, bits, group, sym)
 
-    scale_model(model, windows, bits, group, sym, cfg.search_grid, on_block=quantize_block)
+    scale_model(model, windows, cfg.precision_of, sym, cfg.search_grid, on_block=quantize_block)
     return install(model, records | rtn_head(model, cfg))
 
 
 METHODS = (QuantMethod("awq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
-                       calibrates=True, run=run_awq, options=AwqOptions, asymmetric=True, quantizes_head=True,
+                       calibrates=True, run=run_awq, options=AwqOptions, asymmetric=True, quantizes_head=True, per_module=True,
                        summary="AWQ: activation-aware input scales folded into the model, then the rtn grid"),)

@@ -16,6 +16,9 @@ from compress.plan_state import Check, PlanState, Problem, Quantized
 from compress.plan_types import Seed
 from compress.quantization.outlier_check import needs_outlier_windows
 from compress.quantization.methods import METHODS, exportable_methods, method, methods_reading, option_classes
+from compress.quantization.module_precision import (FLOAT_BITS, HEAD, MAX_LAYERS, ModulePrecision, deciding_pattern,
+                                                    local_name, matches, module_names, relative_name,
+                                                    unmatched_problem)
 from compress.quantization.registry import Grid, QuantMethod
 from compress.step_api import StepConfig
 
@@ -43,6 +46,10 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
     lm_head: Literal["keep", "int8", "int4"] = Field(
         "keep", description="quantize the LM head; a tied head quantizes the tied matrix (the token lookup "
                             "reads the same dequantized codes)")
+    overrides: dict[str, ModulePrecision] | None = Field(
+        None, description="precision per module: {glob of h.<i>.attn.c_attn|attn.c_proj|mlp.c_fc|mlp.c_proj or "
+                          "lm_head: {bits: 4|8|16, group_size}}; later keys win; bits 16 keeps the module float "
+                          "(module_precision.py)")
     # calibration (methods with calibrates=True)
     calib_samples: int = Field(64, ge=1, le=4096, description="calibration windows from data.train")
     calib_seq_len: int = Field(256, ge=8, le=8192, description="tokens per window (capped at n_positions)")
@@ -103,6 +110,30 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
             raise ValueError(f"lm_head: {v} is supported with {', '.join(allowed[:-1])} and {allowed[-1]} only")
         return v
 
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_apply(cls, v: dict[str, ModulePrecision] | None,
+                         info: ValidationInfo) -> dict[str, ModulePrecision] | None:
+        m = _method_of(info)
+        if not v or m is None:
+            return v
+        if not m.per_module:
+            allowed = "/".join(x.name for x in METHODS.values() if x.per_module)
+            raise ValueError(f"per-module precision is for {allowed}; {m.name} quantizes every module alike")
+        names = module_names(MAX_LAYERS)
+        for pattern, p in v.items():
+            if not matches(pattern, names):
+                raise ValueError(unmatched_problem(pattern, names, "a GPT-2"))
+            if p.bits != FLOAT_BITS and p.bits not in m.bits:
+                raise ValueError(f"{pattern!r}: method {m.name} supports bits {' or '.join(map(str, m.bits))} "
+                                 f"(or {FLOAT_BITS}: keep float), not {p.bits}")
+            if p.bits == FLOAT_BITS and p.group_size is not None:
+                raise ValueError(f"{pattern!r}: bits {FLOAT_BITS} keeps the module float; remove its group_size")
+            if matches(pattern, [HEAD]) and info.data.get("lm_head", "keep") != "keep":
+                raise ValueError(f"{pattern!r} sets the head's precision and so does lm_head: "
+                                 f"{info.data['lm_head']}; set it in one place")
+        return v
+
     # -- derived settings ----------------------------------------------------------------------------
 
     @property
@@ -128,10 +159,59 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
     def head_bits(self) -> int | None:
         return {"keep": None, "int8": 8, "int4": 4}[self.lm_head]
 
+    def precision_of(self, name: str) -> tuple[int, int | None]:
+        """(bits, group_size) of one module ('h.3.mlp.c_fc', 'transformer.h.3.mlp.c_fc' or 'lm_head'):
+        bits 16 = float, group None = per channel. Pure: needs no model."""
+        name = relative_name(name)
+        pattern = deciding_pattern(self.overrides, name)
+        if pattern is None:
+            bits = (self.head_bits if name == HEAD else self.weight_bits) or FLOAT_BITS
+        else:
+            p = self.overrides[pattern]
+            bits = p.bits
+            if bits != FLOAT_BITS and p.group_size is not None:
+                return bits, None if p.group_size == "per-channel" else p.group_size
+        return (bits, None) if bits == FLOAT_BITS else (bits, self.group_for(bits))
+
+    def module_precisions(self, n_layer: int) -> dict[str, tuple[int, int | None]]:
+        """precision_of every module of an n_layer GPT-2, by block-relative name."""
+        return {n: self.precision_of(n) for n in module_names(n_layer)}
+
+    def override_problems(self, n_layer: int, widths: dict[str, int]) -> list[str]:
+        """Overrides that do not fit a model of n_layer blocks and these input widths (layer_widths()):
+        patterns that match no module, group sizes that do not divide a matched module's width."""
+        names = module_names(n_layer)
+        out = [unmatched_problem(p, names, f"a {n_layer}-block model") for p in self.overrides or {}
+               if not matches(p, names)]
+        bad: dict[tuple[str, int], list[str]] = {}  # (pattern, group) -> "module (width)"
+        for name in names:
+            pattern = deciding_pattern(self.overrides, name)
+            group = self.precision_of(name)[1]
+            width = widths[local_name(name)]
+            if pattern is not None and group and width % group:
+                bad.setdefault((pattern, group), []).append(f"{name} ({width})")
+        out += [f"{p!r}: group_size {g} does not divide the input width of {', '.join(ns[:3])}"
+                f"{' ...' if len(ns) > 3 else ''}; group_size per-channel fits any width"
+                for (p, g), ns in bad.items()]
+        return out
+
+    def _uses_default(self, local: str, n_layer: int | None) -> bool:
+        """Whether some module `local` ('mlp.c_proj', 'lm_head') takes the step-wide precision (no override
+        decides it); unknown depth: only patterns that name no layer count."""
+        names = [HEAD] if local == HEAD else [f"h.{i}.{local}" for i in range(n_layer or MAX_LAYERS)]
+        return any(deciding_pattern(self.overrides, n) is None for n in names)
+
     def slug(self) -> str:
         g = self.group_for(self.weight_bits)
         grid = f"w{self.weight_bits}" + (f"g{g}" if g else "")
-        return f"quantize-{self.method}-{grid}"
+        return f"quantize-{self.method}-{grid}" + ("-mixed" if self.overrides else "")
+
+    def content_hash(self, prev, inputs) -> str:
+        """Without `overrides` when unset, so that steps planned before it existed keep their hashes."""
+        from compress.hashing import digest
+
+        dump = self.model_dump(mode="json", exclude=None if self.overrides else {"overrides"})
+        return digest(prev, self.kind, dump, inputs.key())
 
     # -- checks against the model it receives ------------------------------------------------------
 
@@ -152,7 +232,7 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
             problems += self.shape_problems(state)
         bits = self.weight_bits
         done = Quantized(by=state.at, method=self.method, bits=bits, group_size=self.group_for(bits), sym=self.sym,
-                         exportable=self.quant_method.exportable)
+                         exportable=self.quant_method.exportable, grids=self.grids(state.shape))
         return replace(state, quantized=done), problems
 
     def shape_problems(self, state: PlanState) -> list[Problem]:
@@ -161,6 +241,8 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
         group = self.group_for(self.weight_bits)
         checks = [("group_size", "", group, "n_embd", "attn.c_attn, attn.c_proj, mlp.c_fc"),
                   ("group_size", "", group, "n_inner", "mlp.c_proj")]
+        # the step-wide group only where some module takes it (overrides may decide them all)
+        checks = [c for c in checks if any(self._uses_default(n, shape.n_layer) for n in c[4].split(", "))]
         if self.head_bits:
             checks.append(("lm_head", "its group_size ", self.group_for(self.head_bits), "n_embd", "lm_head"))
         out = []
@@ -175,11 +257,25 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
             fix = origin.fix(dim, g) if origin.fix else None
             out.append(Problem(f"{lead}{g} does not divide {dim} {width} (input of {names}) made by {origin.by}; "
                                f"{hint}" + (f", or {fix}" if fix else ""), key))
-        return out
+        widths = layer_widths(shape.n_embd, shape.n_inner)
+        return out + [Problem(p, "overrides") for p in self.override_problems(shape.n_layer, widths)]
 
-    def bad_groups(self, widths: dict[str, int]) -> dict[tuple[int, int], list[str]]:
-        """(group, width) -> the layers whose input width the group does not divide."""
-        checks = [(n, w, self.group_for(self.weight_bits)) for n, w in widths.items() if n != "lm_head"]
+    def grids(self, shape=None) -> tuple[tuple[int, int | None], ...]:
+        """(bits, group_size) of each grid the modules use, when overrides are set (16: float); () without.
+        Unknown shape: every grid a module may take."""
+        if not self.overrides:
+            return ()
+        if shape is not None:
+            return tuple(dict.fromkeys(self.module_precisions(shape.n_layer).values()))
+        default = [(self.weight_bits, self.group_for(self.weight_bits)), (self.head_bits or FLOAT_BITS, None)]
+        given = [self.precision_of(matches(p, module_names(MAX_LAYERS))[0]) for p in self.overrides]
+        return tuple(dict.fromkeys(default + given))
+
+    def bad_groups(self, widths: dict[str, int], n_layer: int | None = None) -> dict[tuple[int, int], list[str]]:
+        """(group, width) -> the layers whose input width the step-wide group does not divide (layers that
+        overrides decide in every block are checked by override_problems)."""
+        checks = [(n, w, self.group_for(self.weight_bits)) for n, w in widths.items()
+                  if n != "lm_head" and self._uses_default(n, n_layer)]
         if self.head_bits:
             checks.append(("lm_head", widths["lm_head"], self.group_for(self.head_bits)))
         bad: dict[tuple[int, int], list[str]] = {}
@@ -188,11 +284,11 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
                 bad.setdefault((group, width), []).append(name)
         return bad
 
-    def width_problems(self, widths: dict[str, int]) -> list[str]:
+    def width_problems(self, widths: dict[str, int], n_layer: int | None = None) -> list[str]:
         """Group sizes that do not divide a layer's input width (widths from layer_widths()), checked
         again when the model is loaded (the plan may not have known its shape)."""
         return [f"group_size {g} does not divide the input width {w} of {', '.join(names)}"
-                for (g, w), names in self.bad_groups(widths).items()]
+                for (g, w), names in self.bad_groups(widths, n_layer).items()]
 
 
 def package_installed(module: str) -> bool:

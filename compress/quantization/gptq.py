@@ -9,7 +9,7 @@ i+1's inputs, so only one block's activations are held at a time.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from pydantic import BaseModel, Field
@@ -18,6 +18,7 @@ from transformers import GPT2LMHeadModel
 from compress.errors import UserError
 from compress.quantization.calibration import capture_block_inputs, input_hooks, run_block
 from compress.quantization.handoff import LinearCodes
+from compress.quantization.module_precision import FLOAT_BITS
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import fit_groups, fit_grid, to_codes
@@ -124,9 +125,16 @@ class HessianSum:
 @torch.no_grad()
 def quantize_gptq(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, group_size: int | None,
                   sym: bool, damp: float, act_order: bool, head_bits: int | None = None,
-                  head_group: int | None = None, log=None, keep_zeros: bool = False) -> GPT2LMHeadModel:
+                  head_group: int | None = None, log=None, keep_zeros: bool = False,
+                  precision_of: Callable[[str], tuple[int, int | None]] | None = None) -> GPT2LMHeadModel:
     """GPTQ every block projection (and the LM head when head_bits is set), block by block, in place.
-    keep_zeros: the zeros of the block projections stay zero (a sparsified model)."""
+    keep_zeros: the zeros of the block projections stay zero (a sparsified model). precision_of(name):
+    (bits, group) per module instead of bits/group_size and head_bits/head_group (bits 16: left float)."""
+    def grid(name: str) -> tuple[int, int | None]:
+        if precision_of is not None:
+            return precision_of(name)
+        return (head_bits or FLOAT_BITS, head_group) if name == "lm_head" else (bits, group_size)
+
     calls = capture_block_inputs(model, windows)
     for i, block in enumerate(model.transformer.h):
         hs = HessianSum()
@@ -135,20 +143,23 @@ def quantize_gptq(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, grou
         records = {}
         for local in BLOCK_LINEARS:
             name = f"transformer.h.{i}.{local}"
+            b, g = grid(name)
+            if b == FLOAT_BITS:
+                continue
             w, bias = linear_weight(block.get_submodule(local))
             keep = (w != 0) if keep_zeros else None
-            records[name] = gptq(name, w, bias, hs.get(local), bits, group_size, sym, damp, act_order, keep)
+            records[name] = gptq(name, w, bias, hs.get(local), b, g, sym, damp, act_order, keep)
         install(model, records)
         calls = run_block(block, calls)  # the quantized block's outputs feed block i+1
         if log:
             log.info("gptq: block %d/%d quantized", i + 1, model.config.n_layer)
-    if head_bits:
+    b, g = grid("lm_head")
+    if b != FLOAT_BITS:
         hs = HessianSum()
         for c in calls:
             hs.add("lm_head", model.transformer.ln_f(c.hidden))
         w, _ = linear_weight(model.lm_head)
-        install(model, {"lm_head": gptq("lm_head", w, None, hs.get("lm_head"), head_bits, head_group,
-                                         sym, damp, act_order)})
+        install(model, {"lm_head": gptq("lm_head", w, None, hs.get("lm_head"), b, g, sym, damp, act_order)})
     return model
 
 
@@ -165,9 +176,10 @@ def run_gptq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor)
     if sparse:
         log.info("gptq: the model is sparsified (%s): pruned weights stay zero", CONFIG_KEY)
     return quantize_gptq(model, windows, bits, cfg.group_for(bits), cfg.sym, cfg.damp, cfg.act_order,
-                         head_bits, cfg.group_for(head_bits) if head_bits else None, log=log, keep_zeros=sparse)
+                         head_bits, cfg.group_for(head_bits) if head_bits else None, log=log, keep_zeros=sparse,
+                         precision_of=cfg.precision_of)
 
 
 METHODS = (QuantMethod("gptq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
-                       calibrates=True, run=run_gptq, options=GptqOptions, asymmetric=True, quantizes_head=True,
+                       calibrates=True, run=run_gptq, options=GptqOptions, asymmetric=True, quantizes_head=True, per_module=True,
                        summary="GPTQ: rounding errors spread by the inverse Hessian of the inputs"),)

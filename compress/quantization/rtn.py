@@ -13,6 +13,7 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from compress.quantization.handoff import LinearCodes
+from compress.quantization.module_precision import FLOAT_BITS
 from compress.quantization.modules import block_linear_names, install, linear_weight
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 
@@ -65,23 +66,27 @@ def rtn(name: str, w: torch.Tensor, bias: torch.Tensor | None, bits: int, group_
 # -- the rtn method ----------------------------------------------------------------------------------
 
 def rtn_head(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> dict[str, LinearCodes]:
-    """The LM head's record when cfg.lm_head asks for it (round-to-nearest), else {}."""
-    if not cfg.head_bits:
+    """The LM head's record when cfg.lm_head (or an override) asks for it (round-to-nearest), else {}."""
+    bits, group = cfg.precision_of("lm_head")
+    if bits == FLOAT_BITS:
         return {}
     w, _ = linear_weight(model.lm_head)
-    return {"lm_head": rtn("lm_head", w, None, cfg.head_bits, cfg.group_for(cfg.head_bits), cfg.sym)}
+    return {"lm_head": rtn("lm_head", w, None, bits, group, cfg.sym)}
 
 
 def quantize_rtn(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: None = None) -> GPT2LMHeadModel:
-    """Round-to-nearest every block projection (and the head when asked), in place."""
-    bits = cfg.weight_bits
+    """Round-to-nearest every block projection at its precision (and the head when asked), in place;
+    modules kept float (bits 16) stay as they are."""
     records = {}
     for name in block_linear_names(model):
+        bits, group = cfg.precision_of(name)
+        if bits == FLOAT_BITS:
+            continue
         w, bias = linear_weight(model.get_submodule(name))
-        records[name] = rtn(name, w, bias, bits, cfg.group_for(bits), cfg.sym)
+        records[name] = rtn(name, w, bias, bits, group, cfg.sym)
     return install(model, records | rtn_head(model, cfg))
 
 
 METHODS = (QuantMethod("rtn", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
-                       calibrates=False, run=quantize_rtn, asymmetric=True, quantizes_head=True,
+                       calibrates=False, run=quantize_rtn, asymmetric=True, quantizes_head=True, per_module=True,
                        summary="round-to-nearest on the integer grid"),)

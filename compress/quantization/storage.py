@@ -27,6 +27,7 @@ bitsandbytes' serialization instead (see bnb.py). Directories written before the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -39,6 +40,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from compress.errors import UserError
 from compress.quantization import bigcode_layout as stock
 from compress.quantization.handoff import WEIGHTS_FILE, LinearCodes, read_quant_config
+from compress.quantization.module_precision import FLOAT_BITS
 from compress.quantization.modules import install, quant_linears
 from compress.quantization.registry import Layout
 
@@ -106,18 +108,45 @@ def _group_format(details: dict[str, Any], head: bool, tied_head: bool) -> str:
     return "naive-quantized" if stores_int8(details, head) else "pack-quantized"
 
 
+def _scheme_targets(records: dict[str, LinearCodes], details: dict[str, Any]) -> list[tuple[str, list[LinearCodes]]]:
+    """(target, records) of each config group: the block projections under one regex and the head, or with
+    per-module precision (details["precisions"]) one group per grid naming its modules."""
+    blocks = [r for n, r in records.items() if n != "lm_head"]
+    head = [records["lm_head"]] if "lm_head" in records else []
+    if "precisions" not in details:
+        return [(BLOCK_TARGET, blocks), ("lm_head", head)]
+    by_grid: dict[tuple[int, int], list[LinearCodes]] = {}
+    for r in blocks:
+        by_grid.setdefault((r.bits, r.group_size), []).append(r)
+    return [("re:^(" + "|".join(re.escape(r.name) for r in rs) + ")$", rs) for rs in by_grid.values()] + \
+        [("lm_head", head)]
+
+
+def _group_targets(qc: dict[str, Any], name: str) -> dict[str, Any]:
+    """The config group whose targets match module `name` (as compressed-tensors matches them)."""
+    for group in qc["config_groups"].values():
+        for t in group["targets"]:
+            if t == name or (t.startswith("re:") and re.match(t[3:], name)):
+                return group
+    raise UserError(f"{name}: no quantization_config group targets it; the checkpoint is inconsistent")
+
+
 def quant_config(records: dict[str, LinearCodes], details: dict[str, Any],
                  tied_head: bool = False) -> dict[str, Any]:
     """The compressed-tensors quantization_config for these records (one scheme per group, each naming
-    its format: compressed-tensors would infer one per module otherwise)."""
-    groups, ignore = {}, []
+    its format: compressed-tensors would infer one per module otherwise). Modules kept float by
+    per-module precision are listed in `ignore` and stored as fp32 nn.Linear weights, which stock
+    loaders read as they are."""
+    groups: dict[str, Any] = {}
+    ignore = ["transformer." + n for n, p in details.get("precisions", {}).items()
+              if p["bits"] == FLOAT_BITS and n != "lm_head"]
     activations = _activations(details)
-    for key, target in (("group_0", BLOCK_TARGET), ("group_1", "lm_head")):
+    for target, members in _scheme_targets(records, details):
         head = target == "lm_head"
-        members = [r for n, r in records.items() if (n == "lm_head") == head]
         if not members:
             ignore += ["lm_head"] if head else []
             continue
+        key = f"group_{len(groups)}" if not head or "precisions" in details else "group_1"
         scheme = {"targets": [target], "weights": _weights_scheme(members, details["sym"]),
                   "input_activations": None, "output_activations": None,
                   "format": _group_format(details, head, tied_head)}
@@ -199,8 +228,7 @@ def layer_record(name: str, t: dict[str, torch.Tensor], bits: int) -> LinearCode
 
 
 def _bits_of(qc: dict[str, Any], name: str) -> int:
-    group = qc["config_groups"]["group_1" if name == "lm_head" else "group_0"]
-    return int(group["weights"]["num_bits"])
+    return int(_group_targets(qc, name)["weights"]["num_bits"])
 
 
 def _layer_names(tensors: dict[str, torch.Tensor]) -> list[str]:

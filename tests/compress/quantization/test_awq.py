@@ -61,7 +61,7 @@ def test_folded_scales_keep_the_fp32_function(outlier_model):
     ids = held[:64].unsqueeze(0)
     with torch.no_grad():
         before = model(ids).logits
-        scale_model(model, held[4096:4096 + 512].view(8, 64), bits=4, group=32, sym=True, grid=20)
+        scale_model(model, held[4096:4096 + 512].view(8, 64), lambda name: (4, 32), sym=True, grid=20)
         after = model(ids).logits
     torch.testing.assert_close(after, before, atol=1e-4, rtol=0)
     ln = model.transformer.h[0].ln_1.weight
