@@ -22,7 +22,7 @@ from compress.pruning.shapes import target_problems, target_shape
 from compress.quantization.config import QuantizeConfig, layer_widths
 from compress.search.config import MB, SearchConfig, SearchSpace
 from compress.search.profiles import precision_key
-from compress.search.sizing import HEAD, Precision, matrices, matrix_bytes, projected_tokens_per_s, weight_bytes
+from compress.search.sizing import HEAD, matrices, matrix_bytes, projected_tokens_per_s, weight_bytes
 
 HEAL = 0.1  # fraction of an unhealed prune KL assumed left after distillation (a ranking prior only)
 HEAD_BITS = {"keep": 16, "int8": 8, "int4": 4}
@@ -34,8 +34,7 @@ class Candidate:
     shape_key: str  # "w0.33-m0-l0"
     shape: Shape
     prune: dict[str, Any] | None  # the prune step's config, None: unpruned
-    quantize: dict[str, Any]  # the quantize step's config
-    precision: Precision
+    quantize: dict[str, Any]  # the quantize step's config, as the plan writes it
     bytes: int
     tokens_per_s: float  # projected on the search target
     predicted_kl: float
@@ -67,38 +66,39 @@ def prune_configs(base: Shape, space: SearchSpace) -> dict[str, PruneConfig]:
     return out
 
 
-def _quant_kl(profile: dict[str, dict[str, float]], shape: Shape, p: Precision) -> float:
+def _quant_kl(profile: dict[str, dict[str, float]], shape: Shape, q: QuantizeConfig) -> float:
+    """The sum of the matrices' profiled KL at their precision (float: 0)."""
     total = 0.0
     for name in matrices(shape):
-        bits = p.bits_of(name)
+        bits, group = q.precision_of(name)
         if bits < 16:
-            total += profile.get(name, {}).get(precision_key(bits, p.group), 0.0)
+            total += profile.get(name, {}).get(precision_key(bits, group), 0.0)
     return total
 
 
-def _candidate(base_prune_kl: float, profile, shape: Shape, key: str, prune: PruneConfig, quant: dict,
-               p: Precision, cfg: SearchConfig, label: str) -> Candidate:
+def _candidate(base_prune_kl: float, profile, shape: Shape, key: str, prune: PruneConfig, conf: dict,
+               cfg: SearchConfig, label: str) -> Candidate:
+    q = QuantizeConfig(**conf)
     return Candidate(key, shape, None if prune.prunes_nothing() else prune.model_dump(exclude_defaults=True),
-                     quant, p, weight_bytes(shape, p), projected_tokens_per_s(shape, p, cfg.target, cfg.context),
-                     HEAL * base_prune_kl + _quant_kl(profile, shape, p), label)
+                     conf, weight_bytes(shape, q), projected_tokens_per_s(shape, q, cfg.target, cfg.context),
+                     HEAL * base_prune_kl + _quant_kl(profile, shape, q), label)
 
 
-def uniform(shape: Shape, space: SearchSpace) -> list[tuple[dict, Precision]]:
-    """(quantize config, precision) of every uniform variant whose groups divide the shape's widths."""
+def uniform(shape: Shape, space: SearchSpace) -> list[dict[str, Any]]:
+    """The quantize config of every uniform variant whose group sizes divide the shape's widths."""
     q = space.quantize
     out = []
     for method, bits, group, head in itertools.product(q.methods, q.bits, q.group_sizes, q.lm_head):
         conf = {"method": method, "bits": bits, "group_size": group, "lm_head": head, "calib_samples": q.calib_samples}
-        if QuantizeConfig(**conf).bad_groups(layer_widths(shape.n_embd, shape.n_inner)):
-            continue
-        out.append((conf, Precision(bits, group, HEAD_BITS[head])))
+        if not QuantizeConfig(**conf).bad_groups(layer_widths(shape.n_embd, shape.n_inner)):
+            out.append(conf)
     return out
 
 
 def knapsack_path(profile: dict[str, dict[str, float]], shape: Shape, group: int, head_levels: list[int],
-                  levels: tuple[int, ...] = (4, 8, 16)) -> list[Precision]:
+                  levels: tuple[int, ...] = (4, 8, 16)) -> list[dict[str, int]]:
     """Greedy path from every matrix at its lowest bits: each step upgrades the one matrix (to any higher
-    level) with the most KL saved per byte added. Precisions in order of growing size."""
+    level) with the most KL saved per byte added. Assignments {module: bits} in order of growing size."""
     mats = matrices(shape)
     options = {n: (sorted(head_levels) if n == HEAD else list(levels)) for n in mats}
     current = {n: options[n][0] for n in mats}
@@ -122,29 +122,27 @@ def knapsack_path(profile: dict[str, dict[str, float]], shape: Shape, group: int
             break
         current[best[0]] = best[1]
         path.append(current.copy())
-    return [_precision(a, group, options[HEAD][0]) for a in path]
+    return path
 
 
-def _precision(assign: dict[str, int], group: int, low_head: int) -> Precision:
-    """An assignment as base bits 4 with overrides for every other matrix (head: lm_head's own level)."""
+def mixed_config(method: str, assign: dict[str, int], group: int, calib_samples: int) -> dict[str, Any]:
+    """An assignment as a quantize config: 4 bits, the head at its level, an override per other matrix."""
+    head = {16: "keep", 8: "int8", 4: "int4"}[assign[HEAD]]
+    conf = {"method": method, "bits": 4, "group_size": group, "lm_head": head, "calib_samples": calib_samples}
     body = sorted((n, b) for n, b in assign.items() if n != HEAD and b != 4)
-    return Precision(4, group, assign[HEAD], tuple(body))
-
-
-def mixed_config(method: str, p: Precision, calib_samples: int) -> dict[str, Any]:
-    head = {16: "keep", 8: "int8", 4: "int4"}[p.head_bits]
-    conf = {"method": method, "bits": 4, "group_size": p.group, "lm_head": head, "calib_samples": calib_samples}
-    if p.overrides:
-        conf["overrides"] = {n: {"bits": b} for n, b in p.overrides}
+    if body:
+        conf["overrides"] = {n: {"bits": b} for n, b in body}
     return conf
 
 
-def _mixed_points(path: list[Precision], shape: Shape, max_bytes: float | None) -> list[Precision]:
-    fits = [p for p in path if max_bytes is None or weight_bytes(shape, p) <= max_bytes]
+def _mixed_points(confs: list[dict[str, Any]], shape: Shape, max_bytes: float | None) -> list[dict[str, Any]]:
+    """Up to MIXED_POINTS configs of the path within max_bytes: the largest and evenly spaced smaller ones
+    (the path's first point, all at the lowest bits, is a uniform variant already)."""
+    fits = [c for c in confs[1:] if max_bytes is None or weight_bytes(shape, QuantizeConfig(**c)) <= max_bytes]
     if len(fits) <= 1:
         return fits
     picks = {len(fits) - 1 - round(k * (len(fits) - 1) / MIXED_POINTS) for k in range(MIXED_POINTS)}
-    return [fits[i] for i in sorted(picks) if fits[i].overrides or fits[i].head_bits != fits[0].head_bits]
+    return [fits[i] for i in sorted(picks)]
 
 
 def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any], can_mix: bool) -> list[Candidate]:
@@ -155,19 +153,21 @@ def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any], can_mix:
     out: list[Candidate] = []
     for key, prune in prune_configs(base, space).items():
         shape = target_shape(base, prune)
-        for conf, p in uniform(shape, space):
+        for conf in uniform(shape, space):
             label = f"{key} {conf['method']} w{conf['bits']}g{conf['group_size']} head {conf['lm_head']}"
-            out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, p, cfg, label))
+            out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, cfg, label))
         if not (space.quantize.mixed and can_mix):
             continue
         heads = [HEAD_BITS[h] for h in space.quantize.lm_head]
         for method, group in itertools.product(space.quantize.methods, space.quantize.group_sizes):
             if any(w % group for w in layer_widths(shape.n_embd, shape.n_inner).values()):
                 continue
-            for p in _mixed_points(knapsack_path(quant_profile, shape, group, heads), shape, max_bytes):
-                label = f"{key} {method} mixed g{group} ({len(p.overrides)} overrides, head {p.head_bits}b)"
-                out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune,
-                                      mixed_config(method, p, space.quantize.calib_samples), p, cfg, label))
+            path = [mixed_config(method, a, group, space.quantize.calib_samples)
+                    for a in knapsack_path(quant_profile, shape, group, heads)]
+            for conf in _mixed_points(path, shape, max_bytes):
+                label = (f"{key} {method} mixed g{group} ({len(conf.get('overrides', {}))} overrides, "
+                         f"head {conf['lm_head']})")
+                out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, cfg, label))
     return out
 
 

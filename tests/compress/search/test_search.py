@@ -98,3 +98,13 @@ def test_a_search_plan_has_no_steps(tmp_path, random_tiny_dir):
     path.write_text(yaml.safe_dump(body))
     with pytest.raises(PlanError, match="steps: a plan with search: has no steps"):
         load_plan(path)
+
+
+def test_the_example_search_plan_validates():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "search.yaml"
+    if not (example.parent / "../../shared/data/teachers/gpt2-6x384-corpus").exists():
+        pytest.skip("../shared/data is not beside the checkout")
+    plan = load_plan(example)
+    assert plan.search.budget.max_mb == 12 and plan.search.search_space.prune.width == [0.33]

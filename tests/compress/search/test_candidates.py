@@ -1,0 +1,51 @@
+"""Stage 2 without a model: exact sizes, the knapsack path, budget filtering (fake profiles)."""
+
+from __future__ import annotations
+
+from compress.model_shape import Shape
+from compress.quantization.config import QuantizeConfig
+from compress.search.candidates import candidates, choose, knapsack_path
+from compress.search.config import MB, SearchConfig
+from compress.search.sizing import matrices, weight_bytes
+
+SHAPE = Shape(n_layer=2, n_head=4, head_dim=16, n_inner=256, vocab_size=257, n_positions=128)
+
+
+def fake_profile(shape: Shape) -> dict:
+    """Later blocks and the MLP output are the sensitive ones; 8 bits costs a tenth of 4 bits."""
+    quant = {}
+    for i, name in enumerate(matrices(shape)):
+        kl4 = 0.01 * (i + 1) * (3 if name.endswith("mlp.c_proj") else 1)
+        quant[name] = {"4g32": kl4, "8g32": kl4 / 10}
+    return {"quant": quant, "prune": {"w0-m0-l0": 0.0}}
+
+
+def search(max_mb: float, **space) -> SearchConfig:
+    return SearchConfig(target="orin-nano", budget={"max_mb": max_mb}, max_trials=50,
+                        space={"quantize": {"methods": ["rtn"], "group_sizes": [32], "lm_head": ["int4", "int8"],
+                                            **space}})
+
+
+def test_the_knapsack_path_grows_in_bytes_and_shrinks_in_kl():
+    path = knapsack_path(fake_profile(SHAPE)["quant"], SHAPE, 32, [4, 8])
+    sizes = [weight_bytes(SHAPE, QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head={4: "int4", 8: "int8"}[a["lm_head"]],
+                                                overrides={n: {"bits": b} for n, b in a.items() if n != "lm_head" and b != 4} or None))
+             for a in path]
+    assert sizes == sorted(sizes) and len(path) > 3
+    first = [n for n in path[1] if path[1][n] != path[0][n]]
+    assert len(first) == 1 and first[0].startswith("h.1.")  # the most KL per byte (the later block) goes up first
+    assert path[-1]["h.1.mlp.c_proj"] == 16 and path[-1]["lm_head"] == 8  # the end: everything at its top level
+
+
+def test_every_candidate_chosen_fits_the_size_budget_and_the_mixed_ones_fill_it():
+    every = candidates(SHAPE, search(0.2), fake_profile(SHAPE), can_mix=True)
+    int4 = weight_bytes(SHAPE, QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head="int4"))
+    max_mb = (int4 + 20_000) / MB
+    cfg = search(max_mb)
+    every = candidates(SHAPE, cfg, fake_profile(SHAPE), can_mix=True)
+    chosen, closest = choose(every, cfg)
+    assert chosen and all(c.bytes <= max_mb * MB for c in chosen)
+    assert all(c.bytes > max_mb * MB for c in closest)
+    mixed = [c for c in chosen if "overrides" in c.quantize]
+    assert mixed and chosen[0] in mixed  # the knapsack beats uniform int4 in predicted KL at this size
+    assert min(c.predicted_kl for c in mixed) < min(c.predicted_kl for c in chosen if c.bytes == int4)
