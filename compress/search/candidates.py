@@ -145,7 +145,7 @@ def _mixed_points(confs: list[dict[str, Any]], shape: Shape, max_bytes: float | 
     return [fits[i] for i in sorted(picks)]
 
 
-def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any], can_mix: bool) -> list[Candidate]:
+def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any]) -> list[Candidate]:
     """Every candidate of the space, with exact size, projected speed and predicted KL."""
     space = cfg.search_space
     quant_profile, prune_kl = profile["quant"], profile["prune"]
@@ -156,7 +156,7 @@ def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any], can_mix:
         for conf in uniform(shape, space):
             label = f"{key} {conf['method']} w{conf['bits']}g{conf['group_size']} head {conf['lm_head']}"
             out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, cfg, label))
-        if not (space.quantize.mixed and can_mix):
+        if not space.quantize.mixed:
             continue
         heads = [HEAD_BITS[h] for h in space.quantize.lm_head]
         for method, group in itertools.product(space.quantize.methods, space.quantize.group_sizes):

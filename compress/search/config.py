@@ -134,9 +134,6 @@ def plan_problems(plan: "Plan") -> list[tuple[tuple, str]]:
             except ValueError as e:
                 out.append((("search", "space", "quantize", "methods", i),
                             f"{m} at {bits} bits: {str(e).splitlines()[-1].strip()}"))
-    if space.quantize.mixed and "overrides" not in QuantizeConfig.model_fields and search.space != "default":
-        out.append((("search", "space", "quantize", "mixed"), "per-module precision (quantize overrides) is not in "
-                                                              "this build; set mixed: false"))
     if search.budget == Budget() and search.objective == "ppl":
         out.append((("search", "budget"), "give at least one of max_mb, max_ppl_ratio, min_tokens_per_s "
                                           "(with no budget the unquantized model wins)"))

@@ -24,7 +24,6 @@ from compress.model_shape import Shape
 from compress.pipeline import run_plan
 from compress.plan import Plan, dump_plan, parse_plan
 from compress.planning import planned_steps, run_digests
-from compress.quantization.config import QuantizeConfig
 from compress.run_dir import RunLock, write_json
 from compress.search import candidates as cands
 from compress.search.profiles import profiles
@@ -42,11 +41,6 @@ class SearchResult:
     trials: list[dict[str, Any]]
     best_plan: Path
     stages: dict[str, Any]
-
-
-def can_mix() -> bool:
-    """Whether the quantize step takes per-module precision (`overrides`)."""
-    return "overrides" in QuantizeConfig.model_fields
 
 
 def run_search(plan: Plan, run_dir: str | Path, progress: bool = True) -> SearchResult:
@@ -89,7 +83,7 @@ def _search(plan: Plan, run_dir: Path, progress: bool) -> SearchResult:
     wall["profiles"], cpu["profiles"] = time.perf_counter() - t0, time.process_time() - c0
 
     t0, c0 = time.perf_counter(), time.process_time()
-    every = cands.candidates(shape, cfg, prof, can_mix())
+    every = cands.candidates(shape, cfg, prof)
     chosen, closest = cands.choose(every, cfg)
     write_json(run_dir / "candidates.json", {"all": [c.as_dict() for c in every],
                                              "chosen": [c.label for c in chosen]})

@@ -120,17 +120,14 @@ def run_trial(plan: Plan, c: Candidate, search_dir: Path, base_ppl: float, progr
     t0, cpu0 = time.perf_counter(), time.process_time()
     result = run_plan(trial, run_dir, progress=progress)
     last = result.metrics[-1]
-    ran = [r.name for r in result.records if r.status == "ran"]
+    kinds = ["model", *(s.kind for s in trial.steps)]  # records: the source step, then the plan's steps
+    ran = [(r.name, kind) for r, kind in zip(result.records, kinds) if r.status == "ran"]
     record = {"id": tid, "label": c.label, "candidate": c.as_dict(), "steps": steps,
-              "ran": ran, "ran_kinds": [n.split("-", 1)[1].split("-")[0] for n in ran], "linked": linked,
+              "ran": [n for n, _ in ran], "ran_kinds": [k for _, k in ran], "linked": linked,
               "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - cpu0,
-              "ppl": last.get("ppl"), "ppl_ratio": (last.get("ppl") or math_nan()) / base_ppl,
+              "ppl": last.get("ppl"), "ppl_ratio": (last.get("ppl") or float("nan")) / base_ppl,
               "weight_bytes": last.get("weight_bytes"), "mb": (last.get("weight_bytes") or 0) / 1e6,
               "projected_tokens_per_s": (last.get("projected_decode_tokens_per_s") or {}).get(plan.search.target),
               "measured_tokens_per_s": last.get("tokens_per_s"), "artifact_step": result.records[-1].name}
     write_json(run_dir / TRIAL_JSON, record)
     return record | {"reused": False}
-
-
-def math_nan() -> float:
-    return float("nan")

@@ -26,11 +26,15 @@ def search(max_mb: float, **space) -> SearchConfig:
                                             **space}})
 
 
+def config_of(assign: dict[str, int]) -> QuantizeConfig:
+    body = {n: {"bits": b} for n, b in assign.items() if n != "lm_head" and b != 4}
+    return QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head={4: "int4", 8: "int8"}[assign["lm_head"]],
+                          overrides=body or None)
+
+
 def test_the_knapsack_path_grows_in_bytes_and_shrinks_in_kl():
     path = knapsack_path(fake_profile(SHAPE)["quant"], SHAPE, 32, [4, 8])
-    sizes = [weight_bytes(SHAPE, QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head={4: "int4", 8: "int8"}[a["lm_head"]],
-                                                overrides={n: {"bits": b} for n, b in a.items() if n != "lm_head" and b != 4} or None))
-             for a in path]
+    sizes = [weight_bytes(SHAPE, config_of(a)) for a in path]
     assert sizes == sorted(sizes) and len(path) > 3
     first = [n for n in path[1] if path[1][n] != path[0][n]]
     assert len(first) == 1 and first[0].startswith("h.1.")  # the most KL per byte (the later block) goes up first
@@ -38,11 +42,11 @@ def test_the_knapsack_path_grows_in_bytes_and_shrinks_in_kl():
 
 
 def test_every_candidate_chosen_fits_the_size_budget_and_the_mixed_ones_fill_it():
-    every = candidates(SHAPE, search(0.2), fake_profile(SHAPE), can_mix=True)
+    every = candidates(SHAPE, search(0.2), fake_profile(SHAPE))
     int4 = weight_bytes(SHAPE, QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head="int4"))
     max_mb = (int4 + 20_000) / MB
     cfg = search(max_mb)
-    every = candidates(SHAPE, cfg, fake_profile(SHAPE), can_mix=True)
+    every = candidates(SHAPE, cfg, fake_profile(SHAPE))
     chosen, closest = choose(every, cfg)
     assert chosen and all(c.bytes <= max_mb * MB for c in chosen)
     assert all(c.bytes > max_mb * MB for c in closest)

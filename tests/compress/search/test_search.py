@@ -108,3 +108,26 @@ def test_the_example_search_plan_validates():
         pytest.skip("../shared/data is not beside the checkout")
     plan = load_plan(example)
     assert plan.search.budget.max_mb == 12 and plan.search.search_space.prune.width == [0.33]
+
+
+def test_mixed_precision_trials_measure_the_size_they_predicted(tmp_path, random_tiny_dir):
+    from compress.model_shape import Shape
+    from compress.quantization.config import QuantizeConfig
+    from compress.search.sizing import weight_bytes
+
+    shape = Shape(n_layer=2, n_head=4, head_dim=16, n_inner=256, vocab_size=257, n_positions=128)
+    int4 = weight_bytes(shape, QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head="int8"))
+    space = {"quantize": {"methods": ["rtn"], "bits": [4], "group_sizes": [32], "lm_head": ["int8"], "mixed": True},
+             "export": "none"}
+    body = text_plan(random_tiny_dir, [])
+    body.pop("steps")
+    body["search"] = {"target": "orin-nano", "budget": {"max_mb": (int4 + 40_000) / 1e6}, "space": space,
+                      "max_trials": 2, "profile": {"windows": 2, "seq_len": 32}}
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(body))
+    result = run_search(load_plan(path), tmp_path / "out", progress=False)
+    mixed = [t for t in result.trials if "overrides" in t["steps"][0]["quantize"]]
+    assert mixed
+    for t in result.trials:
+        assert t["weight_bytes"] == round(t["candidate"]["predicted_mb"] * 1e6)  # footprint is exact
+        assert t["mb"] <= (int4 + 40_000) / 1e6
