@@ -84,6 +84,7 @@ def quant_profile(model: GPT2LMHeadModel, calib: Calibration, precisions: list[t
             module.weight.copy_(fake.t() if isinstance(module, Conv1D) else fake)  # Conv1D stores [in, out]
             out[name][precision_key(bits, group)] = calib.kl(model)
             module.weight.copy_(original)
+        log.info("search: profile %s: %s", name, ", ".join(f"{k} KL {v:.2e}" for k, v in out[name].items()))
     return out
 
 
