@@ -12,6 +12,7 @@ HEAL (distillation recovers most of it) plus the sum of the matrices' quantizati
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,9 +97,10 @@ def uniform(shape: Shape, space: SearchSpace) -> list[dict[str, Any]]:
 
 
 def knapsack_path(profile: dict[str, dict[str, float]], shape: Shape, group: int, head_levels: list[int],
-                  levels: tuple[int, ...] = (4, 8, 16)) -> list[dict[str, int]]:
+                  room: float | None = None, levels: tuple[int, ...] = (4, 8, 16)) -> list[dict[str, int]]:
     """Greedy path from every matrix at its lowest bits: each step upgrades the one matrix (to any higher
-    level) with the most KL saved per byte added. Assignments {module: bits} in order of growing size."""
+    level) with the most KL saved per byte added, among the upgrades that fit in `room` bytes more than
+    the start (None: no limit). Assignments {module: bits} in order of growing size."""
     mats = matrices(shape)
     options = {n: (sorted(head_levels) if n == HEAD else list(levels)) for n in mats}
     current = {n: options[n][0] for n in mats}
@@ -109,17 +111,20 @@ def knapsack_path(profile: dict[str, dict[str, float]], shape: Shape, group: int
     def size(n: str, b: int) -> int:
         return matrix_bytes(*mats[n], b, group)
 
-    path = [current.copy()]
+    path, spent = [current.copy()], 0
     while True:
         best, best_ratio = None, -1.0
         for n, b in current.items():
             for nb in (x for x in options[n] if x > b):
                 gain, cost = kl(n, b) - kl(n, nb), size(n, nb) - size(n, b)
+                if room is not None and spent + cost > room:
+                    continue  # a big upgrade (the head) must not end the path: smaller ones may still fit
                 ratio = gain / max(cost, 1)
                 if gain > 0 and ratio > best_ratio:
                     best, best_ratio = (n, nb), ratio
         if best is None:
             break
+        spent += size(best[0], best[1]) - size(best[0], current[best[0]])
         current[best[0]] = best[1]
         path.append(current.copy())
     return path
@@ -162,13 +167,16 @@ def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any]) -> list[
         for method, group in itertools.product(space.quantize.methods, space.quantize.group_sizes):
             if any(w % group for w in layer_widths(shape.n_embd, shape.n_inner).values()):
                 continue
+            start = mixed_config(method, {n: 4 for n in matrices(shape)} | {HEAD: min(heads)}, group, 1)
+            room = None if max_bytes is None else max_bytes - weight_bytes(shape, QuantizeConfig(**start))
             path = [mixed_config(method, a, group, space.quantize.calib_samples)
-                    for a in knapsack_path(quant_profile, shape, group, heads)]
+                    for a in knapsack_path(quant_profile, shape, group, heads, room)]
             for conf in _mixed_points(path, shape, max_bytes):
                 label = (f"{key} {method} mixed g{group} ({len(conf.get('overrides', {}))} overrides, "
                          f"head {conf['lm_head']})")
                 out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, cfg, label))
-    return out
+    unique = {(c.shape_key, json.dumps(c.quantize, sort_keys=True)): c for c in reversed(out)}  # first one wins
+    return [c for c in out if unique[(c.shape_key, json.dumps(c.quantize, sort_keys=True))] is c]
 
 
 def violation(c: Candidate, cfg: SearchConfig) -> float:

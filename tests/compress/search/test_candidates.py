@@ -53,3 +53,13 @@ def test_every_candidate_chosen_fits_the_size_budget_and_the_mixed_ones_fill_it(
     mixed = [c for c in chosen if "overrides" in c.quantize]
     assert mixed and chosen[0] in mixed  # the knapsack beats uniform int4 in predicted KL at this size
     assert min(c.predicted_kl for c in mixed) < min(c.predicted_kl for c in chosen if c.bytes == int4)
+
+
+def test_an_upgrade_that_does_not_fit_is_skipped_not_the_end_of_the_path():
+    profile = fake_profile(SHAPE)["quant"]
+    profile["lm_head"] = {"4g32": 1.0, "8g32": 0.0}  # the best upgrade by far, and too big for the room
+    room = 8_000  # the head 4 -> 8 costs 8,224 bytes; two attn.c_proj upgrades (2,048 each) fit
+    path = knapsack_path(profile, SHAPE, 32, [4, 8], room)
+    start = weight_bytes(SHAPE, config_of(path[0]))
+    assert all(a["lm_head"] == 4 for a in path) and len(path) >= 3
+    assert all(weight_bytes(SHAPE, config_of(a)) - start <= room + 64 for a in path)  # + header padding
