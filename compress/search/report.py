@@ -21,10 +21,12 @@ class SearchBudgetError(UserError):
 
 
 def speed(t: dict[str, Any], cfg: SearchConfig) -> float:
-    """Tokens/s the budget and objective read: measured on host when measured, else the projection."""
+    """Tokens/s the budget and objective read: measured on host when measured, else the search's own
+    roofline projection from the exact bytes (compress/search/sizing.py; the torch runner's metrics count
+    a quantized tied head's rebuilt float table as looked-up bytes, so their projection is not used)."""
     if cfg.target == "host" and t.get("measured_tokens_per_s"):
         return float(t["measured_tokens_per_s"])
-    return float(t.get("projected_tokens_per_s") or t["candidate"]["projected_tokens_per_s"])
+    return float(t["candidate"]["projected_tokens_per_s"])
 
 
 def shortfalls(t: dict[str, Any], cfg: SearchConfig) -> list[str]:
