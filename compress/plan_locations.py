@@ -118,19 +118,29 @@ def close_key(root: type, loc: tuple) -> str | None:
     """The closest valid key (difflib) to the unknown key loc[-1], among the fields of the model(s) that
     hold it: the location is walked from `root` through field types, list items and union tags."""
     models = _models_in(root)
+    dict_key = False  # the part is a key of a dict field (quantize.overrides' patterns), not a field
     for part in loc[:-1]:
-        if isinstance(part, int):
-            continue  # a list index: the item types are already the candidates
+        if isinstance(part, int) or dict_key:
+            dict_key = False
+            continue  # a list index or dict key: the item types are already the candidates
         tagged = [(cls, None) for cls, tag in models if tag == part]
         if tagged:  # pydantic names the union member it tried (Tag("pretrain")) in the location
             models = tagged
             continue
-        models = [m for cls, _ in models if part in cls.model_fields for m in _models_in(cls.model_fields[part].annotation)]
+        fields = [cls.model_fields[part].annotation for cls, _ in models if part in cls.model_fields]
+        dict_key = any(_is_dict(a) for a in fields)
+        models = [m for a in fields for m in _models_in(a)]
         if not models:
             return None
     known = {f.alias or name for cls, _ in models for name, f in cls.model_fields.items()}
     close = difflib.get_close_matches(str(loc[-1]), sorted(known), n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def _is_dict(annotation: Any) -> bool:
+    """A dict annotation, or an Optional / union holding one."""
+    origin = get_origin(annotation)
+    return origin is dict or (origin in (Union, UnionType) and any(get_origin(a) is dict for a in get_args(annotation)))
 
 
 def _models_in(annotation: Any, tag: str | None = None) -> list[tuple[type, str | None]]:

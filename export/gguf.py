@@ -79,7 +79,14 @@ class GgufExport(ExportTarget):
         if q is not None and not q.exportable:
             problems.append(Problem(f"the model quantized by {q.by} (method {q.method}) keeps no integer codes "
                                     "this export can read; quantize with rtn/gptq/awq, or export the fp32 model", ""))
-        if q is not None and q.exportable and not carries_grid(q.bits, q.group_size, q.sym, self.type):
+        if q is not None and q.exportable and q.grids and self.type in BITS:
+            problems.append(Problem(f"{q.by} sets a precision per module: each matrix is written at its own type "
+                                    "(8-bit -> q8_0, 4-bit groups of 32k -> q4_0, float -> f16), other grids "
+                                    f"re-quantized to {self.type}", "type", note=True))
+        elif q is not None and q.exportable and q.grids:
+            problems.append(Problem(f"{q.by} sets a precision per module: every matrix is written dequantized, as "
+                                    f"{self.type}", "type", note=True))
+        elif q is not None and q.exportable and not carries_grid(q.bits, q.group_size, q.sym, self.type):
             grid = f"{q.by}'s grid ({q.bits}-bit, group {q.group_size or 'per-channel'}, {'sym' if q.sym else 'asym'})"
             problems.append(Problem(f"{grid} is not a {self.type} block: its dequantized weights are re-quantized "
                                     f"to {self.type}" if self.type in BITS else
@@ -236,6 +243,7 @@ def tensors_of(model: "nn.Module", records: dict, t: str, table_t: str) -> list[
     # Tied when the table is the head's weight (a quantized tied head's table is rebuilt from its codes,
     # and the loaded model no longer says tie_word_embeddings).
     tied = head_w.shape == tr.wte.weight.shape and bool(torch.equal(head_w, tr.wte.weight.detach().float().cpu()))
+    mixed = is_mixed(model, records)
     out = []
 
     def add(name: str, w: np.ndarray, typ: str, ql=None) -> None:
@@ -253,7 +261,7 @@ def tensors_of(model: "nn.Module", records: dict, t: str, table_t: str) -> list[
             add(f"blk.{i}.{dst}.bias", f32(ln.bias), "f32")
         for src, dst in PROJECTIONS.items():
             w, bias, ql = _matrix(model, f"transformer.h.{i}.{src}", records)
-            add(f"blk.{i}.{dst}.weight", w, t, ql)
+            add(f"blk.{i}.{dst}.weight", w, own_type(ql, t) if mixed else t, ql)
             add(f"blk.{i}.{dst}.bias", bias if bias is not None else np.zeros(w.shape[0], np.float32), "f32")
     add("output_norm.weight", f32(tr.ln_f.weight), "f32")
     add("output_norm.bias", f32(tr.ln_f.bias), "f32")
@@ -261,6 +269,26 @@ def tensors_of(model: "nn.Module", records: dict, t: str, table_t: str) -> list[
         w, _, ql = _matrix(model, "lm_head", records)
         add("output.weight", w, table_t, ql)
     return out
+
+
+def is_mixed(model: "nn.Module", records: dict) -> bool:
+    """Per-module precision (quantize overrides): the block projections differ in bits, or some stay float."""
+    names = [f"transformer.h.{i}.{p}" for i in range(model.config.n_layer) for p in PROJECTIONS]
+    return bool(records) and len({records[n].bits if n in records else None for n in names}) > 1
+
+
+def own_type(ql: "LinearCodes | None", t: str) -> str:
+    """The type of one projection of a mixed model exported as q8_0 / q4_0: its codes' own block type (8-bit ->
+    q8_0, 4-bit -> q4_0, carried code for code where the grid is that block), f16 for a module kept float;
+    a 4-bit grid q4_0 cannot carry (not groups of 32k) is re-quantized to `t`. type f16 / f32: all float."""
+    if t not in BITS:
+        return t  # f16 / f32 asked for: every matrix float (dequantized)
+    if ql is None:
+        return "f16"
+    native = {8: "q8_0", 4: "q4_0"}[ql.bits]
+    if ql.in_features % BLOCK[native]:
+        return "f16"  # rows that are not whole blocks (write_gguf refuses them for `t` itself)
+    return native if ql.bits == 8 or carries_grid(ql.bits, ql.group_size, True, native) else t
 
 
 def tokenizer_metadata(tokenizer, n_vocab: int) -> dict:

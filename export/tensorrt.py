@@ -44,7 +44,7 @@ from export.trt_spec import (ENGINE_FILE, ENGINE_JSON, LAYERS_JSON, ONNX_FILE, S
                              Precision, engine_spec, read_spec, write_step_files)
 
 if TYPE_CHECKING:
-    from compress.plan_state import Check, PlanState, Problem
+    from compress.plan_state import Check, PlanState, Problem, Quantized
     from compress.step_api import StepContext, StepOutput
 
 # -- the export target ----------------------------------------------------------------------------------
@@ -161,6 +161,8 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
         return out + [Problem(f"{precision} needs a quantize step before the export ({', '.join(exportable_methods())}; "
                               f"sym: true): TensorRT builds {precision} from the explicit Q/DQ of its integers",
                               "precision")]
+    if q.grids:
+        return out + mixed_grid_problems(q, precision)
     if q.bits != int(precision[3:]):
         out.append(Problem(f"{precision} but {q.by} makes {q.bits}-bit weights", "precision"))
     elif not q.sym:
@@ -168,6 +170,24 @@ def plan_check(cfg: Any, state: "PlanState") -> list["Problem"]:
     elif q.bits == 8 and q.group_size is not None:
         out.append(Problem(f"TensorRT int8 weights are per-channel: {q.by} needs group_size: per-channel",
                            "precision"))
+    return out
+
+
+def mixed_grid_problems(q: "Quantized", precision: str) -> list["Problem"]:
+    """Per-module precision (quantize overrides): every module's own Q/DQ. int4 engines take int4 blocks and
+    int8 per-channel weights side by side; int8 engines int8 only; float modules stay float."""
+    from compress.plan_state import Problem
+
+    if not q.sym:
+        return [Problem(f"TensorRT supports symmetric quantization only: {q.by} needs sym: true", "precision")]
+    out = []
+    for bits, group in q.grids:
+        if bits == 4 and precision == "int8":
+            out.append(Problem(f"int8 but overrides of {q.by} make int4 modules: use precision int4 (int4 and int8 "
+                               "weights side by side)", "precision"))
+        elif bits == 8 and group is not None:
+            out.append(Problem(f"TensorRT int8 weights are per-channel: the 8-bit overrides of {q.by} need "
+                               "group_size: per-channel", "precision"))
     return out
 
 
@@ -193,7 +213,10 @@ def int4_width_problems(state: "PlanState") -> list["Problem"]:
                     f"{dim} = {width} (made by {origin.by}) is not a multiple of {INT4_MULTIPLE}: TensorRT Edge-LLM's "
                     f"INT4 refuses such weight dimensions (TENSORRT.md); widths that work: {works}"
                     + (f" ({fix} in {origin.by})" if fix else "") + ", or builder: trtexec", "builder"))
-    if q is not None and q.bits == 4 and q.group_size != INT4_MULTIPLE:
+    if q is not None and any(g != (4, INT4_MULTIPLE) for g in q.grids if g[0] != 16):
+        out.append(Problem(f"{q.by} sets a precision per module: Edge-LLM's INT4 takes int4 group_size "
+                           f"{INT4_MULTIPLE} only, everywhere (or builder: trtexec)", "builder"))
+    elif q is not None and not q.grids and q.bits == 4 and q.group_size != INT4_MULTIPLE:
         out.append(Problem(f"{q.by} uses group_size {q.group_size or 'per-channel'}: Edge-LLM's INT4 takes "
                            f"group_size {INT4_MULTIPLE} only (or builder: trtexec)", "builder"))
     return out

@@ -51,12 +51,21 @@ def strongly_typed(graph: onnx.ModelProto) -> bool:
     return any(o.type.tensor_type.elem_type == TensorProto.FLOAT16 for o in graph.graph.output)
 
 
-def builder_flags(precision: Precision, typed: bool) -> list[str]:
+def builder_flags(precision: Precision, typed: bool, int8_weights: bool = False) -> list[str]:
     """BuilderFlag names. Strongly typed networks take none (TensorRT rejects them); weakly typed int8
-    Q/DQ graphs also set FP16 so the layers left in float run in fp16, not fp32."""
+    Q/DQ graphs also set FP16 so the layers left in float run in fp16, not fp32. An int4 graph with int8
+    weights beside (per-module precision) sets INT8 too."""
     if typed:
         return []
+    if precision == "int4" and int8_weights:
+        return ["FP16", "INT8"]
     return {"fp32": [], "fp16": ["FP16"], "int8": ["FP16", "INT8"], "int4": ["FP16"]}[precision]
+
+
+def has_int8_weights(graph: onnx.ModelProto) -> bool:
+    """Whether some DequantizeLinear reads an int8 initializer (trt_qdq's int8 weights)."""
+    int8 = {i.name for i in graph.graph.initializer if i.data_type == TensorProto.INT8}
+    return any(n.op_type == "DequantizeLinear" and n.input[0] in int8 for n in graph.graph.node)
 
 
 def engine_spec(graph: onnx.ModelProto, onnx_path: Path, precision: Precision, profile: TensorRTProfile,
@@ -68,7 +77,8 @@ def engine_spec(graph: onnx.ModelProto, onnx_path: Path, precision: Precision, p
     typed = strongly_typed(graph) and TRT_VERSIONS[options.target].version >= (9, 0)
     return {
         "onnx": onnx_path.name, "onnx_sha256": sha256(onnx_path), "engine": ENGINE_FILE,
-        "precision": precision, "strongly_typed": typed, "builder_flags": builder_flags(precision, typed),
+        "precision": precision, "strongly_typed": typed,
+        "builder_flags": builder_flags(precision, typed, has_int8_weights(graph)),
         "sparse_weights": sparse_weights,
         "target": {"tensorrt": options.target, "ships_with": TRT_VERSIONS[options.target].ships_with},
         "profile": profile.model_dump(mode="json"),

@@ -61,5 +61,6 @@ def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | 
     # activation outliers measured on the fp32 model: recorded, and refused for per-tensor int8
     outliers = record_outliers(model, cfg, windows) if windows is not None else None
     model = cfg.quant_method.run(model, cfg, windows)
-    model.config.quantization_config = {"gpt2_edge": details(cfg, model.config.n_layer) | ({"outliers": outliers} if outliers else {})}
+    record = details(cfg, model.config.n_layer) | ({"outliers": outliers} if outliers else {})
+    model.config.quantization_config = {"gpt2_edge": record}
     return model.eval()

@@ -196,5 +196,6 @@ def run_awq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) 
 
 
 METHODS = (QuantMethod("awq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
-                       calibrates=True, run=run_awq, options=AwqOptions, asymmetric=True, quantizes_head=True, per_module=True,
+                       calibrates=True, run=run_awq, options=AwqOptions, asymmetric=True, quantizes_head=True,
+                       per_module=True,
                        summary="AWQ: activation-aware input scales folded into the model, then the rtn grid"),)

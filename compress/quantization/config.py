@@ -206,6 +206,10 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
         grid = f"w{self.weight_bits}" + (f"g{g}" if g else "")
         return f"quantize-{self.method}-{grid}" + ("-mixed" if self.overrides else "")
 
+    def __hash__(self) -> int:
+        """Hashable with `overrides` (a dict): searches keep configs in sets."""
+        return hash(self.model_dump_json())
+
     def content_hash(self, prev, inputs) -> str:
         """Without `overrides` when unset, so that steps planned before it existed keep their hashes."""
         from compress.hashing import digest

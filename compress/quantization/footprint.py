@@ -69,7 +69,7 @@ def checkpoint_tensors(cfg: QuantizeConfig, n_layer: int, n_embd: int, n_inner: 
             out.append(("lm_head.weight", "F32", (vocab_size, n_embd)))
     for i in range(n_layer):
         for ln in ("ln_1", "ln_2"):
-            out += [(f"transformer.h.{i}.{ln}.weight", "F32", (n_embd,)), (f"transformer.h.{i}.{ln}.bias", "F32", (n_embd,))]
+            out += [(f"transformer.h.{i}.{ln}.{p}", "F32", (n_embd,)) for p in ("weight", "bias")]
     # the token table: stored, unless a quantized tied head's codes stand for it (storage.table_is_the_head)
     if not (tied and cfg.precision_of(HEAD)[0] != FLOAT_BITS):
         out.append(("transformer.wte.weight", "F32", (vocab_size, n_embd)))

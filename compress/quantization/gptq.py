@@ -181,5 +181,6 @@ def run_gptq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor)
 
 
 METHODS = (QuantMethod("gptq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
-                       calibrates=True, run=run_gptq, options=GptqOptions, asymmetric=True, quantizes_head=True, per_module=True,
+                       calibrates=True, run=run_gptq, options=GptqOptions, asymmetric=True, quantizes_head=True,
+                       per_module=True,
                        summary="GPTQ: rounding errors spread by the inverse Hessian of the inputs"),)

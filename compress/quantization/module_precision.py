@@ -14,6 +14,7 @@ search and the size accounting resolve a plan's precision per module without a m
 from __future__ import annotations
 
 import difflib
+import re
 from fnmatch import fnmatchcase
 from typing import Literal
 
@@ -72,7 +73,9 @@ def deciding_pattern(overrides: dict[str, ModulePrecision] | None, name: str) ->
 
 def unmatched_problem(pattern: str, names: list[str], where: str) -> str:
     """One line for a pattern that matches no module of `names`, with the closest names."""
-    close = difflib.get_close_matches(pattern, names, n=2, cutoff=0.5)
+    block = re.match(r"h\.(\d+)\.", pattern)
+    same_block = [n for n in names if block and n.startswith(block.group(0))]
+    close = difflib.get_close_matches(pattern, same_block or names, n=2, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else \
         "; names are h.<i>.attn.c_attn, h.<i>.attn.c_proj, h.<i>.mlp.c_fc, h.<i>.mlp.c_proj and lm_head"
     return f"pattern {pattern!r} matches no module of {where}{hint}"

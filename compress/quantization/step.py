@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from compress.quantization.api import quantize
 from compress.quantization.config import QuantizeConfig
+from compress.quantization.module_precision import precision_label
 from compress.quantization.outlier_check import OutlierRefusal
 from compress.step_api import StepContext, StepOutput, register_step
 from evalsuite.size import bytes_on_disk
@@ -27,10 +28,16 @@ def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
     after = bytes_on_disk(out, weights_only=True)
     g = cfg.group_for(cfg.weight_bits)
     grid = f"int{cfg.weight_bits} " + (f"g{g}" if g else "per-channel")
+    per_module = {}
+    if cfg.overrides:  # modules per precision, e.g. "int4 g128 x18, int8 per-channel x6, float x1"
+        labels = [precision_label(*p) for p in cfg.module_precisions(model.config.n_layer).values()]
+        per_module = {label: labels.count(label) for label in dict.fromkeys(labels)}
+        grid = "per module: " + ", ".join(f"{k} x{n}" for k, n in per_module.items())
     summary = (f"{cfg.method} {grid}, lm_head {cfg.lm_head}: weights {before / 1e6:.1f} MB -> "
                f"{after / 1e6:.1f} MB on disk ({before / max(after, 1):.2f}x smaller)"
                + (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}" if outliers else ""))
     return StepOutput(summary=summary, model_dir="model",
                       info={"bytes_before": before, "bytes_after": after, "method": cfg.method,
                             "bits": cfg.weight_bits, "group_size": g or "per-channel"}
+                      | ({"modules_by_precision": per_module} if per_module else {})
                       | ({"outliers": outliers} if outliers else {}))

@@ -36,6 +36,12 @@ READABLE = {  # name: (quantize config, model shape, tied embeddings); together:
     "rtn-w4g32-head4-pruned-untied": (dict(method="rtn", bits=4, group_size=32, lm_head="int4"), PRUNED, False),
     "gptq-w4-head8-asym-untied": (dict(GPTQ, bits=4, group_size=32, sym=False, lm_head="int8"), {}, False),
     "smoothquant-head8-untied": (dict(SQ, lm_head="int8"), {}, False),
+    # per-module precision: one config group per grid, float-kept modules as fp32 nn.Linear (ignored)
+    "rtn-mixed-w4g32-w8-float": (dict(method="rtn", bits=4, group_size=32, overrides={
+        "h.0.*": {"bits": 8}, "h.*.mlp.c_proj": {"bits": 8, "group_size": "per-channel"},
+        "h.1.attn.c_attn": {"bits": 16}}), {}, True),
+    "gptq-mixed-asym-head8-pruned-untied": (dict(GPTQ, bits=4, group_size=32, sym=False, overrides={
+        "h.1.*": {"bits": 8}, "h.0.mlp.c_fc": {"bits": 16}, "lm_head": {"bits": 8}}), PRUNED, False),
 }
 REFUSED = {  # name: (quantize config, tied embeddings, what the refusal names)
     "dynamic-int8": (dict(method="dynamic-int8"), True, "gpt2-edge-torch-dynamic-int8"),
