@@ -14,7 +14,8 @@ _LAZY = {"DistillConfig": "compress.distillation", "distill": "compress.distilla
          "PruneConfig": "compress.pruning", "prune": "compress.pruning",
          "QuantizeConfig": "compress.quantization", "quantize": "compress.quantization",
          "FinetuneConfig": "compress.finetune", "run_finetune": "compress.finetune",
-         "QatConfig": "compress.qat", "run_qat": "compress.qat"}
+         "QatConfig": "compress.qat", "run_qat": "compress.qat",
+         "run_search": "compress.search.run"}
 __all__ = sorted(_LAZY)
 
 

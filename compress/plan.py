@@ -28,6 +28,7 @@ from compress.errors import PlanError
 from compress.plan_check import check_steps
 from compress.plan_locations import apply_override, clean_loc, format_loc, line_for, message, node_lines, override_path
 from compress.plan_types import ExistingPath, Seed, Strict, TextSource
+from compress.search.config import SearchConfig, plan_problems as search_problems
 from compress.step_api import StepConfig
 from compress.yaml_io import read_yaml_file
 from evalsuite.data import read_text
@@ -147,6 +148,7 @@ class Plan(Strict):
     data: DataConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
     steps: list[SerializeAsAny[StepConfig]] = Field(default_factory=list)
+    search: SearchConfig | None = Field(None, description="search for the best plan under a budget (docs/search.md)")
 
     @model_validator(mode="after")
     def _pretrain_fits_data(self) -> "Plan":
@@ -160,7 +162,9 @@ class Plan(Strict):
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """The resolved plan in the same shape as the YAML (steps as one-key mappings)."""
-        out = self.model_dump(mode="json", exclude={"steps"})
+        out = self.model_dump(mode="json", exclude={"steps", "search"})
+        if self.search is not None:
+            out["search"] = self.search.model_dump(mode="json")
         out["steps"] = [{s.kind: s.model_dump(mode="json")} for s in self.steps]
         return out
 
@@ -243,6 +247,8 @@ def parse_plan(raw: dict[str, Any], base_dir: Path = Path("."), source: str | No
         for loc, msg in check_steps(plan).problems:  # the steps' checks, with the model's real shapes
             add(loc, msg)
         for loc, msg in speculative_problems(plan):
+            add(loc, msg)
+        for loc, msg in search_problems(plan):
             add(loc, msg)
     if problems:
         raise PlanError(problems, source=source)

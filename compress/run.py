@@ -100,6 +100,10 @@ def _main(argv: list[str] | None) -> int:
         plan = load_plan(args.plan, args.overrides)
         run_dir = args.out or Path("runs") / plan.name
         threads = choose_threads(args.threads, plan.threads)
+        if args.dry_run and plan.search is not None:
+            print(f"# search on {plan.search.target}, up to {plan.search.max_trials} trial(s), in {run_dir}: "
+                  "the candidates are known after stage 1 (profiles) runs")
+            return 0
         if args.dry_run:
             from compress.dry_run import dry_run  # no torch: a cached cost model and the plan suffice
 
@@ -117,6 +121,12 @@ def _main(argv: list[str] | None) -> int:
         import torch
 
         torch.set_num_threads(threads)  # manifest.json records it (cpu_threads)
+        if plan.search is not None:
+            from compress.search.run import run_search
+
+            found = run_search(plan, run_dir, progress=not args.quiet)
+            print(f"\nWinner: {found.reason}\nBest plan: {found.best_plan}; front: {run_dir / 'pareto.md'}")
+            return 0
         from compress.pipeline import run_plan
 
         result = run_plan(plan, run_dir, progress=not args.quiet, trust_cache=args.trust_cache)

@@ -1,0 +1,140 @@
+"""The `search:` section of a plan: what to search, for which device, under which budget.
+
+    search:
+      target: orin-nano                 # a catalogued device (roofline projection) or host
+      budget: {max_mb: 12, max_ppl_ratio: 1.10, min_tokens_per_s: 400}   # any subset
+      objective: ppl                    # minimised inside the budget: ppl, size or latency
+      space: default                    # or per step kind (SearchSpace below)
+      max_trials: 8                     # full evaluations at most
+
+Validated with the plan (extra keys forbidden, every problem with its key path); `plan_problems`
+adds what needs the whole plan (a search plan has no `steps:`, its space's quantize methods and
+group sizes must exist). No torch here: plan errors come back before any model loads.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from compress.plan_types import Strict
+from compress.pruning.config import Criterion
+from compress.quantization.methods import METHODS
+from evalsuite.hardware import KNOWN_TARGETS
+
+if TYPE_CHECKING:
+    from compress.plan import Plan
+
+MB = 1_000_000  # max_mb is decimal megabytes, as the reports print sizes
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class Budget(Strict):
+    """Limits every reported winner meets (measured values; the candidates are ranked by predicted ones)."""
+
+    max_mb: float | None = Field(None, gt=0, le=1e6, description="weight bytes of the shipped artifact, in MB (1e6)")
+    max_ppl_ratio: float | None = Field(None, ge=1.0, le=1e6, description="perplexity / the base model's")
+    min_tokens_per_s: float | None = Field(None, gt=0, le=1e9,
+                                           description="decode tokens/s on the target (roofline projection; "
+                                                       "on host the measured value when latency is measured)")
+
+
+class PruneSpace(Strict):
+    """Shapes to try: every combination of these (0 = keep), kept only where the export's shape rules hold."""
+
+    width: list[Fraction] = Field(default_factory=lambda: [0.0], min_length=1, max_length=16)
+    mlp: list[Fraction] = Field(default_factory=lambda: [0.0], min_length=1, max_length=16)
+    layers: list[Annotated[int, Field(ge=0, le=1000)]] = Field(default_factory=lambda: [0], min_length=1,
+                                                              max_length=16)
+    importance: Criterion = "activation"
+
+
+class DistillSpace(Strict):
+    """How a pruned shape is healed before quantization (one distillation per shape, shared by its variants)."""
+
+    tokens: int = Field(131_072, ge=0, le=10**10, description="distillation tokens; 0: no healing")
+    seq_len: int = Field(256, ge=8, le=8192)
+    batch_tokens: int = Field(2048, ge=8, le=10**7)
+    lr: float = Field(5.0e-4, gt=0, le=1)
+
+
+class QuantizeSpace(Strict):
+    """Precisions to try. Uniform variants: every (method, bits, group size, head); mixed: per-module bits
+    chosen by measured sensitivity per byte under max_mb (needs quantize `overrides`)."""
+
+    methods: list[Literal[tuple(METHODS)]] = Field(default_factory=lambda: ["gptq"], min_length=1,  # type: ignore
+                                                   max_length=8)
+    bits: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8], min_length=1, max_length=2)
+    group_sizes: list[Literal[32, 64, 128]] = Field(default_factory=lambda: [128], min_length=1, max_length=3)
+    lm_head: list[Literal["keep", "int8", "int4"]] = Field(default_factory=lambda: ["int4", "int8"], min_length=1,
+                                                           max_length=3)
+    mixed: bool = Field(True, description="also per-module precision (quantize overrides) under max_mb")
+    calib_samples: int = Field(32, ge=1, le=4096)
+
+
+class SearchSpace(Strict):
+    prune: PruneSpace = Field(default_factory=PruneSpace)
+    distill: DistillSpace = Field(default_factory=DistillSpace)
+    quantize: QuantizeSpace = Field(default_factory=QuantizeSpace)
+    export: Literal["onnx", "none"] = Field("onnx", description="the last step of every trial")
+
+
+class ProfileSettings(Strict):
+    """Stage 1's calibration: windows of data.train on which every sensitivity is measured."""
+
+    windows: int = Field(8, ge=1, le=1024)
+    seq_len: int = Field(128, ge=8, le=8192)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class SearchConfig(Strict):
+    target: Literal[KNOWN_TARGETS] = "host"  # type: ignore[valid-type]
+    budget: Budget = Field(default_factory=Budget)
+    objective: Literal["ppl", "size", "latency"] = "ppl"
+    space: Literal["default"] | SearchSpace = "default"
+    max_trials: int = Field(8, ge=1, le=256)
+    context: int = Field(192, ge=1, le=65536, description="tokens in the KV cache for the speed projection")
+    profile: ProfileSettings = Field(default_factory=ProfileSettings)
+
+    @model_validator(mode="after")
+    def _objective_has_room(self) -> "SearchConfig":
+        if self.objective == "size" and self.budget.max_ppl_ratio is None:
+            raise ValueError("objective size needs budget.max_ppl_ratio (else the smallest model always wins)")
+        if self.objective == "latency" and self.budget.max_ppl_ratio is None:
+            raise ValueError("objective latency needs budget.max_ppl_ratio (else the fastest model always wins)")
+        return self
+
+    @property
+    def search_space(self) -> SearchSpace:
+        """`space: default` spelled out: the unpruned shape plus one head-pruned shape, int4/int8, mixed."""
+        if self.space != "default":
+            return self.space
+        return SearchSpace(prune=PruneSpace(width=[0.0, 0.33]))
+
+
+def plan_problems(plan: "Plan") -> list[tuple[tuple, str]]:
+    """(key path, message) of a search plan's problems that need more than the search section."""
+    search = plan.search
+    if search is None:
+        return []
+    out = []
+    if plan.steps:
+        out.append((("steps",), "a plan with search: has no steps (the search writes them; best.plan.yaml "
+                                "is the winner as an ordinary plan)"))
+    if plan.data.train is None:
+        out.append((("data", "train"), "search calibrates and distils on data.train; set it"))
+    space = search.search_space
+    from compress.quantization.config import QuantizeConfig  # the step's own validation of each variant
+
+    for i, m in enumerate(space.quantize.methods):
+        for bits in space.quantize.bits:
+            try:
+                QuantizeConfig(method=m, bits=bits, group_size=space.quantize.group_sizes[0])
+            except ValueError as e:
+                out.append((("search", "space", "quantize", "methods", i),
+                            f"{m} at {bits} bits: {str(e).splitlines()[-1].strip()}"))
+    if search.budget == Budget() and search.objective == "ppl":
+        out.append((("search", "budget"), "give at least one of max_mb, max_ppl_ratio, min_tokens_per_s "
+                                          "(with no budget the unquantized model wins)"))
+    return out

@@ -1,0 +1,123 @@
+"""Stage 1: sensitivity profiles of the base model on calibration windows of data.train.
+
+- quantization: every quantizable matrix (h.<i>.<proj>, lm_head) fake-quantized alone, round-to-nearest
+  with the quantize step's own grid code (compress/quantization/rtn.py), at every (bits, group) of the
+  space; its cost is KL(float || quantized) of the next-token distributions, in nats per token. RTN
+  stands in for every method (GPTQ's error is smaller but ranks the matrices alike: the same per-matrix
+  proxy auto_quantize and llama.cpp's importance use).
+- pruning: every shape of the space pruned with the prune step's own code (compress/pruning), no
+  healing, same KL. It ranks shapes; distillation recovers most of it (trials measure how much).
+
+A profile is a JSON file in the search directory named by the hash of everything it depends on (the
+base model's step hash, the train text, the settings, the grid): a resumed search reads it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GPT2LMHeadModel
+from transformers.pytorch_utils import Conv1D
+
+from compress.hashing import digest
+from compress.pruning.api import prune
+from compress.pruning.config import PruneConfig
+from compress.quantization.modules import linear_weight
+from compress.quantization.rtn import rtn
+from compress.run_dir import read_json, write_json
+from compress.search.sizing import HEAD
+from compress.training import sample_batch
+
+log = logging.getLogger(__name__)
+BATCH = 4  # calibration windows per forward pass
+VERSION = 2  # of the profile's numbers: part of its cache key
+
+
+class Calibration:
+    """The float model's next-token log-probabilities on fixed windows, and KL of another model to them."""
+
+    def __init__(self, model: GPT2LMHeadModel, ids: torch.Tensor, windows: int, seq_len: int, seed: int):
+        seq_len = min(seq_len, model.config.n_positions, ids.numel() - 2)
+        self.windows = sample_batch(ids.flatten(), windows, seq_len, seed, step=0)[:, :-1]
+        # fp32: a bf16 copy alone puts a ~1e-4 nats floor under every KL, the size of an 8-bit matrix's
+        self.reference = [self._logprobs(model, w) for w in self.windows.split(BATCH)]
+
+    @staticmethod
+    @torch.no_grad()
+    def _logprobs(model: GPT2LMHeadModel, windows: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(model(windows).logits.float(), dim=-1)
+
+    @torch.no_grad()
+    def kl(self, model: GPT2LMHeadModel) -> float:
+        """Mean KL(reference || model) per token, in nats."""
+        total, n = 0.0, 0
+        for w, ref in zip(self.windows.split(BATCH), self.reference):
+            lp = self._logprobs(model, w)
+            total += float((ref.exp() * (ref - lp)).sum())
+            n += w.numel()
+        return max(total / n, 0.0)
+
+
+def _module(model: GPT2LMHeadModel, name: str) -> torch.nn.Module:
+    return model.lm_head if name == HEAD else model.transformer.get_submodule(name)
+
+
+@torch.no_grad()
+def quant_profile(model: GPT2LMHeadModel, calib: Calibration, precisions: list[tuple[int, int | None]]
+                  ) -> dict[str, dict[str, float]]:
+    """{module: {"<bits>g<group>": KL}} with one matrix fake-quantized at a time (the others float)."""
+    names = [f"h.{i}.{p}" for i in range(model.config.n_layer)
+             for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")] + [HEAD]
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        module = _module(model, name)
+        original = module.weight.detach().clone()
+        w, _ = linear_weight(module)
+        out[name] = {}
+        for bits, group in precisions:
+            g = group if group and w.shape[1] % group == 0 else None
+            codes = rtn(name, w, None, bits, g, sym=True)
+            fake = codes.dequantize()  # [out, in]
+            module.weight.copy_(fake.t() if isinstance(module, Conv1D) else fake)  # Conv1D stores [in, out]
+            out[name][precision_key(bits, group)] = calib.kl(model)
+            module.weight.copy_(original)
+        log.info("search: profile %s: %s", name, ", ".join(f"{k} KL {v:.2e}" for k, v in out[name].items()))
+    return out
+
+
+def precision_key(bits: int, group: int | None) -> str:
+    return f"{bits}g{group or 'row'}"
+
+
+def prune_profile(model: GPT2LMHeadModel, calib: Calibration, configs: dict[str, PruneConfig],
+                  train_ids: torch.Tensor) -> dict[str, float]:
+    """{shape key: KL of the pruned, unhealed model}."""
+    return {key: (0.0 if cfg.prunes_nothing() else calib.kl(prune(model, cfg, train_ids)))
+            for key, cfg in configs.items()}
+
+
+def profiles(search_dir: Path, key_parts: list[Any], model: GPT2LMHeadModel, train_ids: torch.Tensor,
+             settings, precisions: list[tuple[int, int | None]], prune_configs: dict[str, PruneConfig]
+             ) -> dict[str, Any]:
+    """Both profiles, read from search_dir when one with the same inputs was made before."""
+    key = digest(VERSION, *key_parts, settings.model_dump(mode="json"), sorted(precisions, key=str),
+                 {k: c.model_dump(mode="json") for k, c in prune_configs.items()})
+    path = search_dir / f"profiles-{key[:16]}.json"
+    if path.exists():
+        cached = read_json(path)
+        if cached.get("key") == key:
+            log.info("search: stage 1 profiles reused from %s", path.name)
+            return cached | {"reused": True}
+    t0 = time.process_time()
+    calib = Calibration(model, train_ids, settings.windows, settings.seq_len, settings.seed)
+    quant = quant_profile(model, calib, precisions)
+    t1 = time.process_time()
+    pruned = prune_profile(model, calib, prune_configs, train_ids)
+    result = {"key": key, "quant": quant, "prune": pruned, "tokens": int(calib.windows.numel()),
+              "cpu_s": {"quant": t1 - t0, "prune": time.process_time() - t1}}
+    write_json(path, result)
+    return result | {"reused": False}
