@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from compress.plan_types import Strict
 from compress.pruning.config import Criterion
-from compress.quantization.methods import METHODS
 from evalsuite.hardware import KNOWN_TARGETS
 
 if TYPE_CHECKING:
@@ -63,14 +62,24 @@ class QuantizeSpace(Strict):
     """Precisions to try. Uniform variants: every (method, bits, group size, head); mixed: per-module bits
     chosen by measured sensitivity per byte under max_mb (needs quantize `overrides`)."""
 
-    methods: list[Literal[tuple(METHODS)]] = Field(default_factory=lambda: ["gptq"], min_length=1,  # type: ignore
-                                                   max_length=8)
+    methods: list[str] = Field(default_factory=lambda: ["gptq"], min_length=1, max_length=8,
+                               description="quantization methods (compress.quantization.methods)")
     bits: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8], min_length=1, max_length=2)
     group_sizes: list[Literal[32, 64, 128]] = Field(default_factory=lambda: [128], min_length=1, max_length=3)
     lm_head: list[Literal["keep", "int8", "int4"]] = Field(default_factory=lambda: ["int4", "int8"], min_length=1,
                                                            max_length=3)
     mixed: bool = Field(True, description="also per-module precision (quantize overrides) under max_mb")
     calib_samples: int = Field(32, ge=1, le=4096)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        # the method table imports the quantizers (torch): read only when a plan searches
+        from compress.quantization.methods import METHODS
+        unknown = [m for m in v if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        return v
 
 
 class SearchSpace(Strict):
