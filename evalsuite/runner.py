@@ -60,13 +60,15 @@ class TorchRunner:
 
 def gathered_bytes(model: torch.nn.Module) -> int:
     """Bytes of the embedding tables a decode step only looks up: the position embeddings, and the
-    token embeddings unless the LM head reads the same tensor (tied weights)."""
+    token embeddings unless the LM head reads the same matrix: tied weights, or a quantized head whose codes
+    also serve the token lookup (the head module says so with `serves_token_table`; the float table in
+    memory is rebuilt from those codes, not stored)."""
     tables = []
     wpe = getattr(getattr(model, "transformer", None), "wpe", None)
     if wpe is not None:
         tables.append(wpe.weight)
     wte = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
-    if getattr(head, "weight", None) is not wte:
+    if getattr(head, "weight", None) is not wte and not getattr(head, "serves_token_table", False):
         tables.append(wte)
     return sum(t.numel() * t.element_size() for t in tables)

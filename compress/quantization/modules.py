@@ -85,11 +85,14 @@ def quantize_tied_table(model: GPT2LMHeadModel, head: LinearCodes) -> None:
 
 def install(model: GPT2LMHeadModel, records: dict[str, LinearCodes]) -> GPT2LMHeadModel:
     """Replace each named linear by a QuantLinear built from its record (in place)."""
+    tied = "lm_head" in records and model.lm_head.weight is model.transformer.wte.weight
     if "lm_head" in records:
         quantize_tied_table(model, records["lm_head"])
     device = model.transformer.wte.weight.device
     for name, ql in records.items():
         set_module(model, name, QuantLinear(ql).to(device))
+    if tied:  # the table is the head's codes: a decode step reads it once, as the head (roofline bytes)
+        model.lm_head.serves_token_table = True
     return model
 
 

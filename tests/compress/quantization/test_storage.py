@@ -129,3 +129,23 @@ def test_outside_tool_decompresses_our_layout(cfg, tmp_path):
         if name.endswith("c_attn"):
             expected = rows_to_stock(expected, model.config.n_embd, model.config.n_head)
         torch.testing.assert_close(w.float(), expected, rtol=0, atol=1e-6)
+
+
+def test_a_quantized_tied_head_counts_its_table_once_for_the_roofline(tmp_path):
+    """The float token table of a quantized tied head is rebuilt from the head's codes: a decode step
+    reads those codes once (as the head), so the table is not 'looked up' bytes apart from them."""
+    from evalsuite.runner import gathered_bytes
+    from tests.tiny_models import tiny_model
+
+    model = tiny_model()
+    position_table = model.transformer.wpe.weight.numel() * 4
+    assert gathered_bytes(model) == position_table  # tied fp32: the head reads wte itself
+    cfg = QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head="int4")
+    quantized = quantize(model, cfg)
+    assert gathered_bytes(quantized) == position_table
+    untied = tiny_model()
+    untied.config.tie_word_embeddings = False
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    untied = quantize(untied, QuantizeConfig(method="rtn", bits=4, group_size=32, lm_head="int4"))
+    table = untied.transformer.wte.weight
+    assert gathered_bytes(untied) == position_table + table.numel() * table.element_size()
