@@ -117,6 +117,24 @@ def report(args) -> int:
                      f"{r['scale_lr']:g}{'' if r['scales'] == 'learned' else ' (unused)'} | {r['tokens']:,} | "
                      f"{r['seed']} | {pp:.3f} | {pq:.3f} | {pt:.3f} | {pp / pt:.4f} -> {pq / pt:.4f} | "
                      f"{(pp - pq) / (pp - pt):.0%} | {lo:.0%} .. {hi:.0%} | {r['codes_moved']:.2%} |")
+    lines += ["", "Learned vs frozen scales, paired on the same windows (same method, loss, lr, tokens, seed): "
+              "difference in gap recovered, and in mean held-out loss (nats, +- one standard error over windows)", ""]
+    for r in rows:
+        twin = [f for f in rows if f["scales"] == "frozen" and r["scales"] == "learned"
+                and all(f[k] == r[k] for k in ("method", "loss", "lr", "tokens", "seed", "eval_tokens"))]
+        for f in twin:
+            tag = r["eval_tokens"]
+            t = torch.tensor(json.loads((cache / f"teacher-{tag}.json").read_text()))
+            p = torch.tensor(json.loads((cache / f"ptq-{r['method']}-{tag}.json").read_text()))
+            lq, fq = torch.tensor(r["nll"]), torch.tensor(f["nll"])
+            idx = torch.randint(0, t.numel(), (2000, t.numel()), generator=gen)
+            d = (ppl(fq[idx]) - ppl(lq[idx])) / (ppl(p[idx]) - ppl(t[idx]))
+            lo, hi = torch.quantile(d, torch.tensor([0.025, 0.975])).tolist()
+            diff = lq - fq
+            lines.append(f"- {r['method']}, {r['tokens']:,} tokens, seed {r['seed']}: learned - frozen = "
+                         f"{(ppl(fq) - ppl(lq)).item() / (ppl(p) - ppl(t)).item():+.0%} of the gap "
+                         f"(95%: {lo:+.0%} .. {hi:+.0%}); loss {diff.mean().item():+.5f} "
+                         f"+- {diff.std().item() / diff.numel() ** 0.5:.5f} nats")
     text = "\n".join(lines)
     print(text)
     if args.out:
