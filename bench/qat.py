@@ -10,7 +10,8 @@ in-training eval: the codes after the last step are measured), then evaluated on
 --eval-tokens of corpus/heldout at non-overlapping 256-token windows. The teacher's and each PTQ model's
 per-window losses are computed once and cached beside the log. "Gap recovered" =
 (ppl_ptq - ppl_qat) / (ppl_ptq - ppl_teacher) on the same windows; its noise is a bootstrap over the
-windows (2.5-97.5% of 2000 resamples, teacher, PTQ and QAT resampled together).
+windows (2.5-97.5% of 2000 resamples, teacher, PTQ and QAT resampled together; the same
+resamples for every arm).
 Arms are short on purpose (the bench machine is shared): run several in parallel with --threads 1.
 """
 
@@ -100,7 +101,6 @@ def ppl(nll: torch.Tensor) -> torch.Tensor:
 def report(args) -> int:
     rows = [json.loads(line) for line in args.log.read_text().splitlines() if line.strip()]
     cache = args.log.parent / "cache"
-    gen = torch.Generator().manual_seed(0)
     lines = ["| method | scales | loss | lr | scale lr | tokens | seed | PTQ ppl | QAT ppl | teacher ppl | "
              "ppl / teacher (PTQ -> QAT) | gap recovered | 95% interval (windows) | codes moved |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -109,7 +109,7 @@ def report(args) -> int:
         t = torch.tensor(json.loads((cache / f"teacher-{tag}.json").read_text()))
         p = torch.tensor(json.loads((cache / f"ptq-{r['method']}-{tag}.json").read_text()))
         q = torch.tensor(r["nll"])
-        idx = torch.randint(0, t.numel(), (2000, t.numel()), generator=gen)
+        idx = torch.randint(0, t.numel(), (2000, t.numel()), generator=torch.Generator().manual_seed(0))
         rec = (ppl(p[idx]) - ppl(q[idx])) / (ppl(p[idx]) - ppl(t[idx]))
         lo, hi = torch.quantile(rec, torch.tensor([0.025, 0.975])).tolist()
         pt, pp, pq = ppl(t).item(), ppl(p).item(), ppl(q).item()
@@ -127,7 +127,7 @@ def report(args) -> int:
             t = torch.tensor(json.loads((cache / f"teacher-{tag}.json").read_text()))
             p = torch.tensor(json.loads((cache / f"ptq-{r['method']}-{tag}.json").read_text()))
             lq, fq = torch.tensor(r["nll"]), torch.tensor(f["nll"])
-            idx = torch.randint(0, t.numel(), (2000, t.numel()), generator=gen)
+            idx = torch.randint(0, t.numel(), (2000, t.numel()), generator=torch.Generator().manual_seed(0))
             d = (ppl(fq[idx]) - ppl(lq[idx])) / (ppl(p[idx]) - ppl(t[idx]))
             lo, hi = torch.quantile(d, torch.tensor([0.025, 0.975])).tolist()
             diff = lq - fq
