@@ -10,7 +10,8 @@ Three tables, all in one run, written to bench/results/<date>-training.md:
    held-out ppl before / after, full fine-tuning vs LoRA r=8 and r=16 (merged), trainable parameters,
    training tokens/s. Through compress.finetune (the step's own loop).
 2. QAT vs PTQ at int4 g128 (RTN and GPTQ): held-out ppl of the teacher, of the PTQ model and of the
-   same model after QAT (compress.qat: the PTQ grid frozen, KL to the teacher at T=1, on corpus/train);
+   same model after QAT (compress.qat: on the PTQ grid, scales learned unless --qat-scales frozen, KL to the
+   teacher at T=1, on corpus/train; bench/qat.py measures the QAT choices one arm at a time);
    "gap recovered" = (ppl_ptq - ppl_qat) / (ppl_ptq - ppl_teacher) (issue 27's target: >= 50%).
 3. fp32 vs bf16 autocast (amp: bf16) for distillation at equal tokens: a 4-block student built from
    teacher blocks, distilled (KL, T=1); tokens/s and held-out ppl.
@@ -89,7 +90,7 @@ def qat_table(args, train_ids, held_ids, teacher, ppl_teacher) -> list[str]:
         ptq = quantize(copy.deepcopy(teacher), qcfg, train_ids)
         ppl_ptq = ppl(ptq, held_ids)
         cfg = QatConfig(tokens=args.tokens, seq_len=SEQ_LEN, batch_size=4, lr=args.qat_lr, warmup_steps=2,
-                        eval_tokens=0)
+                        eval_tokens=0, scales=args.qat_scales)
         model, r = run_qat(ptq, teacher, train_ids, cfg, progress=args.progress)
         ppl_qat = ppl(model, held_ids)
         gap = ppl_ptq - ppl_teacher
@@ -101,7 +102,7 @@ def qat_table(args, train_ids, held_ids, teacher, ppl_teacher) -> list[str]:
     variant = ("the outlier variant of the reference teacher (bench/quantize.py hard_teacher: x40 LayerNorm outliers "
                "in 4 residual channels of every block, the fp32 function unchanged), quantized and distilled from. "
                if args.outliers else "")
-    head = (f"{variant}Teacher held-out ppl {ppl_teacher:.2f}. QAT: the PTQ scales and zero points frozen, latent fp32 weights "
+    head = (f"{variant}Teacher held-out ppl {ppl_teacher:.2f}. QAT: scales {args.qat_scales} (zero points frozen), latent fp32 weights "
             f"started at the PTQ codes, straight-through rounding, KL to the teacher (T=1) on corpus/train, batch 4 x "
             f"{SEQ_LEN}, no in-training eval (the codes after the last step are measured). GPTQ calibrated on "
             f"{args.calib_samples} windows of {SEQ_LEN} tokens.")
@@ -135,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--ft-lr", type=float, default=5e-5)
     p.add_argument("--lora-lr", type=float, default=1e-3)
     p.add_argument("--qat-lr", type=float, default=2e-5)
+    p.add_argument("--qat-scales", choices=("learned", "frozen"), default="learned",
+                   help="QAT scales (frozen: what 2026-12-07-training.md ran; bench/qat.py compares them)")
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--only", choices=("finetune", "qat", "bf16"), action="append", help="run these tables only")
     p.add_argument("--outliers", action="store_true", help="QAT table on the outlier variant of the teacher "

@@ -45,13 +45,16 @@ def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr_rati
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float,
-          betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not biases, layer norms)."""
-    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
+          own_lr: tuple[tuple[list[torch.nn.Parameter], float], ...] = ()) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, layer norms). `own_lr`: (params, lr) groups
+    without decay whose lr keeps its ratio to `lr` through the schedule (train_loop reads `lr_scale`)."""
+    own = {id(p) for params, _ in own_lr for p in params}
+    params = [p for p in {id(p): p for p in model.parameters() if p.requires_grad}.values() if id(p) not in own]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups += [{"params": ps, "weight_decay": 0.0, "lr": group_lr, "lr_scale": group_lr / lr} for ps, group_lr in own_lr]
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
@@ -191,7 +194,7 @@ def train_loop(module: nn.Module, optimizer: torch.optim.Optimizer, spec: LoopSp
     for step in range(start, total):
         lr = lr_at(step, total, spec.lr, spec.warmup_steps, spec.min_lr_ratio)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         terms = step_fn(step)
         guard.check_finite(step + 1, terms, kept())
         scaler.unscale_(optimizer)

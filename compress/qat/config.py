@@ -3,7 +3,8 @@
     - quantize: {method: gptq, bits: 4, group_size: 128}
     - qat: {tokens: 500_000, lr: 1.0e-4}
 
-The model trains through the exact grid the quantize step chose (its scales and zero points, frozen),
+The model trains through the exact grid the quantize step chose (its codes, its zero points and its
+scales: learned per group by default, or frozen),
 distilling from the teacher (the plan's base model by default) on data.train, and is handed on in the
 same quantized layout: same files, same exports, stock loaders unchanged.
 """
@@ -32,8 +33,12 @@ class QatConfig(StepConfig, Guarded):
     teacher: Teacher = Field("base", description="'base' (the plan's model), a model dir or an HF id")
     tokens: int = Field(500_000, ge=1000, le=10**12, description="training budget in tokens")
     temperature: float = Field(1.0, ge=0.1, le=100, description="of the KL to the teacher")
-    ce: float = Field(0.0, ge=0, le=1000, description="weight of next-token cross-entropy beside the KL (1)")
+    kl: float = Field(1.0, ge=0, le=1000, description="weight of the KL to the teacher (0: no teacher forward)")
+    ce: float = Field(0.0, ge=0, le=1000, description="weight of next-token cross-entropy on data.train")
     lr: float = Field(1e-4, gt=0, le=1, description="of the latent fp32 weights behind the codes")
+    scales: Literal["learned", "frozen"] = Field("learned", description="learned: each group's scale trains "
+                                                 "(as log(s / s_ptq)) beside the weights; frozen: the PTQ scales")
+    scale_lr: float = Field(5e-3, gt=0, le=1, description="of log(scale) when scales are learned")
     warmup_steps: int = Field(10, ge=0, le=10**7)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0, le=1)
@@ -53,6 +58,8 @@ class QatConfig(StepConfig, Guarded):
     def _shapes(self) -> "QatConfig":
         if self.eval_tokens and self.eval_tokens <= self.seq_len:
             raise ValueError(f"eval_tokens ({self.eval_tokens}) must exceed seq_len ({self.seq_len}), or be 0")
+        if not (self.kl or self.ce):
+            raise ValueError("kl and ce are both 0: nothing to train toward (kl: 1 distils from the teacher)")
         if self.patience is not None and not self.eval_tokens:
             raise ValueError("patience needs held-out evaluation (eval_tokens > 0)")
         return self
@@ -76,8 +83,6 @@ class QatConfig(StepConfig, Guarded):
         elif not method(q.method).layout.has_handoff:
             problems.append(Problem(f"{q.by} (method {q.method}) keeps no integer grid of ours to train through; "
                                     "qat takes rtn, gptq, awq and smoothquant"))
-        if state.artifact != "torch":
-            problems.append(Problem(f"trains a torch model; the previous step made {state.artifact}"))
         if state.shape is not None and self.seq_len > state.shape.n_positions:
             problems.append(Problem(f"{self.seq_len} exceeds the model's {state.shape.n_positions} positions",
                                     "seq_len"))

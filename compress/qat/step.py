@@ -19,7 +19,8 @@ def qat_step(cfg: QatConfig, ctx: StepContext) -> StepOutput:
     ctx.save_model(model.cpu())  # the quantize step's storage: same layout, same files
     share = result.codes_changed / max(result.codes_total, 1)
     summary = (f"quantization-aware training from {cfg.teacher} for {result.tokens:,} tokens ({result.precision}): "
-               f"{share:.1%} of the codes moved on the frozen grid")
+               f"{share:.1%} of the codes moved, scales {cfg.scales}"
+               + (f" (mean change {result.scale_change:.2%})" if cfg.scales == "learned" else ""))
     if result.before and result.after:
         summary += (f"; in-training held-out ppl {result.before['ppl']:.2f} -> {result.after['ppl']:.2f} "
                     f"(teacher {result.after['teacher_ppl']:.2f})")

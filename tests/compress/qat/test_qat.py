@@ -42,12 +42,13 @@ def test_the_fake_quantized_model_is_the_quantized_model_before_training(trained
         assert torch.equal(model(input_ids=x).logits, want)
 
 
-def test_qat_keeps_the_exact_grid_and_lowers_heldout_loss(trained_tiny, text_ids, tmp_path):
+@pytest.mark.parametrize("scales", ["frozen", "learned"])
+def test_qat_keeps_the_exact_grid_and_lowers_heldout_loss(trained_tiny, text_ids, tmp_path, scales):
     model_dir, held = trained_tiny
     ptq = quantized(model_dir)
     before = {n: copy.deepcopy(m) for n, m in quant_linears(ptq).items()}
     ptq_loss = heldout_loss(ptq, held, 64)
-    model, r = run_qat(ptq, load_model(model_dir), text_ids, cfg(), progress=False)
+    model, r = run_qat(ptq, load_model(model_dir), text_ids, cfg(scales=scales), progress=False)
     assert heldout_loss(model, held, 64) < ptq_loss  # unseen text: the quantized model got better
     assert r.after["kl"] < r.before["kl"] and 0 < r.codes_changed < r.codes_total
     # the model handed on: QuantLinears with the step's own scales and zero points, codes on its grid
@@ -57,24 +58,57 @@ def test_qat_keeps_the_exact_grid_and_lowers_heldout_loss(trained_tiny, text_ids
     assert set(layers) == set(before)
     for name, layer in layers.items():
         ref = before[name]
-        assert torch.equal(layer.scales, ref.scales) and torch.equal(layer.zeros, ref.zeros), name
+        assert torch.equal(layer.zeros, ref.zeros), name  # zero points never move
+        if scales == "frozen":
+            assert torch.equal(layer.scales, ref.scales), name
+        else:  # learned: positive scales of the same shape, moved from the PTQ ones
+            assert layer.scales.shape == ref.scales.shape and bool((layer.scales > 0).all()), name
+            assert not torch.equal(layer.scales, ref.scales), name
         assert layer.q.dtype == torch.uint8 and int(layer.q.max()) <= 15, name
         x = torch.randn(3, layer.in_features)
         w = (layer.q.float().view(layer.out_features, -1, 32) - ref.zeros.float().unsqueeze(-1)) \
-            * ref.scales.unsqueeze(-1)  # every weight = (code - zero) * scale of the PTQ grid
+            * layer.scales.unsqueeze(-1)  # every weight = (code - zero) * scale of the stored grid
         assert torch.equal(layer(x), torch.nn.functional.linear(x, w.view(layer.out_features, -1), layer.bias)), name
     assert again.config.quantization_config == ptq.config.quantization_config  # same layout and settings
 
 
-def test_the_weights_handed_on_are_exactly_the_latent_weights_rounded(trained_tiny, text_ids):
+@pytest.mark.parametrize("learn_scales", [False, True])
+def test_the_weights_handed_on_are_exactly_the_latent_weights_rounded(trained_tiny, text_ids, learn_scales):
     model = quantized(trained_tiny[0], sym=False)  # asymmetric: zero points other than 8
-    layers = to_fake_quant(model)
+    layers = to_fake_quant(model, learn_scales=learn_scales)
     layer = next(iter(layers.values()))
     with torch.no_grad():
         layer.weight.add_(torch.randn_like(layer.weight) * 0.05)
+        if learn_scales:
+            layer.log_scale.add_(torch.randn_like(layer.log_scale) * 0.1)
         want = layer.quantized_weight()
         rec = layer.record()
-    assert torch.equal(rec.dequantize(), want)
+    assert torch.equal(rec.dequantize(), want)  # what trained is what is stored, bit for bit
+    assert torch.equal(rec.scales, layer.scales) and (not learn_scales or not torch.equal(rec.scales, layer.start_scales))
+
+
+def test_learned_scales_get_the_codes_gradient_and_frozen_ones_none(trained_tiny):
+    model = quantized(trained_tiny[0])
+    ql = next(iter(quant_linears(model).values()))
+    frozen, learned = FakeQuantLinear(ql), FakeQuantLinear(ql, learn_scales=True)
+    assert frozen.log_scale is None and "log_scale" not in dict(frozen.named_parameters())
+    x = torch.randn(4, ql.in_features)
+    assert torch.equal(frozen(x), learned(x))  # log_scale starts at 0: the same PTQ model
+    learned(x).pow(2).sum().backward()
+    assert learned.log_scale.grad is not None and learned.log_scale.grad.abs().sum() > 0
+
+
+def test_ce_only_qat_runs_without_the_teacher_and_no_objective_is_refused(trained_tiny, text_ids):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="nothing to train toward"):
+        cfg(kl=0.0, ce=0.0)
+    ptq = quantized(trained_tiny[0])
+    calls = []
+    teacher = load_model(trained_tiny[0])
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    _, r = run_qat(ptq, teacher, text_ids, cfg(tokens=64 * 8 * 2, kl=0.0, ce=1.0, eval_tokens=0), progress=False)
+    assert r.steps == 2 and not calls  # CE on data.train only: no teacher forward in training
 
 
 def test_straight_through_gradients_reach_the_latent_weights_inside_the_range(trained_tiny):
@@ -128,7 +162,7 @@ def test_w8a8_trains_through_its_activation_scale_too(trained_tiny, text_ids):
     ptq = quantize(load_model(model_dir), QuantizeConfig(method="smoothquant", calib_samples=8, calib_seq_len=64),
                    text_ids)
     scales = {n: (m.input_scale, m.scales.clone()) for n, m in quant_linears(ptq).items()}
-    model, r = run_qat(ptq, load_model(model_dir), text_ids, cfg(lr=3e-4), progress=False)
+    model, r = run_qat(ptq, load_model(model_dir), text_ids, cfg(lr=3e-4, scales="frozen"), progress=False)
     assert r.after["ppl"] <= r.before["ppl"] and r.codes_changed > 0
     for name, m in quant_linears(model).items():
         assert m.input_scale == scales[name][0] and torch.equal(m.scales, scales[name][1]), name

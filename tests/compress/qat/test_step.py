@@ -34,7 +34,8 @@ def test_quantize_then_qat_keeps_the_layout_and_the_grid(tmp_path, trained_tiny)
     config = lambda d: json.loads((d / "config.json").read_text())  # noqa: E731
     assert config(qat_dir) == config(ptq_dir)  # same quantization_config, same model
     ptq, qat = quant_linears(load_model(ptq_dir)), quant_linears(load_model(qat_dir))
-    assert all(torch.equal(qat[n].scales, ptq[n].scales) and torch.equal(qat[n].zeros, ptq[n].zeros) for n in ptq)
+    assert all(torch.equal(qat[n].zeros, ptq[n].zeros) and qat[n].scales.shape == ptq[n].scales.shape for n in ptq)
+    assert any(not torch.equal(qat[n].scales, ptq[n].scales) for n in ptq)  # scales: learned (the default)
     assert any(not torch.equal(qat[n].q, ptq[n].q) for n in ptq)
     info = json.loads((tmp_path / "run" / "02-qat" / "step.json").read_text())["info"]
     assert info["precision"] == "fp32" and info["after"]["ppl"] < info["before"]["ppl"] and info["best_step"] > 0
@@ -66,3 +67,10 @@ def test_the_qat_model_reads_with_the_stock_loader(tmp_path, trained_tiny):
 def test_plan_time_refusals(tmp_path, trained_tiny, steps, message):
     with pytest.raises(PlanError, match=message):
         plan(tmp_path, trained_tiny[0], steps)
+
+
+def test_qat_after_an_export_of_the_quantized_model_is_planned(tmp_path, trained_tiny):
+    # an export leaves the model unchanged for the next step: qat still trains the quantize step's model
+    steps = [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32}}, {"export": {"format": "onnx"}},
+             {"qat": QAT}]
+    assert [type(s).__name__ for s in plan(tmp_path, trained_tiny[0], steps).steps][-1] == "QatConfig"
