@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # A sibling script is named onnx.py: keep this folder off sys.path so `import onnx` finds the package.
@@ -43,6 +45,12 @@ DATA = ROOT.parent / "shared" / "data"
 PROMPTS = ("The history of the city", "In 1998, the company announced", "She opened the door and")
 GREEDY_TOKENS = 48
 Q8_LIMIT = 0.005  # the Q8_0 GGUF's ppl may differ from the torch student's by this fraction
+STUDENT, GPTQ, TEACHER = ("torch fp32: distilled student", "torch: GPTQ int4 student (ppl only)",
+                          "torch fp32: teacher (ppl only)")
+Q8_ROW = "ours: student Q8_0 GGUF"
+# the torch model each row was made from, for the "ppl / own torch" column
+MADE_FROM = {"ours: student f16 GGUF": STUDENT, Q8_ROW: STUDENT, "ours: student Q4_0 GGUF (GPTQ codes)": GPTQ,
+             "ours: student ONNX int4 (ORT)": GPTQ, "peer: llama.cpp Q4_0 of the teacher": TEACHER}
 
 
 def sibling(name: str):
@@ -87,10 +95,13 @@ class PlanRun:
 
 
 def greedy(student, gptq, tok, run: PlanRun, q8: Path, threads: int) -> list[dict]:
-    """Greedy tokens per prompt: torch student vs its f16 / Q8_0 GGUF in llama.cpp, GPTQ torch vs Q4_0."""
+    """Greedy tokens per prompt of each GGUF in llama.cpp vs the torch model it was made from, and vs
+    that model at the file's precision (export.gguf_runner.GgufReadBack: the file's dequantized
+    weights in torch). Where llama.cpp leaves the torch model's tokens, `gap` is the torch model's
+    top-1 minus top-2 logit there: a near tie that the file's rounding may resolve the other way."""
     from evalsuite.runner import TorchRunner
     from export.generate import GenerationConfig, generate
-    from export.gguf_runner import LlamaCppRunner
+    from export.gguf_runner import GgufReadBack, LlamaCppRunner
 
     cfg = GenerationConfig(max_new_tokens=GREEDY_TOKENS, eos_token_id=tok.eos_token_id, stop_at_eos=False)
     pairs = {"f16 GGUF vs torch fp32 student": (TorchRunner(student), run.gguf_f16),
@@ -98,13 +109,19 @@ def greedy(student, gptq, tok, run: PlanRun, q8: Path, threads: int) -> list[dic
              "Q4_0 GGUF vs torch GPTQ student": (TorchRunner(gptq), run.gguf_q4_0)}
     out = []
     for name, (torch_runner, path) in pairs.items():
-        llama = LlamaCppRunner(path, threads=threads)
+        llama, same_precision = LlamaCppRunner(path, threads=threads), GgufReadBack(path)
         for prompt in PROMPTS:
             ids = tok.encode(prompt)
             want, got = generate(torch_runner, ids, cfg), generate(llama, ids, cfg)
-            out.append({"pair": name, "prompt": prompt, "equal": want == got, "agree": sum(a == b for a, b in
-                        zip(want, got)), "n": len(want), "text": tok.decode(got)})
-        del llama
+            first = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), None)
+            gap = None
+            if first is not None:
+                logits, _ = torch_runner.forward(torch.tensor([ids + want[:first]]))
+                top = logits[0, -1].topk(2).values
+                gap = float(top[0] - top[1])
+            out.append({"pair": name, "prompt": prompt, "equal": first is None, "first": first, "gap": gap,
+                        "n": len(want), "readback_equal": generate(same_precision, ids, cfg) == got})
+        del llama, same_precision
     return out
 
 
@@ -170,11 +187,11 @@ def _main(argv: list[str] | None = None) -> int:
                           f"{type(runner).__name__} ({run.onnx.name})")
 
     builders = {
-        "torch fp32: distilled student": lambda: torch_row(student, run.student, timed=True),
-        "torch: GPTQ int4 student (ppl only)": lambda: torch_row(gptq, run.gptq, timed=False),
-        "torch fp32: teacher (ppl only)": lambda: torch_row(load_model(teacher_dir), teacher_dir, timed=False),
+        STUDENT: lambda: torch_row(student, run.student, timed=True),
+        GPTQ: lambda: torch_row(gptq, run.gptq, timed=False),
+        TEACHER: lambda: torch_row(load_model(teacher_dir), teacher_dir, timed=False),
         "ours: student f16 GGUF": lambda: peers.gguf_row(run.gguf_f16, ctx, "the plan's export step"),
-        "ours: student Q8_0 GGUF": lambda: peers.gguf_row(q8, ctx, "export.gguf.write_gguf(q8_0) of the student"),
+        Q8_ROW: lambda: peers.gguf_row(q8, ctx, "export.gguf.write_gguf(q8_0) of the student"),
         "ours: student Q4_0 GGUF (GPTQ codes)": lambda: peers.gguf_row(run.gguf_q4_0, ctx, "the plan's export step"),
         "ours: student ONNX int4 (ORT)": onnx_row,
         "peer: llama.cpp Q4_0 of the teacher": lambda: peers.llama_peer("Q4_0", ctx)._replace(
@@ -190,23 +207,32 @@ def _main(argv: list[str] | None = None) -> int:
 
 def report(rows: dict, checks: list[dict], run: PlanRun, args, started, load, cpu: str) -> tuple[str, bool]:
     """The results page and whether both checks passed."""
-    base = rows["torch fp32: distilled student"]
-    lines = ["| row | MB | ppl | ppl / torch student | prefill-128 ms | decode ms/token | decode tok/s | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    base = rows[STUDENT]
+
+    def vs_own(name: str, r: dict) -> str:
+        own = rows.get(MADE_FROM.get(name, ""), {})
+        return f"{r['ppl'] / own['ppl'] - 1:+.2%}" if "ppl" in own else "–"
+
+    lines = ["| row | MB | ppl | ppl / torch student | ppl vs own torch | prefill-128 ms | decode ms/token | "
+             "decode tok/s | note |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in rows.items():
         if "error" in r:
-            lines.append(f"| {name} | – | – | – | – | – | – | {r['error'].replace('|', '/')} |")
+            lines.append(f"| {name} | – | – | – | – | – | – | – | {r['error'].replace('|', '/')} |")
             continue
         timed = "decode_ms" in r
         lines.append(f"| {name} | {r['bytes'] / 1e6:.1f} | {r['ppl']:.3f} | {r['ppl'] / base['ppl']:.4f} | "
+                     f"{vs_own(name, r)} | "
                      + (f"{r['prefill_ms']:.1f} | {r['decode_ms']:.2f} | {1e3 / r['decode_ms']:.1f} | " if timed
                         else "– | – | – | ") + f"{r.get('note', '')} |")
-    f16_equal = all(c["equal"] for c in checks if c["pair"].startswith("f16"))
-    q8 = rows["ours: student Q8_0 GGUF"]
+    f16 = [c for c in checks if c["pair"].startswith("f16")]
+    f16_equal = all(c["readback_equal"] for c in f16)
+    f16_vs_fp32 = sum(c["equal"] for c in f16)
+    q8 = rows[Q8_ROW]
     q8_rel = q8["ppl"] / base["ppl"] - 1 if "ppl" in q8 and "ppl" in base else float("nan")
     q8_ok = abs(q8_rel) <= Q8_LIMIT
-    greedy_lines = [f"- {c['pair']}, {c['prompt']!r}: {'equal' if c['equal'] else 'DIFFERENT'} "
-                    f"({c['agree']}/{c['n']} positions agree)" for c in checks]
+    greedy_lines = [f"- {c['pair']}, {c['prompt']!r}: " + ("equal" if c["equal"] else
+                    f"DIFFERENT from token {c['first'] + 1} of {c['n']} on (torch top-2 logit gap there {c['gap']:.2g})")
+                    + f"; == torch at the file's precision (read-back): {c['readback_equal']}" for c in checks]
     text = "\n".join([
         f"# bench/gguf_pipeline.py {args.run}, {started:%Y-%m-%d %H:%M}", "",
         f"Host: {cpu}, {args.threads} threads. Perplexity on the first {args.tokens or 'all'} tokens of "
@@ -216,8 +242,9 @@ def report(rows: dict, checks: list[dict], run: PlanRun, args, started, load, cp
         f"during the run (load average {load.loadavg_before or 0:.1f} -> {load.loadavg_after or 0:.1f})."
         + (f" {args.note}" if args.note else ""), "",
         "\n".join(lines), "",
-        f"Checks: greedy f16 GGUF (llama.cpp) == torch student on {len(PROMPTS)} prompts x {GREEDY_TOKENS} "
-        f"tokens: {'PASS' if f16_equal else 'FAIL'}; Q8_0 GGUF ppl vs torch student {q8_rel:+.3%} "
+        f"Checks: greedy f16 GGUF (llama.cpp) == torch student at the file's precision (f16 weights) on "
+        f"{len(PROMPTS)} prompts x {GREEDY_TOKENS} tokens: {'PASS' if f16_equal else 'FAIL'} (== the fp32 student "
+        f"on {f16_vs_fp32} of {len(f16)}); Q8_0 GGUF ppl vs torch student {q8_rel:+.3%} "
         f"(limit {Q8_LIMIT:.1%}): {'PASS' if q8_ok else 'FAIL'}.", "",
         *greedy_lines, "",
         "Plan steps: " + "; ".join(f"{k}: {v}" for k, v in run.summaries.items()), "",

@@ -57,9 +57,10 @@ def test_plan_run_without_a_gguf_step_names_it(tmp_path):
 
 def _report(q8_ppl: float, f16_equal: bool):
     row = {"bytes": 1e6, "ppl": 100.0, "prefill_ms": 10.0, "decode_ms": 5.0}
-    rows = {"torch fp32: distilled student": row, "ours: student Q8_0 GGUF": {**row, "ppl": q8_ppl},
+    rows = {gp.STUDENT: row, gp.Q8_ROW: {**row, "ppl": q8_ppl},
             "peer: llama.cpp Q4_0 of the teacher": {"row": "peer", "error": "PeerError: no converter"}}
-    checks = [{"pair": "f16 GGUF vs torch fp32 student", "prompt": "p", "equal": f16_equal, "agree": 3, "n": 4}]
+    checks = [{"pair": "f16 GGUF vs torch fp32 student", "prompt": "p", "equal": f16_equal, "n": 4,
+               "first": None if f16_equal else 2, "gap": None if f16_equal else 1e-5, "readback_equal": f16_equal}]
     run = types.SimpleNamespace(summaries={"02-distill": "distilled"})
     args = types.SimpleNamespace(run=Path("RUN"), threads=2, tokens=1024, heldout=Path("heldout"), new_tokens=8,
                                  rounds=1, note="loaded")
@@ -71,7 +72,7 @@ def _report(q8_ppl: float, f16_equal: bool):
 
 def test_report_passes_only_with_equal_greedy_tokens_and_q8_ppl_within_half_a_percent():
     text, passed = _report(100.4, True)
-    assert passed and "+0.400%" in text and "FAIL" not in text and "no converter" in text
+    assert passed and "+0.400%" in text and "| +0.40% |" in text and "FAIL" not in text and "no converter" in text
     assert not _report(100.6, True)[1]
     assert not _report(99.4, True)[1]
     text, passed = _report(100.0, False)
