@@ -24,7 +24,6 @@ torch student's. Writes bench/results/<date>-gguf-pipeline.md (--out) and prints
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import json
@@ -146,8 +145,6 @@ def _main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results", help="where <date>-gguf-pipeline.md is written")
     p.add_argument("--note", default="", help="a line for the results file (e.g. that the machine was loaded)")
     args = p.parse_args(argv)
-    import torch
-
     from compress.models import load_model, load_tokenizer
     from evalsuite import hardware
     from evalsuite.data import read_text, tokenize
