@@ -17,6 +17,7 @@ median over round-robin rounds of (prefill ms, mean decode ms per token), one wa
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -44,7 +45,7 @@ class Peer(NamedTuple):
     """One peer row: the artifact on disk and how to run it."""
     path: Path
     ppl_runner: Callable  # () -> Runner whose forward(ids) gives logits at every position
-    latency: Callable[[], tuple[float, float]]  # one measured run: (prefill ms, decode ms/token)
+    latency: Callable[[], tuple[float, float]] | None  # one measured run: (prefill ms, decode ms/token)
     note: str = ""
 
 
@@ -83,10 +84,15 @@ def llama_peer(kind: str, ctx: Context) -> Peer:
     if "f32" not in ctx.cache:
         ctx.cache["f32"] = pe.gguf_f32(ctx.hf_dir, ctx.work / "gguf")
     path = pe.gguf_quantized(ctx.cache["f32"], kind, ctx.threads)
-    pe.llama_probe(path)
-    decode = pe.LlamaCppRunner(path, ctx.threads, n_ctx=PROMPT + ctx.new_tokens, all_logits=False)
     # k-quants need rows of 256: for other widths llama.cpp's quantizer picks q5_0 / q8_0 for those
     note = "q5_0 / q8_0 where rows are not a multiple of 256" if kind.endswith("_K_M") and ctx.n_embd % 256 else ""
+    return gguf_row(path, ctx, note)
+
+
+def gguf_row(path: Path, ctx: Context, note: str = "") -> Peer:
+    """Any GGUF file in llama.cpp: all logits for perplexity, the last position's only for latency."""
+    pe.llama_probe(path)
+    decode = pe.LlamaCppRunner(path, ctx.threads, n_ctx=PROMPT + ctx.new_tokens, all_logits=False)
     return Peer(path, lambda: pe.LlamaCppRunner(path, ctx.threads, n_ctx=SEQ_LEN, all_logits=True),
                 _runner_latency(decode, ctx), note)
 
@@ -136,27 +142,33 @@ def measure(model_dir: Path, tokenizer_dir: Path, eval_ids, rounds: int, new_tok
     """Build every named peer, score it, then time all of them in round-robin rounds."""
     import torch
 
-    from evalsuite.perplexity import perplexity
-    from evalsuite.size import bytes_on_disk
-
     torch.set_num_threads(threads)
     config = json.loads((model_dir / "config.json").read_text())
     ctx = Context(pe.hf_dir_with_tokenizer(model_dir, tokenizer_dir, work / "hf"), work, threads, new_tokens,
                   int(config.get("n_positions", 1024)), int(config["n_embd"]), {})
-    builders = dict(PEERS)
-    if baseline:
-        builders = {"torch fp32 eager": _torch_baseline, **builders}
+    builders = {"torch fp32 eager": _torch_baseline} if baseline else {}
+    builders |= {name: PEERS[name] for name in names}
+    return measure_rows({name: functools.partial(build, ctx) for name, build in builders.items()}, eval_ids, rounds)
+
+
+def measure_rows(builders: dict[str, Callable[[], Peer]], eval_ids, rounds: int) -> list[dict]:
+    """Build every row, score it, then time all of them in round-robin rounds (a row whose Peer has
+    no latency is scored only). A row that fails says why instead of carrying numbers."""
+    from evalsuite.perplexity import perplexity
+    from evalsuite.size import bytes_on_disk
+
     rows, latencies = {}, {}
-    for name in names if not baseline else ["torch fp32 eager", *names]:
+    for name, build in builders.items():
         row = rows[name] = {"row": name}
         try:
-            peer = builders[name](ctx)
+            peer = build()
             row["bytes"] = bytes_on_disk(peer.path, weights_only=True)
             if peer.note:
                 row["note"] = peer.note
             if eval_ids is not None:
                 row["ppl"] = perplexity(peer.ppl_runner(), eval_ids, seq_len=SEQ_LEN, batch_size=1, progress=False).ppl
-            latencies[name] = peer.latency
+            if peer.latency is not None:
+                latencies[name] = peer.latency
         except ImportError as e:
             row["error"] = f"{NOT_INSTALLED} ({_why(e)})"
         except (pe.PeerError, RuntimeError, ValueError, OSError, TypeError) as e:
