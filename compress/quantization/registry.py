@@ -77,6 +77,7 @@ class QuantMethod:
     options: type[BaseModel] = NoOptions
     asymmetric: bool = False  # accepts sym: false
     quantizes_head: bool = False  # accepts lm_head: int8 | int4
+    quantizes_factors: bool = False  # takes a factorized model (compress.lowrank): each factor a projection
     cpu_only: bool = False  # runs (and its model stays) on CPU
     requires: tuple[str, str] | None = None  # (module, pip extra) of an optional package it needs
     smooths: bool = False  # folds SmoothQuant factors into the model itself (the outlier check then skips

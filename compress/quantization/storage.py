@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress.errors import UserError
+from compress.lowrank.modules import factor_pair_skeleton, lowrank_record
 from compress.quantization import bigcode_layout as stock
 from compress.quantization.handoff import WEIGHTS_FILE, LinearCodes, read_quant_config
 from compress.quantization.modules import install, quant_linears
@@ -50,6 +51,11 @@ REFUSED_FORMAT = "gpt2-edge-torch-dynamic-int8"
 # compressed-tensors decompresses the head into a new Parameter, so the table would stay random.
 TIED_FORMAT = "gpt2-edge-tied-head-codes"
 TABLE = "transformer.wte.weight"
+# A factorized model (compress.lowrank): each projection is two quantized factors (<layer>.down, <layer>.up),
+# a form no stock loader builds; the format name makes compressed-tensors raise instead of loading the
+# dense layers at random. load_quantized rebuilds the pairs from config.json's gpt2_edge.lowrank ranks.
+FACTORS_FORMAT = "gpt2-edge-lowrank-factors"
+FACTOR_TARGET = r"re:.*\.(c_attn|c_proj|c_fc)\.(down|up)$"
 
 
 # -- packing ---------------------------------------------------------------------------------------
@@ -95,10 +101,12 @@ def stores_int8(details: dict[str, Any], head: bool) -> bool:
     return (_activations(details) is not None and not head) or not details["sym"]
 
 
-def _group_format(details: dict[str, Any], head: bool, tied_head: bool) -> str:
+def _group_format(details: dict[str, Any], head: bool, tied_head: bool, factorized: bool = False) -> str:
     """The compressed-tensors format of one group; one stock loaders reject where they would misread."""
     if head and tied_head:
         return TIED_FORMAT
+    if not head and factorized:
+        return FACTORS_FORMAT
     if not head and _activations(details) == "dynamic":
         return REFUSED_FORMAT
     if not head and _activations(details) == "static":
@@ -107,12 +115,12 @@ def _group_format(details: dict[str, Any], head: bool, tied_head: bool) -> str:
 
 
 def quant_config(records: dict[str, LinearCodes], details: dict[str, Any],
-                 tied_head: bool = False) -> dict[str, Any]:
+                 tied_head: bool = False, factorized: bool = False) -> dict[str, Any]:
     """The compressed-tensors quantization_config for these records (one scheme per group, each naming
     its format: compressed-tensors would infer one per module otherwise)."""
     groups, ignore = {}, []
     activations = _activations(details)
-    for key, target in (("group_0", BLOCK_TARGET), ("group_1", "lm_head")):
+    for key, target in (("group_0", FACTOR_TARGET if factorized else BLOCK_TARGET), ("group_1", "lm_head")):
         head = target == "lm_head"
         members = [r for n, r in records.items() if (n == "lm_head") == head]
         if not members:
@@ -120,7 +128,7 @@ def quant_config(records: dict[str, LinearCodes], details: dict[str, Any],
             continue
         scheme = {"targets": [target], "weights": _weights_scheme(members, details["sym"]),
                   "input_activations": None, "output_activations": None,
-                  "format": _group_format(details, head, tied_head)}
+                  "format": _group_format(details, head, tied_head, factorized)}
         if activations and not head:
             scheme["input_activations"] = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor",
                                            "dynamic": activations == "dynamic"}
@@ -252,7 +260,7 @@ def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any
         config = stock.stock_config(config)
     except ValueError as e:
         raise UserError(f"{out_dir}: {e}") from None
-    config["quantization_config"] = quant_config(records, details, tied_head)
+    config["quantization_config"] = quant_config(records, details, tied_head, lowrank_record(config) is not None)
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
@@ -337,6 +345,8 @@ def load_quantized(model_dir: Path) -> GPT2LMHeadModel:
         return load_bnb(model_dir)
     config_dict = _gpt2_config_dict(model_dir)
     model = GPT2LMHeadModel(GPT2Config.from_dict(config_dict))
+    if lowrank_record(config_dict) is not None:  # two quantized factors per factorized projection
+        factor_pair_skeleton(model, lowrank_record(config_dict)["ranks"])
     tensors = _read_tensors(model_dir)
     records = _records(model_dir, tensors)
     names = list(records)

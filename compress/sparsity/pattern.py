@@ -139,3 +139,12 @@ def sparsity_record(config: Any) -> dict[str, Any] | None:
     """The sparsify step's record in a model config (GPT2Config or config.json dict), or None."""
     value = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
     return value if isinstance(value, dict) else None
+
+
+def drop_sparsity_record(config: Any) -> bool:
+    """Remove the sparsify step's record from a GPT2Config (a step that trains or replaces the weights
+    would leave it claiming a pattern the weights no longer hold); True when there was one."""
+    if sparsity_record(config) is None:
+        return False
+    delattr(config, CONFIG_KEY)
+    return True
