@@ -123,6 +123,31 @@ def latency_lines(teacher, calib_ids, calib, rounds: int = 3) -> list[str]:
             "|---|---:|---:|", *[f"| {k} | {v:.2f} | {v / dense:.2f} |" for k, v in best.items()]]
 
 
+def roofline_lines(teacher, context: int = 192) -> list[str]:
+    """Projected batch-1 decode tokens/s (memory roofline, evalsuite.hardware) on the Jetson Orin modules for
+    the teacher dense and with half its projection weights, fp16 and int4 g128 projections, the rest fp16.
+    2:4 in fp16 through TensorRT's sparse kernels: half the values plus 2-bit indices, 0.5625x the bytes;
+    anywhere else (ONNX Runtime, CPU, or no sparse tactic) it reads the dense bytes."""
+    proj = projection_nonzeros(teacher)
+    rest = 2 * (teacher.num_parameters() - proj)  # tied embedding / head, positions, LayerNorms, biases: fp16
+    int4 = 0.5 + 2 / 128  # codes + one fp16 scale per 128 weights
+    rows = {"dense, fp16": 2 * proj, "dense, int4 g128": int4 * proj,
+            "low-rank half (params 0.5), fp16": proj, "low-rank half, int4 g128": int4 * proj / 2,
+            "2:4, fp16, TensorRT sparse kernels": 0.5625 * 2 * proj, "2:4, fp16, no sparse kernel (ORT, CPU)": 2 * proj}
+    c = teacher.config
+    kv = hardware.kv_bytes_per_token(c.n_layer, c.n_embd, context)
+    devices = [hardware.target(n) for n in ("orin-nano", "orin-nx", "agx-orin")]
+    lines = [f"Projected decode (batch 1, context {context}, fp16 KV; upper bounds, not measured):", "",
+             "| weights | MB read / token | " + " | ".join(f"{d.description} ({d.memory_bandwidth_gb_s:g} GB/s)"
+                                                          for d in devices) + " |",
+             "|---|---:|" + "---:|" * len(devices)]
+    for label, b in rows.items():
+        total = int(b + rest)
+        tps = [hardware.projected_decode_tokens_per_s(d.memory_bandwidth_gb_s, total, kv) for d in devices]
+        lines.append(f"| {label} | {(total + kv) / 1e6:.1f} | " + " | ".join(f"{t:,.0f} tok/s" for t in tps) + " |")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16k eval tokens, 32 calibration windows")
@@ -137,12 +162,16 @@ def main(argv=None) -> int:
                                                        "width-pruning row)")
     p.add_argument("--latency", action="store_true", help="also time torch decode of dense vs whitened low-rank "
                                                           "(alternating rounds; noisy on a shared machine)")
+    p.add_argument("--roofline", action="store_true", help="only print the projected decode table (no model runs)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
     if not (TEACHER / "config.json").exists():
         print(f"reference teacher not found at {TEACHER} (needs ../shared/data beside the repo)", file=sys.stderr)
         return 1
     torch.set_num_threads(1)  # a shared machine; perplexity does not depend on it
+    if args.roofline:
+        print("\n".join(roofline_lines(load_model(TEACHER))))
+        return 0
     eval_tokens = args.eval_tokens or (16_384 if args.quick else 49_152)
     windows = 32 if args.quick else 64
     tok = load_tokenizer(TEACHER)
