@@ -130,7 +130,12 @@ def block_weights(model: nn.Module, layers: tuple[str, ...] = PROJECTIONS) -> It
 
 
 def model_pattern(model: nn.Module) -> str | None:
-    """'2:4' when every block projection holds 2:4 (what TensorRT's sparse weights need), else None."""
+    """'2:4' when every block projection holds 2:4 (what TensorRT's sparse weights need), else None (also for
+    a factorized model: its projections are pairs of factors, compress.lowrank, never sparsified)."""
+    from compress.lowrank.modules import LowRankLinear, LowRankPair
+
+    if any(isinstance(m, (LowRankLinear, LowRankPair)) for m in model.modules()):
+        return None
     ws = [w for _, w in block_weights(model)]
     return "2:4" if ws and all(holds(w, 2, 4) for w in ws) else None
 

@@ -114,3 +114,13 @@ def test_rank_multiple_rounds_every_budget_rank():
         assert all(r % 16 == 0 and 16 <= r < v["max_rank"] + 1 for r, v in zip(ranks, layers.values())), ranks
     with pytest.raises(ValueError, match="rank 20 is not a multiple of rank_multiple 16"):
         FactorizeConfig(rank=20, rank_multiple=16)
+
+
+def test_tensorrt_pattern_check_takes_factors(factorized):
+    """The TensorRT export asks model_pattern whether to enable sparse weights: a factorized model (fp32 or
+    with quantized factors) is not 2:4, and asking must not fail on the factor modules (it raised before)."""
+    from compress.sparsity.pattern import model_pattern
+
+    assert model_pattern(factorized) is None
+    assert model_pattern(quantize(copy.deepcopy(factorized), QuantizeConfig(method="rtn", bits=4,
+                                                                            group_size=32))) is None
