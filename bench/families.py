@@ -76,6 +76,7 @@ STEPS = {"factorize": (FactorizeConfig, _in_place(factorize)), "sparsify": (Spar
 def heal(model, teacher, train_ids, tokens: int):
     """A short distillation from the dense teacher (KL, T=1), keeping exact zeros at zero: their gradients are
     masked, so AdamW never moves them (its decoupled weight decay scales a zero to zero)."""
+    model.requires_grad_(True)  # a copy of the teacher, which an earlier heal froze (run_distillation freezes it)
     hooks = []
     for block in model.transformer.h:
         for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
@@ -162,6 +163,8 @@ def main(argv=None) -> int:
                                                        "width-pruning row)")
     p.add_argument("--latency", action="store_true", help="also time torch decode of dense vs whitened low-rank "
                                                           "(alternating rounds; noisy on a shared machine)")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense row (rows split over several runs "
+                                                           "with the same flags; ratios then read '-')")
     p.add_argument("--roofline", action="store_true", help="only print the projected decode table (no model runs)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args(argv)
@@ -197,11 +200,13 @@ def main(argv=None) -> int:
     started = dt.datetime.now(dt.timezone.utc)
     dense_nz = projection_nonzeros(teacher)
     t0 = time.perf_counter()
-    base = ppl(teacher)
-    dense_int4 = int4(teacher)
-    lines = [f"| dense fp32 | {dense_nz / 1e6:.2f}M | {base:.2f} | 1.000 | {dense_int4} | "
-             + ("- | - | - | " if args.heal else "") + f"{time.perf_counter() - t0:.0f} |"]
-    print(lines[-1], flush=True)
+    base = None if args.no_dense else ppl(teacher)
+    lines = [] if args.no_dense else [f"| dense fp32 | {dense_nz / 1e6:.2f}M | {base:.2f} | 1.000 | {int4(teacher)} | "
+                                      + ("- | - | - | " if args.heal else "") + f"{time.perf_counter() - t0:.0f} |"]
+    print(*lines[-1:], flush=True)
+
+    def ratio(x: float) -> str:
+        return "-" if base is None else f"{x / base:.3f}"
     for label, (kind, kw) in rows.items():
         if args.rows and label not in args.rows:
             continue
@@ -211,12 +216,12 @@ def main(argv=None) -> int:
         model = fn(copy.deepcopy(teacher), cfg_cls(**kw, **calib, **extra), calib_ids)
         nz = projection_nonzeros(model)
         value = ppl(model)
-        cells = [f"{value:.2f}", f"{value / base:.3f}", int4(model)]
+        cells = [f"{value:.2f}", ratio(value), int4(model)]
         if args.heal:
             model = heal(model, teacher, calib_ids, args.heal)
             assert projection_nonzeros(model) == nz, "the heal changed the count"
             healed = ppl(model)
-            cells += [f"{healed:.2f}", f"{healed / base:.3f}", int4(model)]
+            cells += [f"{healed:.2f}", ratio(healed), int4(model)]
         lines.append(f"| {label} | {nz / 1e6:.2f}M | {' | '.join(cells)} | {time.perf_counter() - t0:.0f} |")
         print(lines[-1], flush=True)
     if args.latency:
