@@ -70,6 +70,8 @@ class Factorized:
     by: str  # "steps[0].factorize"
     method: str  # svd, whiten
     layers: tuple[str, ...]  # the projections factorized ("attn.c_attn", ...)
+    rank: int | None = None  # one rank for every factor (factorize rank:), None: chosen when it runs
+    rank_multiple: int = 1  # every rank is a multiple of this
 
 
 @dataclass(frozen=True)

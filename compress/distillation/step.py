@@ -33,6 +33,10 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepOutput:
         student, teacher, ctx.train_ids(), cfg, checkpoint_dir=ctx.work_dir / "checkpoint",
         tensorboard_dir=ctx.out_dir.parent / "tensorboard" / ctx.name, layer_map=layer_map,
         progress=ctx.progress and dist.is_main_process())
+    from compress.sparsity.pattern import drop_sparsity_record  # when the step runs (plans validate without torch)
+
+    if drop_sparsity_record(student.config):  # every weight trained: the zeros filled in (plan note)
+        ctx.log.info("distill: the sparsify step's record dropped (training refilled the pruned weights)")
     if dist.is_main_process():
         ctx.save_model(student.cpu())
     summary = f"distilled {origin} for {result.tokens:,} tokens"

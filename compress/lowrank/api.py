@@ -16,6 +16,7 @@ from compress.lowrank.ranks import budget_ranks, energy_rank, max_rank
 from compress.quantization.calibration import calibration_windows, input_hooks, run_model
 from compress.quantization.gptq import HessianSum
 from compress.quantization.modules import linear_weight
+from compress.sparsity.pattern import drop_sparsity_record
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,10 @@ def factorize(model: GPT2LMHeadModel, cfg: FactorizeConfig, calib: torch.Tensor 
     if cfg.rank is not None:
         ranks = {name: cfg.rank for name in names}
     elif cfg.params is not None:
-        ranks = budget_ranks({name: (spectra[name].s, *shapes[local]) for name, local in names.items()}, cfg.params)
+        ranks = budget_ranks({name: (spectra[name].s, *shapes[local]) for name, local in names.items()}, cfg.params,
+                             cfg.rank_multiple)
     else:
-        ranks = {name: energy_rank(spectra[name].s, cfg.energy, caps[name]) for name in names}
+        ranks = {name: energy_rank(spectra[name].s, cfg.energy, caps[name], cfg.rank_multiple) for name in names}
     device = model.transformer.wte.weight.device
     layers = {}
     for name, local in names.items():
@@ -72,6 +74,7 @@ def factorize(model: GPT2LMHeadModel, cfg: FactorizeConfig, calib: torch.Tensor 
         layers[name] = {"rank": r, "shape": list(shapes[local]), "max_rank": caps[name],
                         "energy_kept": round(float(e[:r].sum() / e.sum().clamp_min(1e-30)), 6)}
     set_lowrank_record(model.config, {"method": cfg.method, "ranks": {n: v["rank"] for n, v in layers.items()}})
+    drop_sparsity_record(model.config)  # the factors replace the sparsified weights (plan note)
     out_log.info("factorize: %d projections, ranks %d-%d (%s)", len(layers), min(ranks.values()),
                  max(ranks.values()), cfg.method)
     return layers

@@ -44,6 +44,8 @@ class FactorizeConfig(StepConfig):
                                                    "ranks chosen per matrix by normalized spectrum energy")
     energy: float | None = Field(None, description="per matrix, the smallest rank keeping this fraction of "
                                                    "sum s^2 (capped below break-even)")
+    rank_multiple: int = Field(1, ge=1, le=4096, description="every rank a multiple of this (params, energy; rank "
+                                                             "itself must be one): a quantize group size after")
     layers: tuple[Projection, ...] = Field(PROJECTIONS, min_length=1,  # type: ignore[valid-type]
                                            description="the block projections factorized")
     calib_tokens: int = Field(16384, ge=64, le=100_000_000, description="calibration tokens of data.train (whiten)")
@@ -71,6 +73,8 @@ class FactorizeConfig(StepConfig):
         given = [k for k in ("rank", "params", "energy") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of rank, params, energy (got {', '.join(given) or 'none'})")
+        if self.rank is not None and self.rank % self.rank_multiple:
+            raise ValueError(f"rank {self.rank} is not a multiple of rank_multiple {self.rank_multiple}")
         if len(set(self.layers)) != len(self.layers):
             raise ValueError("layers: a projection is named twice")
         return self
@@ -82,15 +86,15 @@ class FactorizeConfig(StepConfig):
 
     def rank_problem(self, shapes: dict[str, tuple[int, int]]) -> str | None:
         """One line naming the projections at which `rank` is not below break-even, or None."""
-        if self.rank is None:
-            return None
-        bad = [(name, *shapes[name]) for name in self.layers if self.rank > max_rank(*shapes[name])]
+        least = self.rank or self.rank_multiple  # a budget still gives every matrix rank_multiple
+        bad = [(name, *shapes[name]) for name in self.layers if least > max_rank(*shapes[name])]
         if not bad:
             return None
         worst = ", ".join(f"{name} [{m}, {n}]: {m}*{n}/({m}+{n}) = {break_even(m, n):.1f}" for name, m, n in bad)
         top = min(max_rank(m, n) for _, m, n in bad)
-        return (f"rank {self.rank} is not below the break-even rank of {worst}: two factors would hold as many "
-                f"weights (and multiply-adds) as the matrix; use rank {top} or less, or drop those layers")
+        what = f"rank {self.rank}" if self.rank else f"rank_multiple {self.rank_multiple}"
+        return (f"{what} is not below the break-even rank of {worst}: two factors would hold as many "
+                f"weights (and multiply-adds) as the matrix; use {what.split()[0]} {top} or less, or drop those layers")
 
     def check(self, state: PlanState) -> Check:
         problems = []
@@ -103,9 +107,10 @@ class FactorizeConfig(StepConfig):
         if state.shape is not None:
             bad = self.rank_problem(projection_shapes(state.shape.n_embd, state.shape.n_inner))
             if bad:
-                problems.append(Problem(bad, "rank"))
+                problems.append(Problem(bad, "rank" if self.rank else "rank_multiple"))
         if state.sparsity is not None:
             problems.append(Problem(f"factorize replaces the weights that {state.sparsity.by} sparsified: the zeros "
                                     "are lost", note=True))
-        done = Factorized(by=state.at, method=self.method, layers=tuple(self.layers))
+        done = Factorized(by=state.at, method=self.method, layers=tuple(self.layers), rank=self.rank,
+                          rank_multiple=self.rank_multiple)
         return replace(state, factorized=done, sparsity=None), problems

@@ -7,6 +7,11 @@ stock `GPT2LMHeadModel.from_pretrained` refuses the checkpoint with a size misma
 entry (the rank of every factorized projection), builds the modules and loads the tensors strictly
 (`load_factorized`). A top-level `gpt2_edge` entry also tells compress.models that the directory is not
 a stock GPT-2 (its tensors are not checked against the stock shapes).
+
+Quantizing a factorized model (rtn, gptq) first turns every LowRankLinear into a `LowRankPair` of two
+nn.Linear factors, `<name>.down` [in -> r] and `<name>.up` [r -> out] (+ bias): the quantize step then
+treats each factor as a projection of its own (its input width is `in` for down, the rank for up), and
+the quantized checkpoint names them so (compress.quantization.storage rebuilds the pairs from the ranks).
 """
 
 from __future__ import annotations
@@ -49,6 +54,52 @@ class LowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_features}->{self.rank}->{self.out_features}"
+
+
+class LowRankPair(nn.Module):
+    """y = up(down(x)): a factorized projection as two linear layers, the form the quantize step takes
+    (each child becomes a QuantLinear)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)  # weight [r, in]
+        self.up = nn.Linear(rank, out_features)  # weight [out, r], the projection's bias
+
+    @classmethod
+    def of(cls, lr: LowRankLinear) -> "LowRankPair":
+        pair = cls(lr.in_features, lr.out_features, lr.rank).to(lr.weight.device)
+        with torch.no_grad():
+            pair.down.weight.copy_(lr.weight.t())
+            pair.up.weight.copy_(lr.up.t())
+            pair.up.bias.copy_(lr.bias)
+        return pair
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}->{self.rank}->{self.out_features}"
+
+
+FACTORS = ("down", "up")  # the children of a LowRankPair, in the order data flows through them
+
+
+def as_factor_pairs(model: nn.Module) -> dict[str, int]:
+    """Every LowRankLinear of `model` becomes a LowRankPair (same function, in place); returns
+    {module path: rank} of the pairs."""
+    found = {name: m for name, m in model.named_modules() if isinstance(m, LowRankLinear)}
+    for name, m in found.items():
+        set_module(model, name, LowRankPair.of(m))
+    return {name: m.rank for name, m in found.items()}
+
+
+def factor_pair_skeleton(model: nn.Module, ranks: dict[str, int]) -> None:
+    """Put an (untrained) LowRankPair of each recorded rank where the factorize step put factors, so
+    that a quantized factorized checkpoint's tensors load into it."""
+    for name, rank in ranks.items():
+        old = model.get_submodule(name)
+        set_module(model, name, LowRankPair(old.weight.shape[0], old.weight.shape[1], int(rank)))
 
 
 def lowrank_record(config: Any) -> dict[str, Any] | None:

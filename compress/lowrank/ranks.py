@@ -19,30 +19,35 @@ def max_rank(m: int, n: int) -> int:
     return (m * n - 1) // (m + n)
 
 
-def energy_rank(s: torch.Tensor, energy: float, cap: int) -> int:
-    """The smallest rank keeping `energy` of sum s^2, at most cap."""
+def energy_rank(s: torch.Tensor, energy: float, cap: int, multiple: int = 1) -> int:
+    """The smallest rank keeping `energy` of sum s^2, rounded up to a multiple of `multiple`, at most cap
+    (itself rounded down to a multiple)."""
     cum = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp_min(1e-30)
     r = int((cum < energy - 1e-12).sum()) + 1
-    return max(1, min(r, cap))
+    r = -(-r // multiple) * multiple
+    return max(multiple, min(r, cap // multiple * multiple))
 
 
-def budget_ranks(spectra: dict[str, tuple[torch.Tensor, int, int]], fraction: float) -> dict[str, int]:
-    """Ranks (each >= 1, < break-even) whose factors hold at most `fraction` of the dense weights of all
-    the matrices together, chosen greedily: the next rank unit goes where it keeps the most normalized
-    energy (s_i^2 / sum s^2 of its matrix) per weight it costs (m + n).
+def budget_ranks(spectra: dict[str, tuple[torch.Tensor, int, int]], fraction: float,
+                 multiple: int = 1) -> dict[str, int]:
+    """Ranks (multiples of `multiple`, each >= multiple, < break-even) whose factors hold at most
+    `fraction` of the dense weights of all the matrices together, chosen greedily: the next `multiple`
+    rank units go where they keep the most normalized energy (s_i^2 / sum s^2 of its matrix) per weight
+    they cost (multiple * (m + n)).
 
     spectra: name -> (singular values, descending; m, n)."""
     budget = fraction * sum(m * n for _, m, n in spectra.values())
-    ranks = {name: 1 for name in spectra}
-    spent = sum(m + n for _, m, n in spectra.values())
+    ranks = {name: multiple for name in spectra}
+    spent = sum(multiple * (m + n) for _, m, n in spectra.values())
     gains = []
     for name, (s, m, n) in spectra.items():
         e = (s.double() ** 2) / (s.double() ** 2).sum().clamp_min(1e-30)
-        for i in range(1, min(len(s), max_rank(m, n))):  # rank i + 1 adds singular value i
-            gains.append((float(e[i]) / (m + n), name, m + n))
+        top = max_rank(m, n) // multiple * multiple
+        for i in range(multiple, top - multiple + 1, multiple):  # rank i + multiple adds values i..i+multiple-1
+            gains.append((float(e[i:i + multiple].sum()) / (multiple * (m + n)), name, multiple * (m + n)))
     gains.sort(key=lambda g: -g[0])
     for _, name, cost in gains:  # within a matrix, gains fall with i: the greedy order keeps prefixes
         if spent + cost <= budget:
-            ranks[name] += 1
+            ranks[name] += multiple
             spent += cost
     return ranks

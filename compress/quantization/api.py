@@ -36,6 +36,21 @@ def check_widths(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> None:
             raise UserError(f"quantize.overrides: {'; '.join(problems)}")
 
 
+def take_factors(model: GPT2LMHeadModel, cfg: QuantizeConfig) -> None:
+    """A factorized model (compress.lowrank): each factor becomes a projection of its own (in place), after
+    checking that the method quantizes factors and that its group size divides every rank (the input
+    width of each second factor)."""
+    from compress.lowrank.modules import as_factor_pairs, lowrank_record
+
+    record = lowrank_record(model.config)
+    if record is None:
+        return
+    problem = cfg.factor_problem(f"the factorize step ({record['method']})", [int(r) for r in record["ranks"].values()])
+    if problem:
+        raise UserError(f"quantize: {problem}")
+    as_factor_pairs(model)
+
+
 @torch.no_grad()
 def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | None = None) -> GPT2LMHeadModel:
     """Quantize a GPT-2 in place and return it; save it with compress.models.save_model.
@@ -45,12 +60,8 @@ def quantize(model: GPT2LMHeadModel, cfg: QuantizeConfig, calib: torch.Tensor | 
     """
     if getattr(model.config, "quantization_config", None) is not None:
         raise UserError("quantize: the model is already quantized; start from an fp32 model")
-    from compress.lowrank.modules import lowrank_record
-
-    if lowrank_record(model.config) is not None:
-        raise UserError("quantize: the model is factorized (compress.lowrank); quantizing low-rank factors is not "
-                        "implemented: export it unquantized")
     check_widths(model, cfg)
+    take_factors(model, cfg)
     model.eval()
     windows = None
     if cfg.quant_method.calibrates or calibrates_for_outliers(cfg, calib):

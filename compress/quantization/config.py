@@ -229,9 +229,7 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
         if state.quantized is not None:
             problems.append(Problem(f"the model is already quantized by {state.quantized.by}"))
         if state.factorized is not None:
-            problems.append(Problem(f"quantize takes dense projections and {state.factorized.by} made low-rank factors "
-                                    "(quantizing each factor is not implemented yet): export the factorized model "
-                                    "in fp32/fp16, or quantize without factorize"))
+            problems += self.factors_problems(state)
         if self.quant_method.calibrates and not state.train_data:
             problems.append(Problem(f"{self.method} calibrates on data.train; set data.train in the plan", "method"))
         if needs_outlier_windows(self) and not state.train_data:
@@ -270,6 +268,38 @@ class QuantizeConfig(*option_classes(), _MethodChoice):
                                f"{hint}" + (f", or {fix}" if fix else ""), key))
         widths = layer_widths(shape.n_embd, shape.n_inner)
         return out + [Problem(p, "overrides") for p in self.override_problems(shape.n_layer, widths)]
+
+    def factor_problem(self, made_by: str, ranks: list[int] | None) -> str | None:
+        """Why this config cannot quantize the factors `made_by` made (ranks: each factorized projection's,
+        None when only known at run time), with the fix; None when it can."""
+        if not self.quant_method.quantizes_factors:
+            able = "/".join(m.name for m in METHODS.values() if m.quantizes_factors)
+            return (f"{self.method} takes dense projections and {made_by} made low-rank factors: {able} quantize "
+                    f"each factor (or quantize without factorize)")
+        g = self.group_for(self.weight_bits)
+        bad = sorted({r for r in ranks or () if g and r % g})
+        if not bad:
+            return None
+        fits = [c for c in (128, 64, 32) if all(r % c == 0 for r in ranks)]
+        return (f"group_size {g} does not divide rank {', '.join(map(str, bad[:4]))} of the factors {made_by} made "
+                f"(the input width of each second factor): use group_size "
+                f"{' or '.join(map(str, fits + ['per-channel']))}, or factorize with rank_multiple: {g}")
+
+    def factors_problems(self, state: PlanState) -> list[Problem]:
+        done = state.factorized
+        if self.overrides:
+            return [Problem(f"overrides name dense projections and {done.by} made low-rank factors: quantize the "
+                            "factors at one precision (leave overrides unset)", "overrides")]
+        ranks = None if done.rank is None else [done.rank]
+        problem = self.factor_problem(done.by, ranks)
+        if problem:
+            return [Problem(problem, "method" if not self.quant_method.quantizes_factors else "group_size")]
+        g = self.group_for(self.weight_bits)
+        if ranks is None and g and done.rank_multiple % g:
+            return [Problem(f"{done.by} chooses its ranks when it runs: group_size {self.group_for(self.weight_bits)} "
+                            f"must divide each (checked then; factorize with rank_multiple: {g} makes sure)",
+                            note=True)]
+        return []
 
     def grids(self, shape=None) -> tuple[tuple[int, int | None], ...]:
         """(bits, group_size) of each grid the modules use, when overrides are set (16: float); () without.

@@ -19,7 +19,7 @@ from compress.errors import UserError
 from compress.quantization.calibration import capture_block_inputs, input_hooks, run_block
 from compress.quantization.handoff import LinearCodes
 from compress.quantization.module_precision import FLOAT_BITS
-from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
+from compress.quantization.modules import block_projections, install, linear_weight
 from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import fit_groups, fit_grid, to_codes
 from compress.sparsity.pattern import CONFIG_KEY, sparsity_record
@@ -138,10 +138,11 @@ def quantize_gptq(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, grou
     calls = capture_block_inputs(model, windows)
     for i, block in enumerate(model.transformer.h):
         hs = HessianSum()
-        with input_hooks({n: block.get_submodule(n) for n in BLOCK_LINEARS}, hs.add):
+        locals_ = block_projections(block)  # a factorized projection: each factor (its input: x, then x @ down)
+        with input_hooks({n: block.get_submodule(n) for n in locals_}, hs.add):
             run_block(block, calls)
         records = {}
-        for local in BLOCK_LINEARS:
+        for local in locals_:
             name = f"transformer.h.{i}.{local}"
             b, g = grid(name)
             if b == FLOAT_BITS:
@@ -182,5 +183,5 @@ def run_gptq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor)
 
 METHODS = (QuantMethod("gptq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
                        calibrates=True, run=run_gptq, options=GptqOptions, asymmetric=True, quantizes_head=True,
-                       per_module=True,
+                       per_module=True, quantizes_factors=True,
                        summary="GPTQ: rounding errors spread by the inverse Hessian of the inputs"),)

@@ -61,8 +61,20 @@ def linear_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 def block_linear_names(model: GPT2LMHeadModel) -> list[str]:
-    """Module paths of every attention and MLP projection, block by block."""
-    return [f"transformer.h.{i}.{n}" for i in range(model.config.n_layer) for n in BLOCK_LINEARS]
+    """Module paths of every attention and MLP projection, block by block (each factor of a factorized
+    projection on its own: block_projections)."""
+    return [f"transformer.h.{i}.{n}" for i, block in enumerate(model.transformer.h) for n in block_projections(block)]
+
+
+def block_projections(block: nn.Module) -> list[str]:
+    """The linear layers of one block, relative to it: BLOCK_LINEARS, where the factorize step made a
+    projection two factors (compress.lowrank.modules.LowRankPair) its `down` and `up` instead."""
+    from compress.lowrank.modules import FACTORS, LowRankPair
+
+    names = []
+    for n in BLOCK_LINEARS:
+        names += [f"{n}.{f}" for f in FACTORS] if isinstance(block.get_submodule(n), LowRankPair) else [n]
+    return names
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -90,6 +90,7 @@ class QuantMethod:
     quantizes_head: bool = False  # accepts lm_head: int8 | int4
     per_module: bool = False  # accepts `overrides` (a precision per module: module_precision.py); its run
     #                           quantizes each module at cfg.precision_of(name)
+    quantizes_factors: bool = False  # takes a factorized model (compress.lowrank): each factor a projection
     cpu_only: bool = False  # runs (and its model stays) on CPU
     requires: tuple[str, str] | None = None  # (module, pip extra) of an optional package it needs
     smooths: bool = False  # folds SmoothQuant factors into the model itself (the outlier check then skips

@@ -89,4 +89,4 @@ def quantize_rtn(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: None = No
 
 METHODS = (QuantMethod("rtn", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
                        calibrates=False, run=quantize_rtn, asymmetric=True, quantizes_head=True, per_module=True,
-                       summary="round-to-nearest on the integer grid"),)
+                       quantizes_factors=True, summary="round-to-nearest on the integer grid"),)

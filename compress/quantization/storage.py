@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from compress.errors import UserError
+from compress.lowrank.modules import factor_pair_skeleton, lowrank_record
 from compress.quantization import bigcode_layout as stock
 from compress.quantization.handoff import WEIGHTS_FILE, LinearCodes, read_quant_config
 from compress.quantization.module_precision import FLOAT_BITS
@@ -54,6 +55,11 @@ REFUSED_FORMAT = "gpt2-edge-torch-dynamic-int8"
 # compressed-tensors decompresses the head into a new Parameter, so the table would stay random.
 TIED_FORMAT = "gpt2-edge-tied-head-codes"
 TABLE = "transformer.wte.weight"
+# A factorized model (compress.lowrank): each projection is two quantized factors (<layer>.down, <layer>.up),
+# a form no stock loader builds; the format name makes compressed-tensors raise instead of loading the
+# dense layers at random. load_quantized rebuilds the pairs from config.json's gpt2_edge.lowrank ranks.
+FACTORS_FORMAT = "gpt2-edge-lowrank-factors"
+FACTOR_TARGET = r"re:.*\.(c_attn|c_proj|c_fc)\.(down|up)$"
 
 
 # -- packing ---------------------------------------------------------------------------------------
@@ -99,10 +105,12 @@ def stores_int8(details: dict[str, Any], head: bool) -> bool:
     return (_activations(details) is not None and not head) or not details["sym"]
 
 
-def _group_format(details: dict[str, Any], head: bool, tied_head: bool) -> str:
+def _group_format(details: dict[str, Any], head: bool, tied_head: bool, factorized: bool = False) -> str:
     """The compressed-tensors format of one group; one stock loaders reject where they would misread."""
     if head and tied_head:
         return TIED_FORMAT
+    if not head and factorized:
+        return FACTORS_FORMAT
     if not head and _activations(details) == "dynamic":
         return REFUSED_FORMAT
     if not head and _activations(details) == "static":
@@ -110,13 +118,14 @@ def _group_format(details: dict[str, Any], head: bool, tied_head: bool) -> str:
     return "naive-quantized" if stores_int8(details, head) else "pack-quantized"
 
 
-def _scheme_targets(records: dict[str, LinearCodes], details: dict[str, Any]) -> list[tuple[str, list[LinearCodes]]]:
+def _scheme_targets(records: dict[str, LinearCodes], details: dict[str, Any],
+                    factorized: bool = False) -> list[tuple[str, list[LinearCodes]]]:
     """(target, records) of each config group: the block projections under one regex and the head, or with
     per-module precision (details["precisions"]) one group per grid naming its modules."""
     blocks = [r for n, r in records.items() if n != "lm_head"]
     head = [records["lm_head"]] if "lm_head" in records else []
     if "precisions" not in details:
-        return [(BLOCK_TARGET, blocks), ("lm_head", head)]
+        return [(FACTOR_TARGET if factorized else BLOCK_TARGET, blocks), ("lm_head", head)]
     by_grid: dict[tuple[int, int], list[LinearCodes]] = {}
     for r in blocks:
         by_grid.setdefault((r.bits, r.group_size), []).append(r)
@@ -134,7 +143,7 @@ def _group_targets(qc: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def quant_config(records: dict[str, LinearCodes], details: dict[str, Any],
-                 tied_head: bool = False) -> dict[str, Any]:
+                 tied_head: bool = False, factorized: bool = False) -> dict[str, Any]:
     """The compressed-tensors quantization_config for these records (one scheme per group, each naming
     its format: compressed-tensors would infer one per module otherwise). Modules kept float by
     per-module precision are listed in `ignore` and stored as fp32 nn.Linear weights, which stock
@@ -143,7 +152,7 @@ def quant_config(records: dict[str, LinearCodes], details: dict[str, Any],
     ignore = ["transformer." + n for n, p in details.get("precisions", {}).items()
               if p["bits"] == FLOAT_BITS and n != "lm_head"]
     activations = _activations(details)
-    for target, members in _scheme_targets(records, details):
+    for target, members in _scheme_targets(records, details, factorized):
         head = target == "lm_head"
         if not members:
             ignore += ["lm_head"] if head else []
@@ -151,7 +160,7 @@ def quant_config(records: dict[str, LinearCodes], details: dict[str, Any],
         key = f"group_{len(groups)}" if not head or "precisions" in details else "group_1"
         scheme = {"targets": [target], "weights": _weights_scheme(members, details["sym"]),
                   "input_activations": None, "output_activations": None,
-                  "format": _group_format(details, head, tied_head)}
+                  "format": _group_format(details, head, tied_head, factorized)}
         if activations and not head:
             scheme["input_activations"] = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "tensor",
                                            "dynamic": activations == "dynamic"}
@@ -282,7 +291,7 @@ def save_quantized(model: GPT2LMHeadModel, out_dir: Path, details: dict[str, Any
         config = stock.stock_config(config)
     except ValueError as e:
         raise UserError(f"{out_dir}: {e}") from None
-    config["quantization_config"] = quant_config(records, details, tied_head)
+    config["quantization_config"] = quant_config(records, details, tied_head, lowrank_record(config) is not None)
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out_dir
@@ -375,6 +384,8 @@ def load_quantized(model_dir: Path) -> GPT2LMHeadModel:
         return load_bnb(model_dir)
     config_dict = _gpt2_config_dict(model_dir)
     model = GPT2LMHeadModel(GPT2Config.from_dict(config_dict))
+    if lowrank_record(config_dict) is not None:  # two quantized factors per factorized projection
+        factor_pair_skeleton(model, lowrank_record(config_dict)["ranks"])
     tensors = _read_tensors(model_dir)
     records = _records(model_dir, tensors)
     names = list(records)

@@ -135,7 +135,12 @@ def block_weights(model: nn.Module, layers: tuple[str, ...] = PROJECTIONS) -> It
 
 
 def model_pattern(model: nn.Module) -> str | None:
-    """'2:4' when every block projection holds 2:4 (what TensorRT's sparse weights need), else None."""
+    """'2:4' when every block projection holds 2:4 (what TensorRT's sparse weights need), else None (also for
+    a factorized model: its projections are pairs of factors, compress.lowrank, never sparsified)."""
+    from compress.lowrank.modules import LowRankLinear, LowRankPair
+
+    if any(isinstance(m, (LowRankLinear, LowRankPair)) for m in model.modules()):
+        return None
     ws = [w for _, w in block_weights(model)]
     return "2:4" if ws and all(holds(w, 2, 4) for w in ws) else None
 
@@ -144,3 +149,12 @@ def sparsity_record(config: Any) -> dict[str, Any] | None:
     """The sparsify step's record in a model config (GPT2Config or config.json dict), or None."""
     value = config.get(CONFIG_KEY) if isinstance(config, dict) else getattr(config, CONFIG_KEY, None)
     return value if isinstance(value, dict) else None
+
+
+def drop_sparsity_record(config: Any) -> bool:
+    """Remove the sparsify step's record from a GPT2Config (a step that trains or replaces the weights
+    would leave it claiming a pattern the weights no longer hold); True when there was one."""
+    if sparsity_record(config) is None:
+        return False
+    delattr(config, CONFIG_KEY)
+    return True

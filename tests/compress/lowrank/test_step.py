@@ -1,6 +1,6 @@
 """The factorize step in plans: plan-time refusals (rank 0, ranks at break-even, steps that cannot take
-factors), and factorize -> distill -> export onnx end to end, the ONNX holding two MatMuls per projection.
-A quantize step after factorize is refused at plan time: quantizing the factors is not implemented."""
+factors), and factorize -> distill -> export onnx end to end, the ONNX holding two MatMuls per projection, and
+factorize -> distill -> quantize gptq -> export onnx, one MatMulNBits per factor."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def test_rank_at_break_even_names_every_layer_in_one_line(random_tiny_dir):
 
 
 @pytest.mark.parametrize("after,message", [
-    ({"quantize": {"method": "rtn", "bits": 8}}, r"steps\[1\]\.quantize: quantize takes dense projections and "
-                                                 r"steps\[0\]\.factorize made low-rank factors"),
+    ({"quantize": {"method": "smoothquant"}}, r"steps\[1\]\.quantize\.method: smoothquant takes dense projections "
+                                              r"and steps\[0\]\.factorize made low-rank factors"),
     ({"prune": {"mlp": 0.5}}, r"steps\[1\]\.prune: prune slices dense projections"),
     ({"sparsify": {"pattern": "2:4", "method": "magnitude"}}, r"steps\[1\]\.sparsify: sparsify prunes dense"),
     ({"factorize": {"rank": 4}}, r"steps\[1\]\.factorize: the model is already factorized by steps\[0\]"),
@@ -82,3 +82,32 @@ def test_factorize_distill_export_onnx_end_to_end(tmp_path, random_tiny_dir):
         assert (m, r) in matmul_weights and (r, n) in matmul_weights, name  # two MatMuls, not a product
     assert not any(s in matmul_weights for s in ((64, 192), (64, 256), (256, 64)))  # no dense projection
     assert "skipped" in v["decode_graph"]  # the fused decode graph takes stock Conv1D layers only
+
+
+def test_factorize_distill_quantize_export_onnx_end_to_end(tmp_path, random_tiny_dir):
+    plan = parse_plan(plan_dict(random_tiny_dir, [
+        {"factorize": {"method": "whiten", "params": 0.7, "rank_multiple": 32, "layers": ["mlp.c_fc", "mlp.c_proj"],
+                       "calib_tokens": 1024, "seq_len": 64}},
+        {"distill": {"tokens": 1024, "batch_tokens": 512, "seq_len": 64, "eval_tokens": 0, "warmup_steps": 1,
+                     "checkpoint_every": 1000}},
+        {"quantize": {"method": "gptq", "bits": 4, "group_size": 32, "calib_samples": 4, "calib_seq_len": 64}},
+        {"export": {"format": "onnx", "validation": {"tokens": 256, "windows": 1}}}]))
+    result = run_plan(plan, tmp_path / "run", progress=False)
+    assert [r.status for r in result.records] == ["ran"] * 5
+    run = tmp_path / "run"
+    quantized = json.loads((run / "03-quantize-gptq-w4g32" / "model" / "config.json").read_text())
+    ranks = quantized["gpt2_edge"]["lowrank"]["ranks"]
+    assert len(ranks) == 4 and all(r % 32 == 0 for r in ranks.values())
+    step = run / "04-export-onnx"
+    v = json.loads((step / "validation.json").read_text())
+    assert v["passed"], v
+    graph = onnx.load(str(step / "model.onnx"))
+    nbits = {n.name: {a.name: a.i for a in n.attribute} for n in graph.graph.node if n.op_type == "MatMulNBits"}
+    assert len(nbits) == 2 * 4 + 2 * 2  # two factors of each factorized projection, and the dense attention ones
+    for name, r in ranks.items():
+        block, local = name.split(".")[2], name.split(".", 3)[3]
+        path = f"/transformer/h.{block}/{local.replace('.', '/')}"
+        down = next(a for n, a in nbits.items() if n.startswith(f"{path}/down/"))
+        up = next(a for n, a in nbits.items() if n.startswith(f"{path}/up/"))
+        assert down["N"] == r == up["K"] and down["bits"] == up["bits"] == 4, name
+    assert not any(n.op_type == "MatMul" and "mlp" in n.name for n in graph.graph.node)  # every factor quantized

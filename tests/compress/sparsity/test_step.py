@@ -141,3 +141,21 @@ def test_dense_tensorrt_export_leaves_sparse_weights_off(tmp_path, tiny_dir):
             "target": {"tensorrt": "10.3"}}
     assert "--sparsity=enable" not in trtexec_args(spec)
     assert "--sparsity=enable" in trtexec_args(spec | {"sparse_weights": True})
+
+
+def test_distill_after_sparsify_drops_the_stale_record(tmp_path, tiny_dir):
+    """distill trains every weight (the pruned ones too): the saved model must not keep a record claiming
+    2:4 (GPTQ would then keep zeros that are gone, the TensorRT export enable sparse weights)."""
+    from compress.models import load_model
+    from compress.sparsity.pattern import CONFIG_KEY
+
+    plan = parse_plan(plan_dict(tiny_dir, [
+        {"sparsify": {"method": "magnitude", "pattern": "2:4"}},
+        {"distill": {"tokens": 1024, "batch_tokens": 512, "seq_len": 64, "eval_tokens": 0, "warmup_steps": 1,
+                     "checkpoint_every": 1000}}]))
+    run_plan(plan, tmp_path / "run", progress=False)
+    sparse = json.loads((tmp_path / "run" / "01-sparsify-magnitude-2of4" / "model" / "config.json").read_text())
+    assert sparse[CONFIG_KEY]["pattern"] == "2:4"
+    model_dir = tmp_path / "run" / "02-distill" / "model"
+    assert CONFIG_KEY not in json.loads((model_dir / "config.json").read_text())
+    assert model_pattern(load_model(model_dir)) is None  # the zeros did fill in: the record would have lied
