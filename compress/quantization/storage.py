@@ -59,7 +59,7 @@ TABLE = "transformer.wte.weight"
 # a form no stock loader builds; the format name makes compressed-tensors raise instead of loading the
 # dense layers at random. load_quantized rebuilds the pairs from config.json's gpt2_edge.lowrank ranks.
 FACTORS_FORMAT = "gpt2-edge-lowrank-factors"
-FACTOR_TARGET = r"re:.*\.(c_attn|c_proj|c_fc)\.(down|up)$"
+FACTOR_TARGET = r"re:.*\.(c_attn|c_proj|c_fc)(\.(down|up))?$"  # the projections left dense are in the group too
 
 
 # -- packing ---------------------------------------------------------------------------------------
