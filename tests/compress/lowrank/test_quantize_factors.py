@@ -90,6 +90,8 @@ def _plan(random_tiny_dir, factorize_body, quantize_body):
      r"made .* use group_size per-channel, or factorize with rank_multiple: 32"),
     ({"rank": 8}, {"method": "smoothquant"},
      r"steps\[1\]\.quantize\.method: smoothquant takes dense projections and steps\[0\]\.factorize made low-rank"),
+    ({"rank": 32}, {"bits": 4, "group_size": 32, "overrides": {"h.0.*": {"bits": 8}}},
+     r"steps\[1\]\.quantize\.overrides: overrides name dense projections and steps\[0\]\.factorize made low-rank"),
 ])
 def test_plan_time_refusals(random_tiny_dir, fact, quant, message):
     with pytest.raises(PlanError, match=message):
