@@ -6,7 +6,7 @@ The names are imported on first use, so `python -m compress.run --help` and plan
 without importing torch.
 """
 
-from importlib import import_module
+from compress.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -16,10 +16,4 @@ _LAZY = {"DistillConfig": "compress.distillation", "distill": "compress.distilla
          "FinetuneConfig": "compress.finetune", "run_finetune": "compress.finetune",
          "QatConfig": "compress.qat", "run_qat": "compress.qat",
          "run_search": "compress.search.run"}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'compress' has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -4,7 +4,7 @@
     student = distill(student, teacher, train_ids, DistillConfig(tokens=2_000_000, temperature=2.0))
 """
 
-from importlib import import_module
+from compress.lazy import lazy_exports
 
 # name -> the module that defines it, imported on first use: the plan's config classes and the step
 # modules import this package without importing torch (plan errors answer fast: tests/test_cold_start.py).
@@ -12,10 +12,4 @@ _LAZY = {"DistillConfig": "compress.distillation.config", "DistillResult": "comp
          "LossWeights": "compress.distillation.config", "StudentInit": "compress.distillation.config",
          "distill": "compress.distillation.loop", "run_distillation": "compress.distillation.loop",
          "student_from_teacher": "compress.distillation.student"}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -4,7 +4,7 @@
     small = prune(model, PruneConfig(importance="activation", mlp=0.5, width=0.25, layers=2), calib_ids)
 """
 
-from importlib import import_module
+from compress.lazy import lazy_exports
 
 # name -> the module that defines it, imported on first use: the plan's config classes and the step
 # modules import this package without importing torch (plan errors answer fast: tests/test_cold_start.py).
@@ -18,10 +18,4 @@ _LAZY = {"prune": "compress.pruning.api", "prune_with_indices": "compress.prunin
          "select": "compress.pruning.selection", "Shape": "compress.pruning.shapes",
          "budget_shape": "compress.pruning.shapes", "param_count": "compress.pruning.shapes",
          "target_shape": "compress.pruning.shapes", "slice_gpt2": "compress.pruning.slicing"}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)

@@ -8,7 +8,7 @@ Each method is one registry entry (registry.QuantMethod, the table in methods.py
 The on-disk format and the hand-off to the ONNX exporter are described in storage.py and handoff.py.
 """
 
-from importlib import import_module
+from compress.lazy import lazy_exports
 
 # name -> (module, attribute), imported on first use: the export step's config reads
 # compress.quantization.registry at plan time, and importing this package must not import torch
@@ -19,11 +19,4 @@ _LAZY = {"quantize": ("compress.quantization.api", "quantize"),
          "is_quantized_dir": ("compress.quantization.handoff", "is_quantized_dir"),
          "quantized_linears": ("compress.quantization.storage", "read_linear_codes"),
          "quantized_bytes": ("compress.quantization.footprint", "quantized_bytes")}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        module, attr = _LAZY[name]
-        return getattr(import_module(module), attr)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _LAZY)
