@@ -132,6 +132,9 @@ class Measurer:
         config_dir = artifact if artifact.is_dir() else artifact.parent
         facts = gpt2_facts(json.loads((config_dir / "config.json").read_text()),
                            bytes_on_disk(config_dir, weights_only=True))
+        # the tables the writer found only looked up (export.target.looked_up_bytes): a runner that opens
+        # the artifact here says the same itself; one that cannot run here (TensorRT) is projected with them
+        facts = replace(facts, gathered_bytes=int((info.get("info") or {}).get("gathered_weight_bytes") or 0))
         try:
             m = evaluate(runner, self.eval_ids(), facts, artifact, settings_of(self.plan), step=name,
                          kind=KINDS.get(backend, backend), backend=backend, device=str(self.device),

@@ -32,4 +32,6 @@ def export_step(cfg: ExportTarget, ctx: StepContext) -> StepOutput:
     """Every export format: the registered target class of `cfg.format` (export.target) does the work."""
     out = cfg.export(ctx)
     out.info["runtime"] = cfg.runtime.as_dict()  # metrics.json carries it to the report (evalsuite.deployment)
+    if out.artifact:
+        out.info["gathered_weight_bytes"] = cfg.looked_up_bytes(ctx.out_dir / out.artifact)
     return out

@@ -117,6 +117,12 @@ class ExportTarget(StepConfig):
                                        for owners, keys in misplaced.items()))
         return known[fmt].model_validate(data)
 
+    def looked_up_bytes(self, artifact: Path) -> int:
+        """Bytes of the artifact's tables that a decode step only looks up one row of (embeddings): the
+        roofline leaves them out. Recorded in step.json, so that an artifact that cannot run here (a
+        TensorRT engine) is projected from the bytes it reads, as a runnable one is. 0: none known."""
+        return 0
+
     def slug(self) -> str:
         return f"export-{self.format}"
 

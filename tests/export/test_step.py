@@ -268,6 +268,14 @@ def test_tensorrt_int8_validates_the_qdq_file_it_ships(tmp_path, trained_tiny):
     info = json.loads((step / "step.json").read_text())
     assert info["info"]["qdq_layers"] == {"int8": 8}
     assert "% apart on the validation windows" in info["summary"]  # a closeness, not a second perplexity
+    # not runnable here, yet projected from the bytes a decode step reads: the embedding tables it only
+    # looks up (recorded by the writer) are left out, as a runner that opens the file would leave them out
+    from export.ort_session import gathered_bytes
+
+    tables = gathered_bytes(step / "model.onnx")
+    m = json.loads((step / "metrics.json").read_text())
+    assert tables > 0 and info["info"]["gathered_weight_bytes"] == tables
+    assert m["read_bytes_per_token"] == m["weight_bytes"] - tables
 
 
 def test_a_tensorrt_graph_ort_cannot_run_is_recorded_as_not_validated(tmp_path, monkeypatch):
