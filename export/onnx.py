@@ -16,7 +16,6 @@ One graph: a prefill is a call with past length 0, a decode step a call with seq
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import warnings
@@ -24,10 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
-from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-from compress.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -95,18 +92,6 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Load and check a .onnx file; a missing or corrupt file is a UserError naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(path)
-    except (DecodeError, ValueError, OSError) as e:
-        raise UserError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from None
-    return model
-
-
 _DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT64: "int64",
            TensorProto.INT32: "int32", TensorProto.BOOL: "bool"}
 
@@ -143,12 +128,6 @@ def describe_io(model: onnx.ModelProto) -> dict[str, Any]:
         "notes": ("prefill: past length 0; decode: sequence length 1. attention_mask covers past + "
                   "sequence (0 = left padding); position_ids = cumsum(mask) - 1 at the new positions."),
     }
-
-
-def write_io_json(model: onnx.ModelProto, path: Path) -> dict[str, Any]:
-    io = describe_io(model)
-    path.write_text(json.dumps(io, indent=1) + "\n")
-    return io
 
 
 def dequantized_copy(model, records: dict) -> "torch.nn.Module":
