@@ -73,3 +73,22 @@ class TextSource(Strict):
         if self.builtin and self.split and self.split not in BUILTIN_SPLITS:
             raise ValueError(f"split must be one of {', '.join(BUILTIN_SPLITS)} for builtin text")
         return self
+
+
+Amp = Literal["auto", "bf16", "fp16", "off"]
+
+
+class SequenceBatches(BaseModel):
+    """The batch and schedule settings finetune and qat share (the one training loop reads them)."""
+
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    batch_size: int = Field(8, ge=1, le=4096, description="sequences per micro-batch")
+    seq_len: int = Field(256, ge=8, le=8192)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    grad_clip: float = Field(1.0, gt=0, le=1000)
+    amp: Amp = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU; bf16: also on CPUs with "
+                                         "AVX512-BF16/AMX (else fp32, recorded); off: fp32")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len * self.grad_accum

@@ -16,13 +16,12 @@ from pydantic import Field, model_validator
 
 from compress.divergence import Guarded
 from compress.plan_state import Check, PlanState, Problem
-from compress.plan_types import Strict, TextSource
+from compress.plan_types import SequenceBatches, Strict, TextSource
 from compress.step_api import StepConfig
 
 # GPT-2's projections (Conv1D), as LoRA target names: a suffix of the module path.
 PROJECTIONS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 Projection = Literal[PROJECTIONS]  # type: ignore[valid-type]
-Amp = Literal["auto", "bf16", "fp16", "off"]
 
 
 class LoraOptions(Strict):
@@ -41,7 +40,7 @@ class LoraOptions(Strict):
         return self
 
 
-class FinetuneConfig(StepConfig, Guarded):
+class FinetuneConfig(StepConfig, SequenceBatches, Guarded):
     """Fine-tune the current model on the user's own text (full, or LoRA merged back)."""
 
     kind: ClassVar[str] = "finetune"
@@ -56,14 +55,7 @@ class FinetuneConfig(StepConfig, Guarded):
     tokens: int = Field(1_000_000, ge=1000, le=10**12, description="training budget in tokens")
     lr: float = Field(1e-4, gt=0, le=1)
     warmup_steps: int = Field(20, ge=0, le=10**7)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0, le=1)
-    batch_size: int = Field(8, ge=1, le=4096, description="sequences per micro-batch")
-    seq_len: int = Field(256, ge=8, le=8192)
-    grad_accum: int = Field(1, ge=1, le=1024)
-    grad_clip: float = Field(1.0, gt=0, le=1000)
-    amp: Amp = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU; bf16: also on CPUs with "
-                                         "AVX512-BF16/AMX (else fp32, recorded); off: fp32")
     lora: LoraOptions | None = Field(None, description="null: full fine-tuning")
     eval_every: int = Field(50, ge=1, le=10**7, description="optimizer steps between held-out evals")
     eval_tokens: int = Field(16384, ge=8, le=10**8, description="held-out tokens scored per eval (at most)")
@@ -78,10 +70,6 @@ class FinetuneConfig(StepConfig, Guarded):
         if self.eval_tokens < self.seq_len:
             raise ValueError(f"eval_tokens ({self.eval_tokens}) must be at least seq_len ({self.seq_len})")
         return self
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len * self.grad_accum
 
     def own_texts(self) -> dict[str, Any]:
         return {"data": self.data} | ({"heldout": self.heldout} if self.heldout is not None else {})

@@ -18,12 +18,12 @@ from pydantic import Field, model_validator
 from compress.distillation.config import Teacher
 from compress.divergence import Guarded
 from compress.plan_state import Check, PlanState, Problem
+from compress.plan_types import SequenceBatches
 from compress.step_api import StepConfig
 
-Amp = Literal["auto", "bf16", "fp16", "off"]
 
 
-class QatConfig(StepConfig, Guarded):
+class QatConfig(StepConfig, SequenceBatches, Guarded):
     """Train a quantized model through its own quantizer (fake quantization, straight-through estimator)."""
 
     kind: ClassVar[str] = "qat"
@@ -40,14 +40,7 @@ class QatConfig(StepConfig, Guarded):
                                                  "(as log(s / s_ptq)) beside the weights; frozen: the PTQ scales")
     scale_lr: float = Field(5e-3, gt=0, le=1, description="of log(scale) when scales are learned")
     warmup_steps: int = Field(10, ge=0, le=10**7)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.0, ge=0, le=1)
-    batch_size: int = Field(8, ge=1, le=4096, description="sequences per micro-batch")
-    seq_len: int = Field(256, ge=8, le=8192)
-    grad_accum: int = Field(1, ge=1, le=1024)
-    grad_clip: float = Field(1.0, gt=0, le=1000)
-    amp: Amp = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU; bf16: also on CPUs with "
-                                         "AVX512-BF16/AMX (else fp32, recorded); off: fp32")
     eval_tokens: int = Field(16384, ge=0, le=10**8, description="tail of data.train held out for eval, "
                                                                 "early stopping and the best weights; 0: none")
     eval_every: int = Field(50, ge=1, le=10**7)
@@ -63,10 +56,6 @@ class QatConfig(StepConfig, Guarded):
         if self.patience is not None and not self.eval_tokens:
             raise ValueError("patience needs held-out evaluation (eval_tokens > 0)")
         return self
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len * self.grad_accum
 
     def describe(self) -> str:
         return f"qat from {self.teacher}: {self.tokens:,} tokens through the quantizer, lr {self.lr:g}"
