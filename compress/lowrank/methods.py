@@ -5,21 +5,9 @@ module in METHOD_MODULES registers it.
 
 from __future__ import annotations
 
-import importlib
-
 from compress.lowrank.registry import LowRankMethod
+from compress.method_table import load_table
 
 METHOD_MODULES: tuple[str, ...] = ("compress.lowrank.svd", "compress.lowrank.whiten")
 
-
-def _load() -> dict[str, LowRankMethod]:
-    table: dict[str, LowRankMethod] = {}
-    for module in METHOD_MODULES:
-        m = importlib.import_module(module).METHOD
-        if m.name in table:
-            raise RuntimeError(f"low-rank method {m.name!r} is defined twice ({module})")
-        table[m.name] = m
-    return table
-
-
-METHODS: dict[str, LowRankMethod] = _load()
+METHODS: dict[str, LowRankMethod] = load_table(METHOD_MODULES, "low-rank")

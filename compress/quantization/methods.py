@@ -7,10 +7,9 @@ exporters read its layout). The modules are imported once, here, explicitly: not
 
 from __future__ import annotations
 
-import importlib
-
 from pydantic import BaseModel
 
+from compress.method_table import load_table
 from compress.quantization.registry import QuantMethod
 
 # In the order the plan's error messages and the docs list them.
@@ -24,18 +23,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "compress.quantization.ort_graph",
 )
 
-
-def _load_table() -> dict[str, QuantMethod]:
-    table: dict[str, QuantMethod] = {}
-    for module_name in METHOD_MODULES:
-        for m in importlib.import_module(module_name).METHODS:
-            if m.name in table:
-                raise RuntimeError(f"quantization method {m.name!r} is defined twice ({module_name})")
-            table[m.name] = m
-    return table
-
-
-METHODS: dict[str, QuantMethod] = _load_table()
+METHODS: dict[str, QuantMethod] = load_table(METHOD_MODULES, "quantization")
 
 
 def method(name: str) -> QuantMethod:

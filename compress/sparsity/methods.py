@@ -5,8 +5,7 @@ in METHOD_MODULES registers it. Nothing outside the method's module compares met
 
 from __future__ import annotations
 
-import importlib
-
+from compress.method_table import load_table
 from compress.sparsity.registry import SparsityMethod
 
 METHOD_MODULES: tuple[str, ...] = (
@@ -15,15 +14,4 @@ METHOD_MODULES: tuple[str, ...] = (
     "compress.sparsity.sparsegpt",
 )
 
-
-def _load() -> dict[str, SparsityMethod]:
-    table: dict[str, SparsityMethod] = {}
-    for module in METHOD_MODULES:
-        m = importlib.import_module(module).METHOD
-        if m.name in table:
-            raise RuntimeError(f"sparsity method {m.name!r} is defined twice ({module})")
-        table[m.name] = m
-    return table
-
-
-METHODS: dict[str, SparsityMethod] = _load()
+METHODS: dict[str, SparsityMethod] = load_table(METHOD_MODULES, "sparsity")
