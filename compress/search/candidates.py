@@ -3,10 +3,11 @@
 Shapes: every (width, mlp, layers) of the space the prune step accepts (compress/pruning/shapes.py),
 deduplicated by the shape they make. Precisions per shape: every uniform (method, bits, group, head)
 whose group sizes divide the shape's widths (the quantize step's own check, QuantizeConfig.bad_groups),
-and, with `mixed`, points of a greedy knapsack path: from all matrices at the lowest bits, upgrade the
-matrix with the most KL saved per byte added, until max_mb (llama.cpp --target-bpw / Model Optimizer
-auto_quantize in miniature). The predicted quality is additive: the shape's unhealed prune KL times
-HEAL (distillation recovers most of it) plus the sum of the matrices' quantization KL.
+and, with `mixed`, per-matrix (bits, group) assignments: for the budget's edge and for the size of
+every uniform variant, the assignment of least summed KL within that many bytes (an exact
+multiple-choice knapsack; Model Optimizer's auto_quantize and llama.cpp's --target-bpw solve the same
+problem). The predicted quality is additive: the shape's unhealed prune KL times HEAL (distillation
+recovers most of it) plus the sum of the matrices' quantization KL.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from compress.model_shape import Shape
 from compress.pruning.config import PruneConfig
 from compress.pruning.shapes import target_problems, target_shape
 from compress.quantization.config import QuantizeConfig, layer_widths
+from compress.quantization.module_precision import FLOAT_BITS, precision_label
 from compress.search.config import MB, SearchConfig, SearchSpace
 from compress.search.profiles import precision_key
 from compress.search.sizing import HEAD, matrices, matrix_bytes, projected_tokens_per_s, weight_bytes
 
 HEAL = 0.1  # fraction of an unhealed prune KL assumed left after distillation (a ranking prior only)
 HEAD_BITS = {"keep": 16, "int8": 8, "int4": 4}
-MIXED_POINTS = 3  # knapsack-path points per (shape, method, group): the budget's edge and two below
 
 
 @dataclass(frozen=True)
@@ -96,58 +99,80 @@ def uniform(shape: Shape, space: SearchSpace) -> list[dict[str, Any]]:
     return out
 
 
-def knapsack_path(profile: dict[str, dict[str, float]], shape: Shape, group: int, head_levels: list[int],
-                  room: float | None = None, levels: tuple[int, ...] = (4, 8, 16)) -> list[dict[str, int]]:
-    """Greedy path from every matrix at its lowest bits: each step upgrades the one matrix (to any higher
-    level) with the most KL saved per byte added, among the upgrades that fit in `room` bytes more than
-    the start (None: no limit). Assignments {module: bits} in order of growing size."""
+Level = tuple[int, "int | None"]  # (bits, input channels per scale); (16, None): float
+
+
+def matrix_levels(shape: Shape, bits: list[int], groups: list[int], head_bits: list[int]) -> dict[str, list[Level]]:
+    """Every (bits, group) each matrix may take, cheapest first: the space's bits at each group that divides
+    the matrix's input width (per-channel when none does), float at 16; the head at its allowed bits."""
+    out = {}
+    for name, (out_f, in_f) in matrices(shape).items():
+        allowed = sorted(set(head_bits if name == HEAD else [*bits, FLOAT_BITS]))
+        levels: list[Level] = []
+        for b in allowed:
+            fitting = [g for g in groups if in_f % g == 0] or [None]
+            levels += [(b, None)] if b >= FLOAT_BITS else [(b, g) for g in fitting]
+        out[name] = sorted(set(levels), key=lambda lv: (matrix_bytes(out_f, in_f, *lv), -lv[0]))
+    return out
+
+
+KNAPSACK_UNITS = 4096  # byte resolution of the knapsack: the room is split into this many units at most
+
+
+def knapsack(profile: dict[str, dict[str, float]], shape: Shape, levels: dict[str, list[Level]],
+             room: float) -> dict[str, Level]:
+    """The assignment {module: level} of least summed KL whose bytes exceed the all-cheapest start by at
+    most `room`: a multiple-choice knapsack solved exactly by dynamic programming over bytes (each move's
+    cost rounded up to room / KNAPSACK_UNITS, so the sum never exceeds the room). Exact, unlike a greedy
+    KL-per-byte path, which skips a matrix's intermediate levels (the head's g64 between g128 and g32)
+    and leaves no point between two large moves."""
     mats = matrices(shape)
-    options = {n: (sorted(head_levels) if n == HEAD else list(levels)) for n in mats}
-    current = {n: options[n][0] for n in mats}
+    unit = max(1.0, room / KNAPSACK_UNITS)
+    cap = int(room // unit)
 
-    def kl(n: str, b: int) -> float:
-        return 0.0 if b >= 16 else profile.get(n, {}).get(precision_key(b, group), 0.0)
+    def kl(n: str, lv: Level) -> float:
+        return 0.0 if lv[0] >= FLOAT_BITS else profile.get(n, {}).get(precision_key(*lv), 0.0)
 
-    def size(n: str, b: int) -> int:
-        return matrix_bytes(*mats[n], b, group)
-
-    path, spent = [current.copy()], 0
-    while True:
-        best, best_ratio = None, -1.0
-        for n, b in current.items():
-            for nb in (x for x in options[n] if x > b):
-                gain, cost = kl(n, b) - kl(n, nb), size(n, nb) - size(n, b)
-                if room is not None and spent + cost > room:
-                    continue  # a big upgrade (the head) must not end the path: smaller ones may still fit
-                ratio = gain / max(cost, 1)
-                if gain > 0 and ratio > best_ratio:
-                    best, best_ratio = (n, nb), ratio
-        if best is None:
-            break
-        spent += size(best[0], best[1]) - size(best[0], current[best[0]])
-        current[best[0]] = best[1]
-        path.append(current.copy())
-    return path
+    best = np.zeros(cap + 1)  # least KL (of the matrices so far) with at most c units spent
+    choices = []
+    for n in mats:
+        base = matrix_bytes(*mats[n], *levels[n][0])
+        costs = [math.ceil((matrix_bytes(*mats[n], *lv) - base) / unit) for lv in levels[n]]
+        table = np.full((len(costs), cap + 1), np.inf)
+        for i, (lv, c) in enumerate(zip(levels[n], costs)):
+            if c <= cap:
+                table[i, c:] = best[:cap + 1 - c] + kl(n, lv)
+        choice = table.argmin(axis=0)
+        best = table[choice, np.arange(cap + 1)]
+        choices.append((n, costs, choice))
+    assign, c = {}, cap
+    for n, costs, choice in reversed(choices):
+        i = int(choice[c])
+        assign[n] = levels[n][i]
+        c -= costs[i]
+    return {n: assign[n] for n in mats}
 
 
-def mixed_config(method: str, assign: dict[str, int], group: int, calib_samples: int) -> dict[str, Any]:
-    """An assignment as a quantize config: 4 bits, the head at its level, an override per other matrix."""
-    head = {16: "keep", 8: "int8", 4: "int4"}[assign[HEAD]]
-    conf = {"method": method, "bits": 4, "group_size": group, "lm_head": head, "calib_samples": calib_samples}
-    body = sorted((n, b) for n, b in assign.items() if n != HEAD and b != 4)
-    if body:
-        conf["overrides"] = {n: {"bits": b} for n, b in body}
+def mixed_config(method: str, assign: dict[str, Level], calib_samples: int) -> dict[str, Any]:
+    """An assignment as a quantize config: the body's most common level step-wide, an override for every
+    other matrix; the head by `lm_head` when it has the step's group, else by an override of its own."""
+    body = [lv for n, lv in assign.items() if n != HEAD and lv[0] < FLOAT_BITS]
+    bits, group = max(set(body), key=body.count) if body else (4, None)
+    head = assign[HEAD]
+    head_by_key = head[0] >= FLOAT_BITS or head[1] == group
+    conf = {"method": method, "bits": bits, "group_size": group or "per-channel",
+            "lm_head": {FLOAT_BITS: "keep", 8: "int8", 4: "int4"}[head[0]] if head_by_key else "keep",
+            "calib_samples": calib_samples}
+    overrides = {n: _precision(lv) for n, lv in sorted(assign.items())
+                 if (n != HEAD and lv != (bits, group)) or (n == HEAD and not head_by_key)}
+    if overrides:
+        conf["overrides"] = overrides
     return conf
 
 
-def _mixed_points(confs: list[dict[str, Any]], shape: Shape, max_bytes: float | None) -> list[dict[str, Any]]:
-    """Up to MIXED_POINTS configs of the path within max_bytes: the largest and evenly spaced smaller ones
-    (the path's first point, all at the lowest bits, is a uniform variant already)."""
-    fits = [c for c in confs[1:] if max_bytes is None or weight_bytes(shape, QuantizeConfig(**c)) <= max_bytes]
-    if len(fits) <= 1:
-        return fits
-    picks = {len(fits) - 1 - round(k * (len(fits) - 1) / MIXED_POINTS) for k in range(MIXED_POINTS)}
-    return [fits[i] for i in sorted(picks)]
+def _precision(lv: Level) -> dict[str, Any]:
+    bits, group = lv
+    return {"bits": bits} if bits >= FLOAT_BITS else {"bits": bits, "group_size": group or "per-channel"}
 
 
 def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any]) -> list[Candidate]:
@@ -163,20 +188,30 @@ def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any]) -> list[
             out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, cfg, label))
         if not space.quantize.mixed:
             continue
-        heads = [HEAD_BITS[h] for h in space.quantize.lm_head]
-        for method, group in itertools.product(space.quantize.methods, space.quantize.group_sizes):
-            if any(w % group for w in layer_widths(shape.n_embd, shape.n_inner).values()):
-                continue
-            start = mixed_config(method, {n: 4 for n in matrices(shape)} | {HEAD: min(heads)}, group, 1)
-            room = None if max_bytes is None else max_bytes - weight_bytes(shape, QuantizeConfig(**start))
-            path = [mixed_config(method, a, group, space.quantize.calib_samples)
-                    for a in knapsack_path(quant_profile, shape, group, heads, room)]
-            for conf in _mixed_points(path, shape, max_bytes):
-                label = (f"{key} {method} mixed g{group} ({len(conf.get('overrides', {}))} overrides, "
-                         f"head {conf['lm_head']})")
+        q = space.quantize
+        levels = matrix_levels(shape, sorted({*q.bits, 4, 8}), q.group_sizes, [HEAD_BITS[h] for h in q.lm_head])
+        start = {n: lv[0] for n, lv in levels.items()}
+        start_bytes = weight_bytes(shape, QuantizeConfig(**mixed_config(q.methods[0], start, 1)))
+        for method in q.methods:
+            # the budget's edge, and each uniform variant's size (the same-size comparison)
+            sizes = {c.bytes for c in out if c.shape_key == key and c.quantize["method"] == method}
+            sizes = sorted({s for s in sizes if max_bytes is None or s <= max_bytes} | ({max_bytes} if max_bytes else set()))
+            for limit in (x for x in sizes if x >= start_bytes):
+                assign = knapsack(quant_profile, shape, levels, limit - start_bytes)
+                conf = mixed_config(method, assign, q.calib_samples)
+                if "overrides" not in conf and assign == start:
+                    continue  # nothing fits beside the start: that is a uniform variant already
+                label = f"{key} {method} mixed ({len(conf.get('overrides', {}))} overrides, {_describe(conf)})"
                 out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, cfg, label))
     unique = {(c.shape_key, json.dumps(c.quantize, sort_keys=True)): c for c in reversed(out)}  # first one wins
     return [c for c in out if unique[(c.shape_key, json.dumps(c.quantize, sort_keys=True))] is c]
+
+
+def _describe(conf: dict[str, Any]) -> str:
+    """'int4 g128, head int4 g32': the step-wide precision, then the head's."""
+    q = QuantizeConfig(**conf)
+    body = precision_label(q.weight_bits, q.group_for(q.weight_bits))
+    return f"{body}, head {precision_label(*q.precision_of(HEAD))}"
 
 
 def violation(c: Candidate, cfg: SearchConfig) -> float:

@@ -87,6 +87,38 @@ def rows(trials: list[dict[str, Any]], front: list[dict[str, Any]], cfg: SearchC
              "pareto": t["id"] in ids} for t in trials]
 
 
+def is_mixed(t: dict[str, Any]) -> bool:
+    return bool(t["candidate"]["quantize"].get("overrides"))
+
+
+def same_size_rivals(trials: list[dict[str, Any]]) -> list[str]:
+    """Table rows: each uniform trial beside the best mixed trial of its shape at its size or less."""
+    out = []
+    measured = [t for t in trials if t.get("ppl") is not None and math.isfinite(t["ppl"])]
+    for u in sorted((t for t in measured if not is_mixed(t)), key=lambda t: t["mb"]):
+        rivals = [m for m in measured if is_mixed(m) and m["mb"] <= u["mb"]
+                  and m["candidate"]["shape_key"] == u["candidate"]["shape_key"]]
+        if not rivals:
+            continue
+        m = min(rivals, key=lambda t: t["ppl"])
+        verdict = "mixed better" if m["ppl"] < u["ppl"] else "uniform better or equal"
+        out.append(f"| {u['label']} | {u['ppl']:.3f} ({u['ppl_ratio']:.4f}x) at {u['mb']:.2f} MB | {m['label']} | "
+                   f"{m['ppl']:.3f} ({m['ppl_ratio']:.4f}x) at {m['mb']:.2f} MB | {verdict} |")
+    return out
+
+
+def misranked(trials: list[dict[str, Any]]) -> list[str]:
+    """Pairs the prediction ordered one way and the measurement the other (predicted KL vs measured ppl),
+    largest measured gap first: where the search was wrong."""
+    measured = [t for t in trials if t.get("ppl") is not None and math.isfinite(t["ppl"])]
+    pairs = [(a, b) for a in measured for b in measured
+             if a["candidate"]["predicted_kl"] < b["candidate"]["predicted_kl"] and a["ppl"] > b["ppl"]]
+    pairs.sort(key=lambda ab: ab[1]["ppl"] - ab[0]["ppl"])
+    return [f"- predicted {a['label']} (KL {a['candidate']['predicted_kl']:.2e}) better than {b['label']} "
+            f"(KL {b['candidate']['predicted_kl']:.2e}); measured ppl {a['ppl']:.3f} > {b['ppl']:.3f}"
+            for a, b in pairs[:8]]
+
+
 def write_outputs(search_dir: Path, trials: list[dict[str, Any]], cfg: SearchConfig, w: dict[str, Any] | None,
                   stages: dict[str, Any]) -> None:
     front = pareto(trials, cfg)
@@ -105,6 +137,14 @@ def write_outputs(search_dir: Path, trials: list[dict[str, Any]], cfg: SearchCon
         lines.append(f"| {r['id']} | {r['label']} | {r['ppl']:.3f} ({r['ppl_ratio']:.3f}x) | {r['mb']:.2f} | "
                      f"{r['tokens_per_s']:.0f} | {r['predicted_mb']:.2f} | {r['predicted_kl']:.4f} | "
                      f"{'yes' if r['within_budget'] else 'no'} | {'*' if r['pareto'] else ''} |")
+    rivals = same_size_rivals(trials)
+    if rivals:
+        lines += ["", "Mixed precision against each uniform variant, at its size or less:", "",
+                  "| uniform | ppl at MB | best mixed at that size or less | ppl at MB | |", "|---|---|---|---|---|",
+                  *rivals]
+    wrong = misranked(trials)
+    lines += ["", "Ranked wrong by the prediction:" if wrong else "The prediction ranked every measured pair right.",
+              *([""] + wrong if wrong else [])]
     lines += ["", "Stage CPU seconds (this process): " + ", ".join(f"{k} {v:.1f}" for k, v in stages["cpu_s"].items())
               + "; wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stages["wall_s"].items()), ""]
     (search_dir / "pareto.md").write_text("\n".join(lines))

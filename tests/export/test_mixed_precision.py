@@ -155,3 +155,26 @@ def test_gguf_type_per_module():
     r8, r4 = records["transformer.h.0.mlp.c_fc"], records["transformer.h.1.mlp.c_fc"]
     assert (own_type(r8, "q4_0"), own_type(r4, "q4_0"), own_type(None, "q4_0")) == ("q8_0", "q4_0", "f16")
     assert own_type(r8, "f16") == "f16" and own_type(r4, "f32") == "f32"  # a float type asked for: all float
+
+
+def test_onnx_head_at_its_own_group_matches_torch(prefill_logits):
+    """The search's form of a head at another group than the step's: lm_head keep + an lm_head override."""
+    from compress.quantization import QuantizeConfig, quantize
+    from compress.quantization.modules import quant_linears
+    from export import onnx_quant
+    from export.step import ExportConfig
+    from tests.tiny_models import tiny_model
+
+    cfg = QuantizeConfig(method="rtn", bits=4, group_size=64, overrides={"lm_head": {"bits": 4, "group_size": 32}})
+    model = quantize(tiny_model(seed=3), cfg)
+    records = {n: m.record() for n, m in quant_linears(model).items()}
+    assert (records["lm_head"].bits, records["lm_head"].group_size) == (4, 32)
+    graph = _graph(model, records, ExportConfig(optimize=False))
+    onnx_quant.write_for_ort(graph, records, accuracy_level=0)
+    blocks = {n.name: {a.name: a.i for a in n.attribute}["block_size"] for n in graph.graph.node
+              if n.op_type == "MatMulNBits"}
+    assert sorted(set(blocks.values())) == [32, 64]
+    ids = np.random.default_rng(0).integers(0, 256, (2, 12))
+    with torch.no_grad():
+        want = model(torch.from_numpy(ids)).logits.numpy()
+    np.testing.assert_allclose(prefill_logits(graph, ids), want, atol=1e-4, rtol=0)
