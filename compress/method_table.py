@@ -1,4 +1,4 @@
-"""Method tables by name (quantization, sparsity, low-rank): each method module named in a package's
+"""Method tables by name (sparsity, low-rank): each method module named in a package's
 METHOD_MODULES defines `METHOD` (one entry) or `METHODS` (a tuple); imported once, explicitly: nothing
 is discovered."""
 

@@ -69,13 +69,16 @@ def test_a_plan_schema_error_answers_without_torch(tmp_path):
                     "data:\n  train: {builtin: python-docs}\n  eval: {builtin: python-docs, split: heldout}\n"
                     "steps:\n  - prune: {mlpp: 0.5}\n  - distil: {tokens: 1000}\n  - finetune: {tokens: 0}\n"
                     "  - qat: {tokenz: 1}\n  - export: {format: onnx, precisionn: int8}\n"
-                    "  - sparsify: {sparsity: 0.5, methd: wanda}\n")
+                    "  - sparsify: {sparsity: 0.5, methd: wanda}\n  - factorize: {method: svd, rankk: 4}\n"
+                    "  - quantize: {method: gptq, bitz: 4}\n")
     [result], stderr = probe(["compress.run", str(plan), "--dry-run"])
     assert result["code"] == 2, stderr
     assert "steps[0].prune.mlpp: unknown key; did you mean 'mlp'?" in stderr
     assert "steps[1].distil: unknown step; did you mean 'distill'?" in stderr
     assert "steps[4].export.precisionn: unknown key" in stderr
     assert "steps[5].sparsify.methd: unknown key; did you mean 'method'?" in stderr
+    assert "steps[6].factorize.rankk: unknown key; did you mean 'rank'?" in stderr
+    assert "steps[7].quantize.bitz: unknown key; did you mean 'bits'?" in stderr
     assert result["heavy"] == [], f"a plan error imported {result['heavy']}"
 
 

@@ -31,7 +31,7 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 def _is_import_call(func: ast.expr) -> bool:
     name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-    return name in ("import_module", "__import__")
+    return name in ("import_module", "__import__", "lazy_function")
 
 
 def _imports(tree: ast.AST, module: str, is_package: bool):
@@ -57,7 +57,7 @@ def _imports(tree: ast.AST, module: str, is_package: bool):
                     yield (target, f"{target}.{alias.name}"), child.lineno
             elif isinstance(child, ast.Call) and _is_import_call(child.func) and child.args \
                     and isinstance(child.args[0], ast.Constant) and isinstance(child.args[0].value, str):
-                name = child.args[0].value  # importlib.import_module("export.step") imports it too
+                name = child.args[0].value.partition(":")[0]  # import_module("export.step"), lazy_function("m:f")
                 yield (name, name), child.lineno
             stack.append(child)
 

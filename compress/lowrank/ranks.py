@@ -6,7 +6,10 @@ m * n for the dense [m, n] matrix, so a rank is useful only while r < m * n / (m
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # tensor methods only: the factorize config reads max_rank at plan time, without torch
+    import torch
 
 
 def break_even(m: int, n: int) -> float:
@@ -22,7 +25,7 @@ def max_rank(m: int, n: int) -> int:
 def energy_rank(s: torch.Tensor, energy: float, cap: int, multiple: int = 1) -> int:
     """The smallest rank keeping `energy` of sum s^2, rounded up to a multiple of `multiple`, at most cap
     (itself rounded down to a multiple)."""
-    cum = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum().clamp_min(1e-30)
+    cum = (s.double() ** 2).cumsum(0) / (s.double() ** 2).sum().clamp_min(1e-30)
     r = int((cum < energy - 1e-12).sum()) + 1
     r = -(-r // multiple) * multiple
     return max(multiple, min(r, cap // multiple * multiple))

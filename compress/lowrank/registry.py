@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
+
     from compress.lowrank.config import FactorizeConfig
 
 
@@ -33,7 +33,7 @@ class Spectrum:
 
 
 # decompose(name, w [out, in], H [in, in] mean x x^T or None, cfg) -> Spectrum
-DecomposeFn = Callable[[str, torch.Tensor, "torch.Tensor | None", "FactorizeConfig"], Spectrum]
+DecomposeFn = Callable[[str, "torch.Tensor", "torch.Tensor | None", "FactorizeConfig"], Spectrum]
 
 
 @dataclass(frozen=True)

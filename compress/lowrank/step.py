@@ -3,7 +3,6 @@ checkpoint stock transformers refuses loudly and compress.models.load_model relo
 
 from __future__ import annotations
 
-from compress.lowrank.api import factorize
 from compress.lowrank.config import FactorizeConfig
 from compress.lowrank.methods import METHODS
 from compress.step_api import StepContext, StepOutput, register_step
@@ -11,6 +10,8 @@ from compress.step_api import StepContext, StepOutput, register_step
 
 @register_step(FactorizeConfig)
 def run_factorize(cfg: FactorizeConfig, ctx: StepContext) -> StepOutput:
+    from compress.lowrank.api import factorize  # torch: only when the step runs
+
     model = ctx.load_input()
     n_before = model.num_parameters()
     calib = ctx.train_ids() if METHODS[cfg.method].calibrates else None

@@ -3,12 +3,17 @@ blind to which inputs are large."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from compress.lowrank.registry import LowRankMethod, Spectrum
 
+if TYPE_CHECKING:  # imported when a step runs: the method table is read at plan time, without torch
+    import torch
+
 
 def decompose_svd(name: str, w: torch.Tensor, H, cfg) -> Spectrum:
+    import torch
+
     U, s, Vh = torch.linalg.svd(w.double(), full_matrices=False)
     return Spectrum(U, s, Vh)
 

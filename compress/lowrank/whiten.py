@@ -9,13 +9,18 @@ C is damped by `damp` x mean(diag C) so that inputs that never vary still factor
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from compress.errors import UserError
 from compress.lowrank.registry import LowRankMethod, Spectrum
 
+if TYPE_CHECKING:  # imported when a step runs: the method table is read at plan time, without torch
+    import torch
+
 
 def decompose_whitened(name: str, w: torch.Tensor, H: torch.Tensor, cfg) -> Spectrum:
+    import torch
+
     C = H.double()
     C = C + cfg.damp * torch.mean(torch.diag(C)).clamp_min(1e-12) * torch.eye(C.shape[0], dtype=C.dtype)
     L, info = torch.linalg.cholesky_ex(C)

@@ -26,7 +26,6 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 from transformers import GPT2LMHeadModel
 
@@ -35,7 +34,6 @@ from compress.quantization.folding import fold_into_layernorm, fold_into_values
 from compress.quantization.gptq import HessianSum
 from compress.quantization.module_precision import FLOAT_BITS
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
-from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import rtn, rtn_head
 
 if TYPE_CHECKING:
@@ -52,11 +50,6 @@ FOLDS: dict[str, Callable[[nn.Module, torch.Tensor], None]] = {
     "attn.c_proj": lambda block, s: fold_into_values(block.attn.c_attn, block.attn.c_proj, s),
     "mlp.c_fc": lambda block, s: fold_into_layernorm(block.ln_2, block.mlp.c_fc, s),
 }
-
-
-class AwqOptions(BaseModel):
-    search_grid: int = Field(20, ge=1, le=100, description="awq: alphas tried per layer (k / search_grid)")
-    clip: bool = Field(True, description="awq: also search each weight group's clipping range")
 
 
 class InputStats:
@@ -193,9 +186,3 @@ def run_awq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) 
 
     scale_model(model, windows, cfg.precision_of, sym, cfg.search_grid, on_block=quantize_block)
     return install(model, records | rtn_head(model, cfg))
-
-
-METHODS = (QuantMethod("awq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
-                       calibrates=True, run=run_awq, options=AwqOptions, asymmetric=True, quantizes_head=True,
-                       per_module=True,
-                       summary="AWQ: activation-aware input scales folded into the model, then the rtn grid"),)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -23,6 +23,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from compress.errors import UserError
 from compress.quantization.handoff import WEIGHTS_FILE, read_quant_config
 from compress.quantization.modules import block_linear_names, linear_weight, set_module
+
+if TYPE_CHECKING:
+    from compress.quantization.config import QuantizeConfig
 
 
 def _bnb():
@@ -71,6 +74,11 @@ def quantize_bnb(model: GPT2LMHeadModel, method: str, threshold: float) -> GPT2L
         w, bias = linear_weight(model.get_submodule(name))
         set_module(model, name, bnb_linear(method, w, bias, threshold))
     return model
+
+
+def run_bnb(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: None = None) -> GPT2LMHeadModel:
+    """The bitsandbytes methods' entry (compress/quantization/methods.py): cfg.method picks the layer."""
+    return quantize_bnb(model, cfg.method, cfg.threshold)
 
 
 def bnb_quant_config(method: str, threshold: float, details: dict[str, Any]) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from compress.plan_state import Check, PlanState, Problem, Quantized
 from compress.plan_types import Seed
-from compress.quantization.outlier_check import needs_outlier_windows
 from compress.quantization.methods import METHODS, exportable_methods, method, methods_reading, option_classes
+from compress.quantization.options import needs_outlier_windows
 from compress.quantization.module_precision import (FLOAT_BITS, HEAD, MAX_LAYERS, ModulePrecision, deciding_pattern,
                                                     local_name, matches, module_names, relative_name,
                                                     unmatched_problem)

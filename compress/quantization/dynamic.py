@@ -13,14 +13,11 @@ import warnings
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import Field
 from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 from transformers import GPT2LMHeadModel
 
 from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import block_linear_names, linear_weight, set_module
-from compress.quantization.outlier_check import OutlierOptions
-from compress.quantization.registry import Grid, Layout, QuantMethod
 from compress.quantization.rtn import rtn
 
 if TYPE_CHECKING:
@@ -84,16 +81,5 @@ def quantize_dynamic_smoothed(model: GPT2LMHeadModel, windows: torch.Tensor | No
     return quantize_dynamic_int8(model)
 
 
-class DynamicOptions(OutlierOptions):
-    smooth: float | None = Field(
-        None, ge=0, le=1, description="dynamic-int8 / ort-dynamic-int8: SmoothQuant alpha; fold per-channel scales from calibration "
-                                      "into the LayerNorms before quantizing (needs data.train)")
-
-
 def run_dynamic_int8(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor | None) -> GPT2LMHeadModel:
     return quantize_dynamic_smoothed(model, windows, cfg.smooth)[0]
-
-
-METHODS = (QuantMethod("dynamic-int8", bits=(8,), grid=Grid.PER_CHANNEL, layout=Layout.INT8_DYNAMIC, onnx=None,
-                       calibrates=False, run=run_dynamic_int8, options=DynamicOptions, cpu_only=True,
-                       summary="torch.ao dynamic int8: activations quantized per tensor at run time (CPU)"),)

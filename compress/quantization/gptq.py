@@ -12,7 +12,6 @@ import logging
 from typing import TYPE_CHECKING, Callable
 
 import torch
-from pydantic import BaseModel, Field
 from transformers import GPT2LMHeadModel
 
 from compress.errors import UserError
@@ -20,7 +19,6 @@ from compress.quantization.calibration import capture_block_inputs, input_hooks,
 from compress.quantization.handoff import LinearCodes
 from compress.quantization.module_precision import FLOAT_BITS
 from compress.quantization.modules import block_projections, install, linear_weight
-from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import fit_groups, fit_grid, to_codes
 from compress.sparsity.pattern import CONFIG_KEY, sparsity_record
 
@@ -166,11 +164,6 @@ def quantize_gptq(model: GPT2LMHeadModel, windows: torch.Tensor, bits: int, grou
 
 # -- the gptq method ---------------------------------------------------------------------------------
 
-class GptqOptions(BaseModel):
-    damp: float = Field(0.01, gt=0, le=1, description="gptq: damping, a fraction of mean(diag(H))")
-    act_order: bool = Field(False, description="gptq: quantize columns by decreasing Hessian diagonal")
-
-
 def run_gptq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) -> GPT2LMHeadModel:
     bits, head_bits = cfg.weight_bits, cfg.head_bits
     sparse = sparsity_record(model.config) is not None  # a sparsify step's zeros are kept
@@ -179,9 +172,3 @@ def run_gptq(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor)
     return quantize_gptq(model, windows, bits, cfg.group_for(bits), cfg.sym, cfg.damp, cfg.act_order,
                          head_bits, cfg.group_for(head_bits) if head_bits else None, log=log, keep_zeros=sparse,
                          precision_of=cfg.precision_of)
-
-
-METHODS = (QuantMethod("gptq", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
-                       calibrates=True, run=run_gptq, options=GptqOptions, asymmetric=True, quantizes_head=True,
-                       per_module=True, quantizes_factors=True,
-                       summary="GPTQ: rounding errors spread by the inverse Hessian of the inputs"),)

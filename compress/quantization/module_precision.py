@@ -20,8 +20,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from compress.quantization.modules import BLOCK_LINEARS
-
+# The projections of one GPT-2 block, in the order data flows through them.
+BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 FLOAT_BITS = 16  # an override's bits that keep the module unquantized
 HEAD = "lm_head"
 # Patterns are checked against a model this deep when the plan does not know the shape yet (a pattern

@@ -13,10 +13,7 @@ from transformers import GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 from compress.quantization.handoff import LinearCodes, dequantize, fake_quant_input
-
-# The projections of one GPT-2 block, in the order data flows through them.
-BLOCK_LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
-
+from compress.quantization.module_precision import BLOCK_LINEARS
 
 class QuantLinear(nn.Module):
     """y = x @ dequant(q).T + bias, x fake-quantized to int8 first when input_scale is set (W8A8)."""

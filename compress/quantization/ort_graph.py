@@ -1,4 +1,5 @@
-"""ONNX Runtime's own quantizers as quantization methods: the layout is applied in the exported graph.
+"""ONNX Runtime's own quantizers as quantization methods (their entries: methods.py): the layout is
+applied in the exported graph.
 
     - quantize: {method: ort-int4, group_size: 32}       # MatMulNBits, ORT's blockwise RTN (symmetric)
     - quantize: {method: ort-int8}                       # the same at 8 bits (block 128)
@@ -18,16 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from compress.quantization.dynamic import DynamicOptions
-from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
-
 if TYPE_CHECKING:
     import torch
     from transformers import GPT2LMHeadModel
 
     from compress.quantization.config import QuantizeConfig
-
-ONNX_EXTRA = ("onnxruntime", "onnx")  # (module, pip extra)
 
 
 def keep_weights(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor | None) -> GPT2LMHeadModel:
@@ -43,18 +39,3 @@ def smooth_for_ort_dynamic(model: GPT2LMHeadModel, cfg: QuantizeConfig,
 
     smooth_before_dynamic(model, windows, cfg.smooth)
     return model
-
-
-METHODS = (
-    QuantMethod("ort-int4", bits=(4,), grid=Grid.BLOCKS, layout=Layout.ONNX_GRAPH, onnx=OnnxForm.ORT_NBITS,
-                calibrates=False, run=keep_weights, requires=ONNX_EXTRA,
-                summary="ONNX Runtime's MatMulNBits quantizer on the exported graph (int4, symmetric blocks)"),
-    QuantMethod("ort-int8", bits=(8,), grid=Grid.BLOCKS, layout=Layout.ONNX_GRAPH, onnx=OnnxForm.ORT_NBITS,
-                calibrates=False, run=keep_weights, requires=ONNX_EXTRA,
-                summary="ONNX Runtime's MatMulNBits quantizer on the exported graph (int8, symmetric blocks)"),
-    QuantMethod("ort-dynamic-int8", bits=(8,), grid=Grid.OWN, layout=Layout.ONNX_GRAPH,
-                onnx=OnnxForm.ORT_DYNAMIC_INT8, calibrates=False, run=smooth_for_ort_dynamic,
-                options=DynamicOptions, requires=ONNX_EXTRA,
-                summary="ONNX Runtime's quantize_dynamic on the exported graph (MatMulInteger, activations per "
-                        "tensor per call)"),
-)

@@ -23,11 +23,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 
 from compress.errors import UserError
 from compress.gate import Refusal
+from compress.quantization.options import needs_outlier_windows, smooths_activations
 from evalsuite.outliers import PROJECTIONS, OutlierProfile, outlier_profile
 
 if TYPE_CHECKING:
@@ -43,15 +43,6 @@ SUGGESTION = ("smooth first (`smooth: 0.5`), or use method smoothquant, bnb-int8
               "(rtn / gptq)")
 EXPORT_SUGGESTION = ("smooth first (`smooth: 0.5`), or quantize before the export with method smoothquant or a "
                      "weight-only method (rtn / gptq)")
-
-
-class OutlierOptions(BaseModel):
-    """The option of every method that quantizes activations per tensor (its registry entry's `options`
-    derive from this)."""
-
-    allow_outliers: bool = Field(
-        False, description="dynamic-int8 / ort-dynamic-int8 / smoothquant: run even when calibration finds an input quantized per "
-                           "tensor with max/median above outlier_check.OUTLIER_LIMIT")
 
 
 def per_tensor_inputs(smoothed: bool) -> tuple[str, ...]:
@@ -105,10 +96,6 @@ def check_outliers(model: nn.Module, windows: torch.Tensor, checked: tuple[str, 
 
 # -- the quantize step's methods -----------------------------------------------------------------------
 
-def _smoothed(cfg: "QuantizeConfig") -> bool:
-    return cfg.quant_method.smooths or getattr(cfg, "smooth", None) is not None
-
-
 def checked_inputs(cfg: "QuantizeConfig") -> tuple[str, ...]:
     """The inputs a QuantizeConfig's method quantizes per tensor unsmoothed (weight-only and LLM.int8
     methods: none; their profile is recorded, not checked)."""
@@ -117,14 +104,7 @@ def checked_inputs(cfg: "QuantizeConfig") -> tuple[str, ...]:
         return ()
     # ONNX Runtime's graph quantizers also quantize the LM head's MatMul per tensor; its input (ln_f's
     # output) cannot be smoothed without changing the tied token embeddings.
-    return per_tensor_inputs(_smoothed(cfg)) + (("lm_head",) if m.onnx is not None and m.onnx.in_graph else ())
-
-
-def needs_outlier_windows(cfg: "QuantizeConfig") -> bool:
-    """Whether a method that does not calibrate by itself must still see calibration windows: to smooth,
-    or for its activation-outlier check (allow_outliers without smoothing skips it)."""
-    m = cfg.quant_method
-    return m.int8_activations and not m.calibrates and (_smoothed(cfg) or not cfg.allow_outliers)
+    return per_tensor_inputs(smooths_activations(cfg)) + (("lm_head",) if m.onnx is not None and m.onnx.in_graph else ())
 
 
 def calibrates_for_outliers(cfg: "QuantizeConfig", calib: torch.Tensor | None) -> bool:
@@ -134,9 +114,9 @@ def calibrates_for_outliers(cfg: "QuantizeConfig", calib: torch.Tensor | None) -
     if m.calibrates or not m.int8_activations:
         return False
     if calib is None and needs_outlier_windows(cfg):
-        what = "smooth" if _smoothed(cfg) else "its activation-outlier check"
+        what = "smooth" if smooths_activations(cfg) else "its activation-outlier check"
         raise UserError(f"quantize: {cfg.method} needs calibration token ids (calib=...) for {what}"
-                        + ("" if _smoothed(cfg) else "; or set allow_outliers=True"))
+                        + ("" if smooths_activations(cfg) else "; or set allow_outliers=True"))
     return calib is not None
 
 

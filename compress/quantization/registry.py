@@ -18,6 +18,8 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     import torch
+
+    from compress.lazy import LazyFunction
     from transformers import GPT2LMHeadModel
 
     from compress.quantization.config import QuantizeConfig
@@ -82,7 +84,7 @@ class QuantMethod:
     layout: Layout
     onnx: OnnxForm | None  # None: no ONNX form (a plan exporting it is refused)
     calibrates: bool  # reads calib_samples x calib_seq_len tokens of data.train
-    run: RunFn
+    run: LazyFunction  # a RunFn, imported on its first call (the table stays torch-free)
     # Fields of QuantizeConfig only this method reads (a pydantic model whose fields are mixed into
     # QuantizeConfig; setting one with another method is a plan error).
     options: type[BaseModel] = NoOptions

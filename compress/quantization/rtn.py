@@ -15,7 +15,7 @@ from transformers import GPT2LMHeadModel
 from compress.quantization.handoff import LinearCodes
 from compress.quantization.module_precision import FLOAT_BITS
 from compress.quantization.modules import block_linear_names, install, linear_weight
-from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
+from compress.quantization.registry import Grid
 
 if TYPE_CHECKING:
     from compress.quantization.config import QuantizeConfig
@@ -85,8 +85,3 @@ def quantize_rtn(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: None = No
         w, bias = linear_weight(model.get_submodule(name))
         records[name] = rtn(name, w, bias, bits, group, cfg.sym)
     return install(model, records | rtn_head(model, cfg))
-
-
-METHODS = (QuantMethod("rtn", bits=(4, 8), grid=Grid.GROUPS, layout=Layout.PACKED, onnx=OnnxForm.MATMUL_NBITS,
-                       calibrates=False, run=quantize_rtn, asymmetric=True, quantizes_head=True, per_module=True,
-                       quantizes_factors=True, summary="round-to-nearest on the integer grid"),)

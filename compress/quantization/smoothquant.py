@@ -13,15 +13,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, Field
 from transformers import GPT2LMHeadModel
 
 from compress.quantization.calibration import input_hooks, run_model
 from compress.quantization.folding import fold_into_layernorm, fold_into_values
 from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import BLOCK_LINEARS, install, linear_weight
-from compress.quantization.outlier_check import OutlierOptions
-from compress.quantization.registry import Grid, Layout, OnnxForm, QuantMethod
 from compress.quantization.rtn import rtn
 
 if TYPE_CHECKING:
@@ -91,15 +88,6 @@ def quantize_smoothquant(model: GPT2LMHeadModel, windows: torch.Tensor, alpha: f
 
 # -- the smoothquant method --------------------------------------------------------------------------
 
-class SmoothQuantOptions(OutlierOptions):
-    alpha: float = Field(0.5, ge=0, le=1, description="smoothquant: migration strength")
-
-
 def run_smoothquant(model: GPT2LMHeadModel, cfg: QuantizeConfig, windows: torch.Tensor) -> GPT2LMHeadModel:
     head_bits = cfg.head_bits
     return quantize_smoothquant(model, windows, cfg.alpha, head_bits, cfg.group_for(head_bits) if head_bits else None)
-
-
-METHODS = (QuantMethod("smoothquant", bits=(8,), grid=Grid.PER_CHANNEL, layout=Layout.INT8, onnx=OnnxForm.QDQ_W8A8,
-                       calibrates=True, run=run_smoothquant, options=SmoothQuantOptions, quantizes_head=True, smooths=True,
-                       summary="W8A8: activation outliers migrated into the weights, static int8 activations"),)

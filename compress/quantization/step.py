@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from compress.quantization.api import quantize
 from compress.quantization.config import QuantizeConfig
 from compress.quantization.module_precision import precision_label
-from compress.quantization.outlier_check import OutlierRefusal
 from compress.step_api import StepContext, StepOutput, register_step
 from evalsuite.size import bytes_on_disk
 
 
 @register_step(QuantizeConfig)
 def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
+    from compress.quantization.api import quantize  # torch: only when the step runs
+    from compress.quantization.outlier_check import OutlierRefusal
+
     model = ctx.load_input()
     m = cfg.quant_method
     # int8 activations per tensor: calibration also feeds the activation-outlier check (outlier_check.py)
@@ -33,7 +34,8 @@ def run_quantize(cfg: QuantizeConfig, ctx: StepContext) -> StepOutput:
         labels = [precision_label(*p) for p in cfg.module_precisions(model.config.n_layer).values()]
         per_module = {label: labels.count(label) for label in dict.fromkeys(labels)}
         grid = "per module: " + ", ".join(f"{k} x{n}" for k, n in per_module.items())
-    summary = (f"{cfg.method} {grid}, lm_head {cfg.lm_head}: weights {before / 1e6:.1f} MB -> "
+    head = precision_label(*cfg.precision_of("lm_head"))  # lm_head or an override of it
+    summary = (f"{cfg.method} {grid}, lm_head {head}: weights {before / 1e6:.1f} MB -> "
                f"{after / 1e6:.1f} MB on disk ({before / max(after, 1):.2f}x smaller)"
                + (f"; worst activation outlier: {outliers['worst_checked'] or outliers['worst']}" if outliers else "")
                + ("; the weights stay fp32 here: the ONNX export applies it in the graph (ONNX Runtime's quantizer)"
