@@ -44,6 +44,7 @@ class Rates:
     train_flops: float  # per second, forward + backward + AdamW step
     forward_flops: float  # per second, forward without gradients
     measured_on: str = ""
+    busy: str = ""  # why the measurement is pessimistic ("load 7.3 on 2 cores"); "" when measured quietly
 
 
 @dataclass
@@ -199,7 +200,7 @@ def memory_total() -> int | None:
         return None
 
 
-def summary_lines(estimates: list[StepEstimate], memory: int | None = None) -> list[str]:
+def summary_lines(estimates: list[StepEstimate], memory: int | None = None, busy: str = "") -> list[str]:
     """The totals line, one warning per step estimated over an hour, and one per step whose peak
     memory exceeds this machine's (`memory`, default MemTotal)."""
     known = [e for e in estimates if e.time_s is not None]
@@ -209,6 +210,9 @@ def summary_lines(estimates: list[StepEstimate], memory: int | None = None) -> l
     lines = [f"estimate: {duration(total)} of step work, {human(disk)} of weights on disk"
              + (f" ({unknown} step(s) not estimated)" if unknown else "")
              + "; evaluation after each step not included"]
+    if busy:
+        lines.append(f"note: this machine was busy while its speed was measured ({busy}): the times are "
+                     "pessimistic and the speed is measured again next time")
     lines += [w for e in estimates if (w := e.warning())]
     memory = memory or memory_total()
     return lines + [f"warning: {e.name} may need {human(e.peak_bytes)} of memory, this machine has {human(memory)}: "
@@ -260,7 +264,11 @@ def machine_rates(shape: Shape | None, threads: int, work: Work | None = None, c
         known = {}
     if key in known:
         return Rates(known[key]["train_flops"], known[key]["forward_flops"], key)
+    before = busy_reason()
     rates = measure_rates(cal, threads, batch, seq, key)
+    busy = before or busy_reason()
+    if busy:  # other work's threads halve (or worse) what a step gets here: not cached, measured again next time
+        return replace(rates, busy=busy)
     known[key] = {"train_flops": rates.train_flops, "forward_flops": rates.forward_flops,
                   "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
@@ -271,6 +279,16 @@ def machine_rates(shape: Shape | None, threads: int, work: Work | None = None, c
     except OSError:
         pass  # a read-only home: measured again next time, nothing else changes
     return rates
+
+
+def busy_reason() -> str:
+    """"load 7.3 on 2 cores" when the machine's 1-minute load average exceeds its cores (a rate measured
+    then is pessimistic and is not cached); "" otherwise or where the load is unknown."""
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):
+        return ""
+    return f"load {load:.1f} on {cores} cores" if load > cores else ""
 
 
 def measure_rates(shape: Shape, threads: int, batch: int, seq: int, key: str = "", repeats: int = 2) -> Rates:

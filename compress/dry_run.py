@@ -43,5 +43,5 @@ def dry_run(plan: Plan, run_dir: Path, rates: Rates | None = None, threads: int 
             rates = machine_rates(base, threads or len(os.sched_getaffinity(0)), training)
         estimates = estimate_steps(plan_steps(plan), checks.states, rates, [p.name for p in planned], cached)
         lines = [line for pair in zip(lines, (e.line() for e in estimates)) for line in pair]
-        lines += summary_lines(estimates)
+        lines += summary_lines(estimates, busy=rates.busy)
     return lines + [f"note: {n}" for n in checks.notes]

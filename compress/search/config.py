@@ -92,9 +92,12 @@ class SearchSpace(Strict):
 class ProfileSettings(Strict):
     """Stage 1's calibration: windows of data.train on which every sensitivity is measured."""
 
-    windows: int = Field(8, ge=1, le=1024)
+    windows: int = Field(8, ge=1, le=1024, description="windows the KL is measured on")
     seq_len: int = Field(128, ge=8, le=8192)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    proxy: Literal["gptq", "rtn"] = Field("gptq", description="how each matrix is quantized alone: GPTQ on the "
+                                                              "float model's input Hessians, or round-to-nearest")
+    hessian_windows: int = Field(32, ge=1, le=4096, description="windows of data.train for GPTQ's Hessians")
 
 
 class SearchConfig(Strict):

@@ -1,10 +1,12 @@
 """Stage 1: sensitivity profiles of the base model on calibration windows of data.train.
 
-- quantization: every quantizable matrix (h.<i>.<proj>, lm_head) fake-quantized alone, round-to-nearest
-  with the quantize step's own grid code (compress/quantization/rtn.py), at every (bits, group) of the
-  space; its cost is KL(float || quantized) of the next-token distributions, in nats per token. RTN
-  stands in for every method (GPTQ's error is smaller but ranks the matrices alike: the same per-matrix
-  proxy auto_quantize and llama.cpp's importance use).
+- quantization: every quantizable matrix (h.<i>.<proj>, lm_head) fake-quantized alone at every
+  (bits, group) of the space, with the quantize step's own code: GPTQ (compress/quantization/gptq.py,
+  on the float model's input Hessians from `hessian_windows` windows; `profile.proxy: gptq`, the
+  default) or round-to-nearest (`proxy: rtn`). Its cost is KL(float || quantized) of the next-token
+  distributions, in nats per token. GPTQ's errors are not RTN's scaled down: it compensates a coarse
+  grid better than it gains from 8 bits, so the RTN proxy ranked mixed assignments wrong for GPTQ
+  trials (bench/results/2026-12-07-search.md).
 - pruning: every shape of the space pruned with the prune step's own code (compress/pruning), no
   healing, same KL. It ranks shapes; distillation recovers most of it (trials measure how much).
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import GPT2LMHeadModel
@@ -26,6 +28,9 @@ from transformers.pytorch_utils import Conv1D
 from compress.hashing import digest
 from compress.pruning.api import prune
 from compress.pruning.config import PruneConfig
+from compress.quantization.calibration import input_hooks
+from compress.quantization.gptq import HessianSum, gptq
+from compress.quantization.handoff import LinearCodes
 from compress.quantization.modules import linear_weight
 from compress.quantization.rtn import rtn
 from compress.run_dir import read_json, write_json
@@ -34,7 +39,7 @@ from compress.training import sample_batch
 
 log = logging.getLogger(__name__)
 BATCH = 4  # calibration windows per forward pass
-VERSION = 2  # of the profile's numbers: part of its cache key
+VERSION = 3  # of the profile's numbers: part of its cache key
 
 
 class Calibration:
@@ -66,22 +71,48 @@ def _module(model: GPT2LMHeadModel, name: str) -> torch.nn.Module:
     return model.lm_head if name == HEAD else model.transformer.get_submodule(name)
 
 
+def _rtn(name: str, w: torch.Tensor, H: torch.Tensor | None, bits: int, group: int | None) -> LinearCodes:
+    return rtn(name, w, None, bits, group, sym=True)
+
+
+def _gptq(name: str, w: torch.Tensor, H: torch.Tensor | None, bits: int, group: int | None) -> LinearCodes:
+    return gptq(name, w, None, H, bits, group, sym=True, damp=0.01, act_order=False)
+
+
+# profile.proxy -> how one matrix is quantized alone (the quantize step's own code)
+PROXIES: dict[str, Callable[..., LinearCodes]] = {"rtn": _rtn, "gptq": _gptq}
+
+
+def matrix_names(model: GPT2LMHeadModel) -> list[str]:
+    return [f"h.{i}.{p}" for i in range(model.config.n_layer)
+            for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")] + [HEAD]
+
+
 @torch.no_grad()
-def quant_profile(model: GPT2LMHeadModel, calib: Calibration, precisions: list[tuple[int, int | None]]
-                  ) -> dict[str, dict[str, float]]:
+def input_hessians(model: GPT2LMHeadModel, windows: torch.Tensor) -> HessianSum:
+    """H = mean x x^T of every matrix's input under the float model (GPTQ's statistics)."""
+    hs = HessianSum()
+    with input_hooks({n: _module(model, n) for n in matrix_names(model)}, hs.add):
+        for w in windows.split(BATCH):
+            model(w)
+    return hs
+
+
+@torch.no_grad()
+def quant_profile(model: GPT2LMHeadModel, calib: Calibration, precisions: list[tuple[int, int | None]],
+                  proxy: str = "rtn", hessians: HessianSum | None = None) -> dict[str, dict[str, float]]:
     """{module: {"<bits>g<group>": KL}} with one matrix fake-quantized at a time (the others float)."""
-    names = [f"h.{i}.{p}" for i in range(model.config.n_layer)
-             for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")] + [HEAD]
+    quantize_one = PROXIES[proxy]
     out: dict[str, dict[str, float]] = {}
-    for name in names:
+    for name in matrix_names(model):
         module = _module(model, name)
         original = module.weight.detach().clone()
         w, _ = linear_weight(module)
+        H = hessians.get(name) if hessians is not None else None
         out[name] = {}
         for bits, group in precisions:
             g = group if group and w.shape[1] % group == 0 else None
-            codes = rtn(name, w, None, bits, g, sym=True)
-            fake = codes.dequantize()  # [out, in]
+            fake = quantize_one(name, w, H, bits, g).dequantize()  # [out, in]
             module.weight.copy_(fake.t() if isinstance(module, Conv1D) else fake)  # Conv1D stores [in, out]
             out[name][precision_key(bits, group)] = calib.kl(model)
             module.weight.copy_(original)
@@ -114,7 +145,12 @@ def profiles(search_dir: Path, key_parts: list[Any], model: GPT2LMHeadModel, tra
             return cached | {"reused": True}
     t0 = time.process_time()
     calib = Calibration(model, train_ids, settings.windows, settings.seq_len, settings.seed)
-    quant = quant_profile(model, calib, precisions)
+    hessians = None
+    if settings.proxy == "gptq":
+        seq_len = calib.windows.shape[1]  # within n_positions already
+        windows = sample_batch(train_ids.flatten(), settings.hessian_windows, seq_len, settings.seed + 1, step=0)[:, :-1]
+        hessians = input_hessians(model, windows)
+    quant = quant_profile(model, calib, precisions, settings.proxy, hessians)
     t1 = time.process_time()
     pruned = prune_profile(model, calib, prune_configs, train_ids)
     result = {"key": key, "quant": quant, "prune": pruned, "tokens": int(calib.windows.numel()),

@@ -81,3 +81,17 @@ def test_measure_rates_times_a_real_step():
     r = real_measure_rates(Shape(n_layer=1, n_head=2, head_dim=16, n_inner=64, vocab_size=64, n_positions=32), 1, 2, 16,
                            repeats=1)
     assert r.train_flops > 0 and r.forward_flops > 0
+
+
+def test_a_rate_measured_on_a_busy_machine_is_flagged_and_not_cached(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cost, "measure_rates", lambda *a, **k: calls.append(a) or Rates(5e8, 1e9))
+    monkeypatch.setattr(cost, "busy_reason", lambda: "load 7.3 on 2 cores")
+    shape = Shape(n_layer=2, n_head=4, head_dim=16, n_inner=256, vocab_size=512, n_positions=128)
+    cache = tmp_path / "costs.json"
+    rates = cost.machine_rates(shape, 1, Work(train_tokens=1, batch=8, seq_len=64), cache)
+    assert rates.busy == "load 7.3 on 2 cores" and not cache.exists()
+    cost.machine_rates(shape, 1, Work(train_tokens=1, batch=8, seq_len=64), cache)
+    assert len(calls) == 2  # measured again
+    one = cost.StepEstimate("s", 60.0, 1000)
+    assert any("busy" in line and "load 7.3" in line for line in cost.summary_lines([one], busy=rates.busy))
