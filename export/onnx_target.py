@@ -312,10 +312,12 @@ def _validation_runner(cfg: OnnxGraphExport, onnx_path: Path, ctx: StepContext):
     return OrtRunner(onnx_path, "cpu")
 
 
-def measure_file(cfg: OnnxGraphExport, onnx_path: Path, model: "nn.Module", records: dict, ctx: StepContext) -> dict:
+def measure_file(cfg: OnnxGraphExport, onnx_path: Path, model: "nn.Module", records: dict, ctx: StepContext,
+                 memo: dict | None = None) -> dict:
     """validation.json's entry for the file on disk ("passed" says whether it holds). A TensorRT graph that
     ONNX Runtime cannot load is recorded as not validated, with the reason (TensorRT checks it when it
-    builds); any other load failure raises."""
+    builds); any other load failure raises. `memo`: shared by the graphs of one export (the torch side
+    is measured once)."""
     from evalsuite.runner import TorchRunner
     from export.trt_spec import sha256
     from export.validate import validate
@@ -334,13 +336,14 @@ def measure_file(cfg: OnnxGraphExport, onnx_path: Path, model: "nn.Module", reco
     budget = min(cfg.validation.tokens, evaluation.max_tokens or cfg.validation.tokens)
     eval_ids = ctx.eval_ids()[:budget]  # the run's tokenized eval stream
     result = validate(TorchRunner(model, ctx.device), runner, eval_ids, evaluation.seq_len,
-                      cfg.validation.windows, limits, reference)
+                      cfg.validation.windows, limits, reference, memo)
     return {**shipped, "runtime": f"onnxruntime on {runner.device}", "ran": True, **result.as_dict()}
 
 
-def validate_file(cfg: OnnxGraphExport, onnx_path: Path, model: "nn.Module", records: dict, ctx: StepContext) -> dict:
+def validate_file(cfg: OnnxGraphExport, onnx_path: Path, model: "nn.Module", records: dict, ctx: StepContext,
+                  memo: dict | None = None) -> dict:
     """measure_file, raising (after writing validation.json) when the file fails its limits."""
-    out = measure_file(cfg, onnx_path, model, records, ctx)
+    out = measure_file(cfg, onnx_path, model, records, ctx, memo)
     if out["passed"] is False:
         (ctx.out_dir / "validation.json").write_text(json.dumps(out, indent=1) + "\n")
         check_export(ctx.name, None, out["problems"])
@@ -388,9 +391,10 @@ def export_onnx(cfg: OnnxGraphExport, ctx: StepContext) -> StepOutput:
 
         write_genai_config(ctx.out_dir, io, ctx.tokenizer(), ONNX_FILE)
 
-    validation = validate_file(cfg, onnx_path, model, records, ctx)
+    memo: dict = {}  # the torch side of the validation, measured once for both graphs
+    validation = validate_file(cfg, onnx_path, model, records, ctx, memo)
     if decode_path is not None:
-        validation[DECODE_KEY] = measure_file(cfg, decode_path, model, records, ctx)
+        validation[DECODE_KEY] = measure_file(cfg, decode_path, model, records, ctx, memo)
     elif decode_io:
         validation[DECODE_KEY] = decode_io[DECODE_KEY]  # {"skipped": why}
     (ctx.out_dir / "validation.json").write_text(json.dumps(validation, indent=1) + "\n")

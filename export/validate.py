@@ -58,39 +58,62 @@ class Validation:
         return {**asdict(self), "passed": self.passed}
 
 
+@dataclass
+class ReferenceLogits:
+    """The torch model's logits on the compared windows: prefill, and decode steps with its KV cache."""
+
+    batch: torch.Tensor  # (B, T) ids
+    prefill: torch.Tensor  # (B, T, vocab)
+    half: int  # prompt length of the decode check
+    decode: list[torch.Tensor]  # one (B, 1, vocab) per decode step
+
+
 @torch.inference_mode()
-def compare_logits(ref: Runner, test: Runner, ids: torch.Tensor, seq_len: int,
-                   n_windows: int) -> tuple[float, float, float, int]:
-    """(max |diff| prefill, max |diff| decode, top-1 agreement, windows) on the first windows of ids."""
+def reference_logits(ref: Runner, ids: torch.Tensor, seq_len: int, n_windows: int) -> ReferenceLogits:
+    """The first n_windows full windows of ids (one shorter window if none is full) through `ref`."""
     wins = [w for w in windows(ids.numel(), seq_len, seq_len) if w.end - w.begin == seq_len][:n_windows]
     if not wins:
         wins = windows(ids.numel(), seq_len, seq_len)[:1]
     batch = torch.stack([ids[w.begin:w.end] for w in wins])  # (B, T)
-    a, _ = ref.forward(batch)
-    b, _ = test.forward(batch)
-    a, b = a.float().cpu(), b.float().cpu()
-    prefill = float((a - b).abs().max())
-    top1 = float((a.argmax(-1) == b.argmax(-1)).float().mean())
-
+    prefill, _ = ref.forward(batch)
     # Decode: half the window as prompt, then feed the rest one token at a time with the cache.
     half = max(1, batch.shape[1] // 2)
-    steps = min(8, batch.shape[1] - half)
+    decode = []
+    _, past = ref.forward(batch[:, :half])
+    for t in range(half, half + min(8, batch.shape[1] - half)):
+        logits, past = ref.forward(batch[:, t:t + 1], past)
+        decode.append(logits.float().cpu())
+    return ReferenceLogits(batch, prefill.float().cpu(), half, decode)
+
+
+@torch.inference_mode()
+def compare_logits(ref: ReferenceLogits, test: Runner) -> tuple[float, float, float, int]:
+    """(max |diff| prefill, max |diff| decode, top-1 agreement, windows) of `test` against the reference."""
+    b, _ = test.forward(ref.batch)
+    b = b.float().cpu()
+    prefill = float((ref.prefill - b).abs().max())
+    top1 = float((ref.prefill.argmax(-1) == b.argmax(-1)).float().mean())
     decode = 0.0
-    _, past_a = ref.forward(batch[:, :half])
-    _, past_b = test.forward(batch[:, :half])
-    for t in range(half, half + steps):
-        la, past_a = ref.forward(batch[:, t:t + 1], past_a)
-        lb, past_b = test.forward(batch[:, t:t + 1], past_b)
-        decode = max(decode, float((la.float().cpu() - lb.float().cpu()).abs().max()))
-    return prefill, decode, top1, len(wins)
+    _, past = test.forward(ref.batch[:, :ref.half])
+    for i, want in enumerate(ref.decode):
+        t = ref.half + i
+        got, past = test.forward(ref.batch[:, t:t + 1], past)
+        decode = max(decode, float((want - got.float().cpu()).abs().max()))
+    return prefill, decode, top1, ref.batch.shape[0]
 
 
 def validate(ref: Runner, test: Runner, eval_ids: torch.Tensor, seq_len: int, n_windows: int,
-             limits: Limits, reference: str) -> Validation:
-    """Measure `test` (the exported graph) against `ref` (the torch model) and check the limits."""
+             limits: Limits, reference: str, memo: dict | None = None) -> Validation:
+    """Measure `test` (the exported graph) against `ref` (the torch model) and check the limits. `memo`:
+    a dict shared by the validations of one export (model.onnx, model_decode.onnx), so that the torch
+    side is measured once."""
     seq_len = min(seq_len, ref.max_positions, test.max_positions, eval_ids.numel())
-    prefill, decode, top1, n = compare_logits(ref, test, eval_ids, seq_len, n_windows)
-    p_ref = perplexity(ref, eval_ids, seq_len, progress=False)
+    memo = {} if memo is None else memo
+    if ("ref", seq_len) not in memo:
+        memo["ref", seq_len] = (reference_logits(ref, eval_ids, seq_len, n_windows),
+                                perplexity(ref, eval_ids, seq_len, progress=False))
+    ref_logits, p_ref = memo["ref", seq_len]
+    prefill, decode, top1, n = compare_logits(ref_logits, test)
     p_test = perplexity(test, eval_ids, seq_len, progress=False)
     ratio = p_test.ppl / p_ref.ppl
     rel = abs(ratio - 1)

@@ -190,6 +190,31 @@ def test_validation_limits_name_the_numbers():
     assert same.passed and same.as_dict()["passed"] and same.max_abs_logit_diff == 0
 
 
+def test_the_graphs_of_one_export_share_one_torch_reference():
+    """model.onnx and model_decode.onnx are validated against one measurement of the torch model."""
+    import torch
+
+    from evalsuite.runner import TorchRunner
+    from export.validate import Limits, validate
+    from tests.tiny_models import tiny_model
+
+    class Counted(TorchRunner):
+        calls = 0
+
+        def forward(self, ids, past=None):
+            Counted.calls += 1
+            return super().forward(ids, past)
+
+    ref = Counted(tiny_model())
+    ids = torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(0))
+    memo: dict = {}
+    first = validate(ref, TorchRunner(tiny_model()), ids, 64, 2, Limits(max_abs_logit=1e-3), "torch fp32", memo)
+    once = Counted.calls
+    second = validate(ref, TorchRunner(tiny_model()), ids, 64, 2, Limits(max_abs_logit=1e-3), "torch fp32", memo)
+    assert once > 0 and Counted.calls == once  # the second graph reused the torch side
+    assert first.as_dict() == second.as_dict() and first.passed
+
+
 @pytest.mark.parametrize("options, shared", [
     ({}, "token lookup reads the head's weight (one fp table)"),
     ({"fp16": True}, "token lookup reads the head's weight (one fp table)"),
