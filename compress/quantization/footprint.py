@@ -1,16 +1,18 @@
 """Exact bytes of a quantized checkpoint from its shape and QuantizeConfig, without a model.
 
 `checkpoint_tensors` lists the tensors compress.quantization.storage writes (name, safetensors dtype,
-shape), module by module at cfg.precision_of(name); `quantized_bytes` adds the safetensors header as
-the safetensors library lays it out (tensors sorted by dtype then name, compact JSON padded to 8
-bytes), so the result is model.safetensors' size on disk (tests compare the two). The search prices a
-per-module assignment with it before running anything.
+shape), module by module at cfg.precision_of(name), a factorized projection (compress.lowrank; `ranks`)
+as its two quantized factors `<layer>.down` [r, in] and `<layer>.up` [out, r] (+ the bias);
+`quantized_bytes` adds the safetensors header as the safetensors library lays it out (tensors sorted by
+dtype then name, compact JSON padded to 8 bytes), so the result is model.safetensors' size on disk
+(tests compare the two). The search prices a per-module assignment, or a factorized model by the ranks
+its factorize step chose, with it before running anything.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from compress.quantization.config import layer_widths
 from compress.quantization.module_precision import FLOAT_BITS, HEAD, module_names
@@ -44,11 +46,15 @@ def _quantized_layer(name: str, out_f: int, in_f: int, bits: int, group: int | N
 
 
 def checkpoint_tensors(cfg: QuantizeConfig, n_layer: int, n_embd: int, n_inner: int | None, vocab_size: int,
-                       n_positions: int, tied: bool = True) -> list[Tensor]:
-    """The tensors of the quantized checkpoint of a GPT-2 of this shape (weight-only and W8A8 layouts)."""
+                       n_positions: int, tied: bool = True, ranks: Mapping[str, int] | None = None) -> list[Tensor]:
+    """The tensors of the quantized checkpoint of a GPT-2 of this shape (weight-only and W8A8 layouts).
+    ranks: {"h.<i>.<proj>": rank} of the projections a factorize step made low-rank (None: none)."""
     layout = cfg.quant_method.layout
     if not layout.has_handoff:
         raise ValueError(f"method {cfg.method} is stored by {layout.value}; its bytes are not modelled here")
+    ranks = ranks or {}
+    if ranks and not cfg.quant_method.quantizes_factors:
+        raise ValueError(f"method {cfg.method} does not quantize low-rank factors")
     inner = n_inner or 4 * n_embd
     widths = layer_widths(n_embd, inner)
     outs = {"attn.c_attn": 3 * n_embd, "attn.c_proj": n_embd, "mlp.c_fc": inner, "mlp.c_proj": n_embd}
@@ -60,7 +66,11 @@ def checkpoint_tensors(cfg: QuantizeConfig, n_layer: int, n_embd: int, n_inner: 
         local = name if name == HEAD else name.split(".", 2)[2]
         full = name if name == HEAD else f"transformer.{name}"
         out_f, in_f = (vocab_size, n_embd) if name == HEAD else (outs[local], widths[local])
-        if bits != FLOAT_BITS:
+        if name in ranks:  # two factors at the step's precision (overrides are refused after factorize)
+            r, kw = ranks[name], {"as_int8": w8a8 or not cfg.sym, "sym": cfg.sym, "input_scale": w8a8}
+            out += _quantized_layer(f"{full}.down", r, in_f, bits, group, bias=False, **kw)
+            out += _quantized_layer(f"{full}.up", out_f, r, bits, group, bias=True, **kw)
+        elif bits != FLOAT_BITS:
             out += _quantized_layer(full, out_f, in_f, bits, group, as_int8=(w8a8 and name != HEAD) or not cfg.sym,
                                     sym=cfg.sym, bias=name != HEAD, input_scale=w8a8 and name != HEAD)
         elif name != HEAD:  # kept float: stored as an fp32 nn.Linear
@@ -84,9 +94,10 @@ def _nbytes(t: Tensor) -> int:
 
 
 def quantized_bytes(cfg: QuantizeConfig, n_layer: int, n_embd: int, n_inner: int | None, vocab_size: int,
-                    n_positions: int, tied: bool = True) -> int:
-    """Bytes of model.safetensors that the quantize step writes for a GPT-2 of this shape (header included)."""
-    tensors = sorted(checkpoint_tensors(cfg, n_layer, n_embd, n_inner, vocab_size, n_positions, tied),
+                    n_positions: int, tied: bool = True, ranks: Mapping[str, int] | None = None) -> int:
+    """Bytes of model.safetensors that the quantize step writes for a GPT-2 of this shape (header included);
+    ranks: as checkpoint_tensors'."""
+    tensors = sorted(checkpoint_tensors(cfg, n_layer, n_embd, n_inner, vocab_size, n_positions, tied, ranks),
                      key=lambda t: (-DTYPE_RANK[t[1]], t[0]))
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0

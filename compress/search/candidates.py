@@ -8,6 +8,13 @@ every uniform variant, the assignment of least summed KL within that many bytes 
 multiple-choice knapsack; Model Optimizer's auto_quantize and llama.cpp's --target-bpw solve the same
 problem). The predicted quality is additive: the shape's unhealed prune KL times HEAL (distillation
 recovers most of it) plus the sum of the matrices' quantization KL.
+
+Low-rank (`space.factorize`): per shape and low-rank budget that stage 1 could apply, every uniform
+variant whose method quantizes factors (the quantize step's own factor_problem; rank_multiple makes
+every group divide every rank), sized exactly from the ranks stage 1 recorded, its predicted KL HEAL x
+the unhealed KL of the pruned and factorized model + the KL all its factors quantized at the variant's
+precision added in stage 1 + the profiled KL of the matrices left dense (the head, projections not
+factorized). Uniform precision only: the quantize step refuses overrides after factorize.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 
@@ -43,11 +50,18 @@ class Candidate:
     tokens_per_s: float  # projected on the search target
     predicted_kl: float
     label: str = field(default="")
+    factorize: dict[str, Any] | None = None  # the factorize step's config, None: dense
+    ranks: dict[str, int] | None = None  # {"h.<i>.<proj>": rank} stage 1 saw that config choose
 
     def as_dict(self) -> dict[str, Any]:
         return {"label": self.label, "shape": str(self.shape), "shape_key": self.shape_key,
                 "predicted_mb": self.bytes / MB, "projected_tokens_per_s": self.tokens_per_s,
-                "predicted_kl": self.predicted_kl, "prune": self.prune, "quantize": self.quantize}
+                "predicted_kl": self.predicted_kl, "prune": self.prune, "factorize": self.factorize,
+                "factorize_ranks": self.ranks, "quantize": self.quantize}
+
+    def identity(self) -> str:
+        """What makes two candidates the same plan."""
+        return json.dumps([self.shape_key, self.factorize, self.quantize], sort_keys=True)
 
 
 def shape_key(cfg: PruneConfig) -> str:
@@ -70,10 +84,13 @@ def prune_configs(base: Shape, space: SearchSpace) -> dict[str, PruneConfig]:
     return out
 
 
-def _quant_kl(profile: dict[str, dict[str, float]], shape: Shape, q: QuantizeConfig) -> float:
-    """The sum of the matrices' profiled KL at their precision (float: 0)."""
+def _quant_kl(profile: dict[str, dict[str, float]], shape: Shape, q: QuantizeConfig,
+              factorized: Collection[str] = ()) -> float:
+    """The sum of the matrices' profiled KL at their precision (float: 0), but for the `factorized` ones."""
     total = 0.0
     for name in matrices(shape):
+        if name in factorized:
+            continue
         bits, group = q.precision_of(name)
         if bits < 16:
             total += profile.get(name, {}).get(precision_key(bits, group), 0.0)
@@ -184,7 +201,7 @@ def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any]) -> list[
     for key, prune in prune_configs(base, space).items():
         shape = target_shape(base, prune)
         for conf in uniform(shape, space):
-            label = f"{key} {conf['method']} w{conf['bits']}g{conf['group_size']} head {conf['lm_head']}"
+            label = f"{key} {_uniform_label(conf)}"
             out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, cfg, label))
         if not space.quantize.mixed:
             continue
@@ -203,8 +220,56 @@ def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any]) -> list[
                     continue  # nothing fits beside the start: that is a uniform variant already
                 label = f"{key} {method} mixed ({len(conf.get('overrides', {}))} overrides, {_describe(conf)})"
                 out.append(_candidate(prune_kl.get(key, 0.0), quant_profile, shape, key, prune, conf, cfg, label))
-    unique = {(c.shape_key, json.dumps(c.quantize, sort_keys=True)): c for c in reversed(out)}  # first one wins
-    return [c for c in out if unique[(c.shape_key, json.dumps(c.quantize, sort_keys=True))] is c]
+    out += factorized_candidates(base, cfg, profile)
+    unique = {c.identity(): c for c in reversed(out)}  # first one wins
+    return [c for c in out if unique[c.identity()] is c]
+
+
+def _uniform_label(conf: dict[str, Any]) -> str:
+    return f"{conf['method']} w{conf['bits']}g{conf['group_size']} head {conf['lm_head']}"
+
+
+def factorized_candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any]) -> list[Candidate]:
+    """Every (shape, low-rank budget stage 1 applied, uniform variant that quantizes its factors) (module doc)."""
+    space = cfg.search_space
+    settings = space.factorize_settings()
+    out = []
+    for key, prune in prune_configs(base, space).items():
+        shape = target_shape(base, prune)
+        made: list[dict[str, int]] = []
+        for fkey, seen in profile.get("factorize", {}).get(key, {}).items():
+            if "ranks" not in seen or fkey not in settings or seen["ranks"] in made:
+                continue  # skipped at this shape (its reason is in the profile), or the same model as a budget before
+            ranks = seen["ranks"]
+            made.append(ranks)
+            block = next(iter(ranks))  # every factor takes the step-wide precision
+            for conf in uniform(shape, space):
+                q = QuantizeConfig(**conf)
+                if q.factor_problem("factorize", list(ranks.values())):
+                    continue
+                pruned = None if prune.prunes_nothing() else prune.model_dump(exclude_defaults=True)
+                out.append(Candidate(key, shape, pruned, conf, weight_bytes(shape, q, ranks),
+                                     projected_tokens_per_s(shape, q, cfg.target, cfg.context, ranks),
+                                     HEAL * seen["kl"] + seen["quant"][precision_key(*q.precision_of(block))]
+                                     + _quant_kl(profile["quant"], shape, q, factorized=ranks),
+                                     f"{key} {fkey} {_uniform_label(conf)}", settings[fkey], ranks))
+    return out
+
+
+def unfit_factorize(base: Shape, space: SearchSpace) -> str | None:
+    """One line naming a low-rank budget of the space that fits no shape of it (rank_multiple, the largest
+    group size, not below some projection's break-even rank at every shape), with the fix; None: all fit."""
+    from compress.lowrank.config import FactorizeConfig, projection_shapes
+
+    shapes = [target_shape(base, p) for p in prune_configs(base, space).values()]
+    for fkey, setting in space.factorize_settings().items():
+        cfg = FactorizeConfig(**setting)
+        problems = [cfg.rank_problem(projection_shapes(s.n_embd, s.n_inner)) for s in shapes]
+        if shapes and all(problems):
+            return (f"search.space.factorize: {fkey} fits no shape of the space: {problems[0]} (rank_multiple is "
+                    f"the largest of search.space.quantize.group_sizes: use smaller group sizes, or name fewer "
+                    f"search.space.factorize.layers)")
+    return None
 
 
 def _describe(conf: dict[str, Any]) -> str:

@@ -9,17 +9,19 @@
 
 Validated with the plan (extra keys forbidden, every problem with its key path); `plan_problems`
 adds what needs the whole plan (a search plan has no `steps:`, its space's quantize methods and
-group sizes must exist). No torch here: plan errors come back before any model loads.
+group sizes must exist, a factorize space needs a method that quantizes factors). No torch here: plan
+errors come back before any model loads.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from compress.plan_types import Strict
 from compress.pruning.config import Criterion
+from compress.sparsity.pattern import PROJECTIONS
 from evalsuite.hardware import KNOWN_TARGETS
 
 if TYPE_CHECKING:
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 MB = 1_000_000  # max_mb is decimal megabytes, as the reports print sizes
 Fraction = Annotated[float, Field(ge=0, lt=1)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+Projection = Literal[PROJECTIONS]  # type: ignore[valid-type]
 
 
 class Budget(Strict):
@@ -82,11 +86,50 @@ class QuantizeSpace(Strict):
         return v
 
 
+class FactorizeSpace(Strict):
+    """Low-rank budgets to try (the factorize step, compress/lowrank): each one after the prune, on every
+    shape whose projections it fits, with rank_multiple the space's largest group size (so every group
+    divides every rank); its candidates are uniform-precision (no overrides after factorize)."""
+
+    method: str = Field("whiten", description="factorization method (compress.lowrank.methods)")
+    energy: list[OpenFraction] = Field(default_factory=list, max_length=8,
+                                       description="per matrix, the rank keeping this fraction of sum s^2")
+    params: list[OpenFraction] = Field(default_factory=list, max_length=8,
+                                       description="keep this fraction of the chosen projections' weights")
+    layers: list[Projection] | None = Field(None, min_length=1, max_length=4,  # type: ignore[valid-type]
+                                            description="the projections factorized; default the step's (all four)")
+    calib_tokens: int = Field(16384, ge=64, le=100_000_000, description="calibration tokens of data.train (whiten)")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from compress.lowrank.methods import METHODS  # the table imports torch: read only when a plan factorizes
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v}; known: {', '.join(METHODS)}")
+        return v
+
+    def settings(self, rank_multiple: int) -> dict[str, dict[str, Any]]:
+        """{key ("whiten-e0.9"): the factorize step's config as a plan writes it}, one per budget."""
+        budgets = [("energy", "e", v) for v in self.energy] + [("params", "p", v) for v in self.params]
+        extra = {"layers": list(self.layers)} if self.layers else {}
+        return {f"{self.method}-{tag}{v:g}": {"method": self.method, key: v, "rank_multiple": rank_multiple,
+                                              "calib_tokens": self.calib_tokens, **extra}
+                for key, tag, v in budgets}
+
+
 class SearchSpace(Strict):
     prune: PruneSpace = Field(default_factory=PruneSpace)
     distill: DistillSpace = Field(default_factory=DistillSpace)
     quantize: QuantizeSpace = Field(default_factory=QuantizeSpace)
+    factorize: FactorizeSpace | None = Field(None, description="low-rank budgets to try; absent: no factorize")
     export: Literal["onnx", "none"] = Field("onnx", description="the last step of every trial")
+
+    def factorize_settings(self) -> dict[str, dict[str, Any]]:
+        """{key: factorize step config} of every low-rank budget of the space (empty: none), each rank a
+        multiple of the largest group size (the groups are powers of two: every one divides it)."""
+        if self.factorize is None:
+            return {}
+        return self.factorize.settings(max(self.quantize.group_sizes))
 
 
 class ProfileSettings(Strict):
@@ -125,6 +168,13 @@ class SearchConfig(Strict):
         return SearchSpace(prune=PruneSpace(width=[0.0, 0.33]))
 
 
+def _reason(e: ValueError) -> str:
+    """A step config's refusal in one line (a pydantic error's last line is its documentation link)."""
+    if isinstance(e, ValidationError):
+        return "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+    return str(e).splitlines()[-1].strip()
+
+
 def plan_problems(plan: "Plan") -> list[tuple[tuple, str]]:
     """(key path, message) of a search plan's problems that need more than the search section."""
     search = plan.search
@@ -145,7 +195,21 @@ def plan_problems(plan: "Plan") -> list[tuple[tuple, str]]:
                 QuantizeConfig(method=m, bits=bits, group_size=space.quantize.group_sizes[0])
             except ValueError as e:
                 out.append((("search", "space", "quantize", "methods", i),
-                            f"{m} at {bits} bits: {str(e).splitlines()[-1].strip()}"))
+                            f"{m} at {bits} bits: {_reason(e)}"))
+    if space.factorize_settings():
+        from compress.lowrank.config import FactorizeConfig  # the step's own validation of each setting
+        from compress.quantization.methods import METHODS
+
+        for key, setting in space.factorize_settings().items():
+            try:
+                FactorizeConfig(**setting)
+            except ValueError as e:
+                out.append((("search", "space", "factorize"), f"{key}: {_reason(e)}"))
+
+        if not any(METHODS[m].quantizes_factors for m in space.quantize.methods):
+            able = ", ".join(m for m, qm in METHODS.items() if qm.quantizes_factors)
+            out.append((("search", "space", "factorize"), f"no method of search.space.quantize.methods quantizes "
+                                                          f"low-rank factors; add one of {able}, or drop factorize"))
     if search.budget == Budget() and search.objective == "ppl":
         out.append((("search", "budget"), "give at least one of max_mb, max_ppl_ratio, min_tokens_per_s "
                                           "(with no budget the unquantized model wins)"))

@@ -9,15 +9,29 @@
   trials (bench/results/2026-12-07-search.md).
 - pruning: every shape of the space pruned with the prune step's own code (compress/pruning), no
   healing, same KL. It ranks shapes; distillation recovers most of it (trials measure how much).
+- low-rank (with `space.factorize`): every pruned shape factorized at every budget of the space by the
+  factorize step's own code (compress/lowrank), unhealed, same KL (of the pruned and factorized model:
+  prune and factorize together), and the ranks it chose per matrix. The step calibrates on data.train
+  as it does in a trial (its calib_tokens, seed, windows), so the trial's factorize step chooses these
+  same ranks and stage 2 sizes its candidates exactly from them. Then, at every (bits, group), all the
+  factors quantized at once by the profile's proxy (GPTQ on each factor's own input Hessian through the
+  factorized model, or rtn; each factor's input width grouped as the quantize step groups it), the KL
+  added to the factorized model's: the factors' quantization error, measured, because the
+  dense matrices' profile underestimates it several times over (on the reference teacher, int4 g128
+  cost a whiten-e0.97 model 2.6% ppl against 0.4% for the dense one). Factorized candidates are
+  uniform-precision, so the joint number is the one they need.
 
 A profile is a JSON file in the search directory named by the hash of everything it depends on (the
-base model's step hash, the train text, the settings, the grid): a resumed search reads it back.
+base model's step hash, the train text, the settings, the grid, the low-rank budgets): a resumed search
+reads it back.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +53,7 @@ from compress.training import sample_batch
 
 log = logging.getLogger(__name__)
 BATCH = 4  # calibration windows per forward pass
-VERSION = 3  # of the profile's numbers: part of its cache key
+VERSION = 4  # of the profile's numbers: part of its cache key (4: low-rank profiles)
 
 
 class Calibration:
@@ -124,19 +138,100 @@ def precision_key(bits: int, group: int | None) -> str:
     return f"{bits}g{group or 'row'}"
 
 
-def prune_profile(model: GPT2LMHeadModel, calib: Calibration, configs: dict[str, PruneConfig],
-                  train_ids: torch.Tensor) -> dict[str, float]:
-    """{shape key: KL of the pruned, unhealed model}."""
-    return {key: (0.0 if cfg.prunes_nothing() else calib.kl(prune(model, cfg, train_ids)))
-            for key, cfg in configs.items()}
+def shape_profiles(model: GPT2LMHeadModel, calib: Calibration, configs: dict[str, PruneConfig],
+                   train_ids: torch.Tensor, factorize_settings: dict[str, dict[str, Any]],
+                   factor_quant: "FactorQuant") -> tuple[dict[str, float], dict[str, dict[str, Any]], dict[str, float]]:
+    """({shape key: KL of the pruned, unhealed model}, {shape key: factorize_profile of it}, CPU seconds
+    {"prune", "factorize"})."""
+    prune_kl: dict[str, float] = {}
+    factorized: dict[str, dict[str, Any]] = {}
+    cpu = {"prune": 0.0, "factorize": 0.0}
+    for key, cfg in configs.items():
+        t0 = time.process_time()
+        pruned = model if cfg.prunes_nothing() else prune(model, cfg, train_ids)
+        prune_kl[key] = 0.0 if cfg.prunes_nothing() else calib.kl(pruned)
+        t1 = time.process_time()
+        if factorize_settings:
+            factorized[key] = factorize_profile(pruned, calib, factorize_settings, train_ids, factor_quant)
+        cpu["prune"] += t1 - t0
+        cpu["factorize"] += time.process_time() - t1
+    return prune_kl, factorized, cpu
+
+
+def factorize_profile(model: GPT2LMHeadModel, calib: Calibration, settings: dict[str, dict[str, Any]],
+                      train_ids: torch.Tensor, factor_quant: "FactorQuant") -> dict[str, dict[str, Any]]:
+    """{setting key: {"kl": KL of a factorized copy of `model`, unhealed, "ranks": {"h.<i>.<proj>": rank},
+    "quant": {"<bits>g<group>": KL its factors quantized add}}}, or {"skipped": why} where the setting's ranks
+    cannot be below a projection's break-even rank at this shape."""
+    from compress.lowrank.api import factorize
+    from compress.lowrank.config import FactorizeConfig, projection_shapes
+
+    out: dict[str, dict[str, Any]] = {}
+    for fkey, setting in settings.items():
+        cfg = FactorizeConfig(**setting)
+        bad = cfg.rank_problem(projection_shapes(model.config.n_embd, model.config.n_inner))
+        if bad:
+            out[fkey] = {"skipped": bad}
+            log.info("search: profile factorize %s skipped: %s", fkey, bad)
+            continue
+        low = copy.deepcopy(model)
+        layers = factorize(low, cfg, train_ids)
+        ranks = {name.removeprefix("transformer."): v["rank"] for name, v in layers.items()}
+        kl = calib.kl(low)
+        quant = {k: max(v - kl, 0.0) for k, v in factors_quant_kl(low, calib, factor_quant).items()}
+        out[fkey] = {"kl": kl, "ranks": ranks, "quant": quant}
+        log.info("search: profile factorize %s: KL %.2e, ranks %d-%d, factors quantized: %s", fkey, kl,
+                 min(ranks.values()), max(ranks.values()), ", ".join(f"{k} +{v:.2e}" for k, v in quant.items()))
+    return out
+
+
+@dataclass(frozen=True)
+class FactorQuant:
+    """How stage 1 quantizes a factorized model's factors: at each of `precisions`, by the profile's proxy
+    (GPTQ's Hessians from `hessian_windows` through the factorized model)."""
+
+    precisions: list[tuple[int, int | None]]
+    proxy: str
+    hessian_windows: torch.Tensor | None
+
+
+@torch.no_grad()
+def factors_quant_kl(model: GPT2LMHeadModel, calib: Calibration, how: FactorQuant) -> dict[str, float]:
+    """{"<bits>g<group>": KL of the factorized model (changed in place into factor pairs) with every factor
+    quantized at once}, the factors as the quantize step takes them: `down` [r, in], `up` [out, r] (grouped
+    along the rank), each quantized by the proxy on its own inputs' Hessian."""
+    from compress.lowrank.modules import FACTORS, LowRankPair, as_factor_pairs
+
+    as_factor_pairs(model)
+    factors = {f"{n}.{f}": getattr(m, f) for n, m in model.named_modules() if isinstance(m, LowRankPair)
+               for f in FACTORS}
+    hessians = None
+    if how.hessian_windows is not None:
+        hessians = HessianSum()
+        with input_hooks(factors, hessians.add):
+            for w in how.hessian_windows.split(BATCH):
+                model(w)
+    originals = {n: f.weight.detach().clone() for n, f in factors.items()}
+    out = {}
+    for bits, group in how.precisions:
+        for n, f in factors.items():
+            w = originals[n]
+            g = group if group and w.shape[1] % group == 0 else None
+            f.weight.copy_(PROXIES[how.proxy](n, w, hessians.get(n) if hessians else None, bits, g).dequantize())
+        out[precision_key(bits, group)] = calib.kl(model)
+        for n, f in factors.items():
+            f.weight.copy_(originals[n])
+    return out
 
 
 def profiles(search_dir: Path, key_parts: list[Any], model: GPT2LMHeadModel, train_ids: torch.Tensor,
-             settings, precisions: list[tuple[int, int | None]], prune_configs: dict[str, PruneConfig]
-             ) -> dict[str, Any]:
-    """Both profiles, read from search_dir when one with the same inputs was made before."""
+             settings, precisions: list[tuple[int, int | None]], prune_configs: dict[str, PruneConfig],
+             factorize_settings: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The profiles, read from search_dir when one with the same inputs was made before. factorize_settings:
+    {key: factorize step config} (SearchSpace.factorize_settings)."""
+    factorize_settings = factorize_settings or {}
     key = digest(VERSION, *key_parts, settings.model_dump(mode="json"), sorted(precisions, key=str),
-                 {k: c.model_dump(mode="json") for k, c in prune_configs.items()})
+                 {k: c.model_dump(mode="json") for k, c in prune_configs.items()}, factorize_settings)
     path = search_dir / f"profiles-{key[:16]}.json"
     if path.exists():
         cached = read_json(path)
@@ -145,15 +240,16 @@ def profiles(search_dir: Path, key_parts: list[Any], model: GPT2LMHeadModel, tra
             return cached | {"reused": True}
     t0 = time.process_time()
     calib = Calibration(model, train_ids, settings.windows, settings.seq_len, settings.seed)
-    hessians = None
+    hessians = windows = None
     if settings.proxy == "gptq":
         seq_len = calib.windows.shape[1]  # within n_positions already
         windows = sample_batch(train_ids.flatten(), settings.hessian_windows, seq_len, settings.seed + 1, step=0)[:, :-1]
         hessians = input_hessians(model, windows)
     quant = quant_profile(model, calib, precisions, settings.proxy, hessians)
     t1 = time.process_time()
-    pruned = prune_profile(model, calib, prune_configs, train_ids)
-    result = {"key": key, "quant": quant, "prune": pruned, "tokens": int(calib.windows.numel()),
-              "cpu_s": {"quant": t1 - t0, "prune": time.process_time() - t1}}
+    pruned, factorized, cpu = shape_profiles(model, calib, prune_configs, train_ids, factorize_settings,
+                                             FactorQuant(precisions, settings.proxy, windows))
+    result = {"key": key, "quant": quant, "prune": pruned, "factorize": factorized,
+              "tokens": int(calib.windows.numel()), "cpu_s": {"quant": t1 - t0, **cpu}}
     write_json(path, result)
     return result | {"reused": False}

@@ -92,10 +92,12 @@ def is_mixed(t: dict[str, Any]) -> bool:
 
 
 def same_size_rivals(trials: list[dict[str, Any]]) -> list[str]:
-    """Table rows: each uniform trial beside the best mixed trial of its shape at its size or less."""
+    """Table rows: each uniform dense trial beside the best mixed trial of its shape at its size or less
+    (factorized trials are uniform too, but not the variant the mixed one replaces)."""
     out = []
     measured = [t for t in trials if t.get("ppl") is not None and math.isfinite(t["ppl"])]
-    for u in sorted((t for t in measured if not is_mixed(t)), key=lambda t: t["mb"]):
+    dense = [t for t in measured if not is_mixed(t) and not t["candidate"].get("factorize")]
+    for u in sorted(dense, key=lambda t: t["mb"]):
         rivals = [m for m in measured if is_mixed(m) and m["mb"] <= u["mb"]
                   and m["candidate"]["shape_key"] == u["candidate"]["shape_key"]]
         if not rivals:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.data import source_text, text_digest
+from compress.errors import UserError
 from compress.model_shape import Shape
 from compress.pipeline import run_plan
 from compress.plan import Plan, dump_plan, parse_plan
@@ -73,12 +74,15 @@ def _search(plan: Plan, run_dir: Path, progress: bool) -> SearchResult:
     shape = Shape.of_config(model.config)
     train_ids = tokenize(source_text(plan.data.train), load_tokenizer(model_dir))
     space = cfg.search_space
+    unfit = cands.unfit_factorize(shape, space)
+    if unfit:
+        raise UserError(unfit)
     groups = space.quantize.group_sizes
     precisions = sorted({(b, g) for b in (*space.quantize.bits, 4, 8) for g in groups})
     key_parts = [planned_steps(base_plan, run_digests(run_dir / "base"))[0].hash,
                  text_digest(plan.data.train, run_digests(run_dir))]
     prof = profiles(run_dir, key_parts, model, train_ids, cfg.profile, precisions,
-                    cands.prune_configs(shape, space))
+                    cands.prune_configs(shape, space), space.factorize_settings())
     del model
     wall["profiles"], cpu["profiles"] = time.perf_counter() - t0, time.process_time() - c0
 

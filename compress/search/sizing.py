@@ -1,13 +1,15 @@
 """Exact weight bytes and projected decode speed of a (shape, quantize config), without a model.
 
 Bytes are compress.quantization.footprint's: model.safetensors as the quantize step writes it
-(per-module precision included). `matrix_bytes` prices one matrix alone, for the knapsack's
+(per-module precision included; `ranks`: the factorized projections' ranks, each priced as its two
+quantized factors). `matrix_bytes` prices one matrix alone, for the knapsack's
 marginal costs (codes packed at `bits`, one fp32 scale per row and group; bits 16 = fp32).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 from compress.model_shape import Shape
 from compress.quantization.config import QuantizeConfig
@@ -36,25 +38,30 @@ def matrix_bytes(out_f: int, in_f: int, bits: int, group: int | None) -> int:
     return out_f * math.ceil(in_f * bits / 32) * 4 + out_f * groups * 4 + 16
 
 
-def weight_bytes(shape: Shape, q: QuantizeConfig) -> int:
+Ranks = Mapping[str, int]  # {"h.<i>.<proj>": rank} of the factorized projections
+
+
+def weight_bytes(shape: Shape, q: QuantizeConfig, ranks: Ranks | None = None) -> int:
     """model.safetensors bytes of the quantized model (compress.quantization.footprint)."""
     if shape.vocab_size is None:
         raise ValueError("the vocabulary size is needed to size the model")
     return quantized_bytes(q, shape.n_layer, shape.n_embd, shape.n_inner, int(shape.vocab_size), shape.n_positions,
-                           shape.tied)
+                           shape.tied, ranks)
 
 
-def read_bytes_per_token(shape: Shape, q: QuantizeConfig) -> int:
+def read_bytes_per_token(shape: Shape, q: QuantizeConfig, ranks: Ranks | None = None) -> int:
     """Weight bytes one decode step reads: all of them but the looked-up tables (position embeddings,
     and the token table when it is a copy beside the head)."""
     gathered = shape.n_positions * shape.n_embd * FLOAT_BYTES
     if not shape.tied:
         gathered += int(shape.vocab_size or 0) * shape.n_embd * FLOAT_BYTES
-    return weight_bytes(shape, q) - gathered
+    return weight_bytes(shape, q, ranks) - gathered
 
 
-def projected_tokens_per_s(shape: Shape, q: QuantizeConfig, target: str, context: int) -> float:
+def projected_tokens_per_s(shape: Shape, q: QuantizeConfig, target: str, context: int,
+                           ranks: Ranks | None = None) -> float:
     """Roofline decode tokens/s on `target` (evalsuite.hardware), batch 1."""
     t = hardware.target(target)
     kv = hardware.kv_bytes_per_token(shape.n_layer, shape.n_embd, context, 4 if target == hardware.HOST else 2)
-    return hardware.projected_decode_tokens_per_s(t.memory_bandwidth_gb_s, read_bytes_per_token(shape, q), kv)
+    read = read_bytes_per_token(shape, q, ranks)
+    return hardware.projected_decode_tokens_per_s(t.memory_bandwidth_gb_s, read, kv)

@@ -1,6 +1,7 @@
 """Stage 3: a candidate as an ordinary plan, run by compress.pipeline in its own run directory.
 
     <search dir>/trials/<id>/   00-base/ 01-prune/ 02-distill/ 03-quantize-.../ 04-export-onnx/  trial.json
+                                (a factorize step after the prune when the candidate is low-rank)
 
 Every common prefix is computed once: before a trial runs, each of its steps that another trial (or
 the base run) already finished under the same content hash (compress/planning.py) is hard-linked into
@@ -34,11 +35,15 @@ TRIAL_JSON = "trial.json"
 
 
 def trial_steps(c: Candidate, cfg: SearchConfig) -> list[dict[str, Any]]:
-    """prune -> distill (healing a pruned shape) -> quantize -> export, as plan step mappings."""
+    """prune -> factorize -> distill (healing a pruned or factorized model) -> quantize -> export, as plan
+    step mappings."""
     space = cfg.search_space
     steps: list[dict[str, Any]] = []
     if c.prune is not None:
         steps.append({"prune": c.prune})
+    if c.factorize is not None:
+        steps.append({"factorize": c.factorize})
+    if steps:
         d = space.distill
         if d.tokens:
             steps.append({"distill": {"teacher": "base", "tokens": d.tokens, "seq_len": d.seq_len,
@@ -106,6 +111,16 @@ def _link(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def _ranks_as_profiled(c: Candidate, run_dir: Path, records, kinds: list[str]) -> bool | None:
+    """Whether the trial's factorize step chose the ranks stage 1 saw (its size prediction rests on them);
+    None without factorize."""
+    if c.factorize is None:
+        return None
+    step = next(r.name for r, kind in zip(records, kinds) if kind == "factorize")
+    layers = read_json(run_dir / step / STEP_JSON)["info"]["layers"]
+    return {n.removeprefix("transformer."): v["rank"] for n, v in layers.items()} == c.ranks
+
+
 def run_trial(plan: Plan, c: Candidate, search_dir: Path, base_ppl: float, progress: bool) -> dict[str, Any]:
     """The trial's record (trial.json): its plan, measured numbers and what it cost; reused when present."""
     steps = trial_steps(c, plan.search)
@@ -128,6 +143,7 @@ def run_trial(plan: Plan, c: Candidate, search_dir: Path, base_ppl: float, progr
               "ppl": last.get("ppl"), "ppl_ratio": (last.get("ppl") or float("nan")) / base_ppl,
               "weight_bytes": last.get("weight_bytes"), "mb": (last.get("weight_bytes") or 0) / 1e6,
               "projected_tokens_per_s": (last.get("projected_decode_tokens_per_s") or {}).get(plan.search.target),
-              "measured_tokens_per_s": last.get("tokens_per_s"), "artifact_step": result.records[-1].name}
+              "measured_tokens_per_s": last.get("tokens_per_s"), "artifact_step": result.records[-1].name,
+              "factorize_ranks_as_profiled": _ranks_as_profiled(c, run_dir, result.records, kinds)}
     write_json(run_dir / TRIAL_JSON, record)
     return record | {"reused": False}
