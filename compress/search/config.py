@@ -141,6 +141,9 @@ class ProfileSettings(Strict):
     proxy: Literal["gptq", "rtn"] = Field("gptq", description="how each matrix is quantized alone: GPTQ on the "
                                                               "float model's input Hessians, or round-to-nearest")
     hessian_windows: int = Field(32, ge=1, le=4096, description="windows of data.train for GPTQ's Hessians")
+    baseline: Literal["cheapest", "float"] = Field(
+        "cheapest", description="what the other matrices are while one is measured: at their cheapest precision "
+                                "(the knapsack's start: errors that compound are counted) or float")
 
 
 class SearchConfig(Strict):

@@ -53,7 +53,7 @@ from compress.training import sample_batch
 
 log = logging.getLogger(__name__)
 BATCH = 4  # calibration windows per forward pass
-VERSION = 4  # of the profile's numbers: part of its cache key (4: low-rank profiles)
+VERSION = 5  # of the profile's numbers: part of its cache key (4: low-rank profiles)
 
 
 class Calibration:
@@ -112,25 +112,55 @@ def input_hessians(model: GPT2LMHeadModel, windows: torch.Tensor) -> HessianSum:
     return hs
 
 
+def cheapest(precisions: list[tuple[int, int | None]], width: int) -> tuple[int, int | None]:
+    """The fewest-bytes precision of a matrix of this input width: the fewest bits, the largest group
+    that divides the width (the knapsack's start, compress/search/candidates.py)."""
+    fitting = [p for p in precisions if p[1] is None or width % p[1] == 0]
+    return min(fitting or precisions, key=lambda p: (p[0], -(p[1] or width)))  # none fits: per channel
+
+
 @torch.no_grad()
 def quant_profile(model: GPT2LMHeadModel, calib: Calibration, precisions: list[tuple[int, int | None]],
-                  proxy: str = "rtn", hessians: HessianSum | None = None) -> dict[str, dict[str, float]]:
-    """{module: {"<bits>g<group>": KL}} with one matrix fake-quantized at a time (the others float)."""
+                  proxy: str = "rtn", hessians: HessianSum | None = None,
+                  baseline: str = "float") -> dict[str, dict[str, float]]:
+    """{module: {"<bits>g<group>": KL}}: one matrix quantized at a time. baseline "float": the others
+    float, the value is the KL of that model. baseline "cheapest": the others at their cheapest
+    precision (the knapsack's start), the value that matrix's share of the start's KL (1/N of it) plus
+    what its precision changes from there, so the values of an assignment sum to the start's KL plus
+    each move's measured change (errors that add up through the network are in every change)."""
     quantize_one = PROXIES[proxy]
-    out: dict[str, dict[str, float]] = {}
-    for name in matrix_names(model):
+    names = matrix_names(model)
+    originals = {n: _module(model, n).weight.detach().clone() for n in names}
+
+    def quantized(name: str, bits: int, group: int | None) -> torch.Tensor:
+        """The matrix's float weight quantized at (bits, group), in the module's own layout."""
         module = _module(model, name)
-        original = module.weight.detach().clone()
-        w, _ = linear_weight(module)
-        H = hessians.get(name) if hessians is not None else None
-        out[name] = {}
-        for bits, group in precisions:
-            g = group if group and w.shape[1] % group == 0 else None
-            fake = quantize_one(name, w, H, bits, g).dequantize()  # [out, in]
-            module.weight.copy_(fake.t() if isinstance(module, Conv1D) else fake)  # Conv1D stores [in, out]
-            out[name][precision_key(bits, group)] = calib.kl(model)
-            module.weight.copy_(original)
-        log.info("search: profile %s: %s", name, ", ".join(f"{k} KL {v:.2e}" for k, v in out[name].items()))
+        w = (originals[name].t() if isinstance(module, Conv1D) else originals[name]).float()  # [out, in]
+        g = group if group and w.shape[1] % group == 0 else None
+        fake = quantize_one(name, w, hessians.get(name) if hessians is not None else None, bits, g).dequantize()
+        return fake.t() if isinstance(module, Conv1D) else fake  # Conv1D stores [in, out]
+
+    rest = dict(originals)
+    if baseline == "cheapest":
+        for n in names:
+            width = originals[n].shape[0] if isinstance(_module(model, n), Conv1D) else originals[n].shape[1]
+            rest[n] = quantized(n, *cheapest(precisions, width))
+            _module(model, n).weight.copy_(rest[n])
+    start = calib.kl(model) if baseline == "cheapest" else 0.0
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for name in names:
+            module = _module(model, name)
+            out[name] = {}
+            for bits, group in precisions:
+                module.weight.copy_(quantized(name, bits, group))
+                kl = calib.kl(model)
+                out[name][precision_key(bits, group)] = kl if baseline == "float" else start / len(names) + kl - start
+                module.weight.copy_(rest[name])
+            log.info("search: profile %s: %s", name, ", ".join(f"{k} KL {v:.2e}" for k, v in out[name].items()))
+    finally:
+        for n in names:
+            _module(model, n).weight.copy_(originals[n])
     return out
 
 
@@ -245,7 +275,7 @@ def profiles(search_dir: Path, key_parts: list[Any], model: GPT2LMHeadModel, tra
         seq_len = calib.windows.shape[1]  # within n_positions already
         windows = sample_batch(train_ids.flatten(), settings.hessian_windows, seq_len, settings.seed + 1, step=0)[:, :-1]
         hessians = input_hessians(model, windows)
-    quant = quant_profile(model, calib, precisions, settings.proxy, hessians)
+    quant = quant_profile(model, calib, precisions, settings.proxy, hessians, settings.baseline)
     t1 = time.process_time()
     pruned, factorized, cpu = shape_profiles(model, calib, prune_configs, train_ids, factorize_settings,
                                              FactorQuant(precisions, settings.proxy, windows))

@@ -126,8 +126,8 @@ def run_trial(plan: Plan, c: Candidate, search_dir: Path, base_ppl: float, progr
     steps = trial_steps(c, plan.search)
     tid = trial_id(steps)
     run_dir = search_dir / "trials" / tid
-    if (run_dir / TRIAL_JSON).exists():
-        return read_json(run_dir / TRIAL_JSON) | {"reused": True}
+    if (run_dir / TRIAL_JSON).exists():  # the same steps measured before; the prediction is this search's
+        return read_json(run_dir / TRIAL_JSON) | {"label": c.label, "candidate": c.as_dict(), "reused": True}
     run_dir.mkdir(parents=True, exist_ok=True)
     plan_file = write_plan(run_dir / "trial.plan.yaml", trial_plan_dict(plan, steps, tid))
     trial = load_plan(plan_file)
