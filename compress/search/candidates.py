@@ -34,7 +34,7 @@ from compress.quantization.config import QuantizeConfig, layer_widths
 from compress.quantization.module_precision import FLOAT_BITS, precision_label
 from compress.search.config import MB, SearchConfig, SearchSpace
 from compress.search.profiles import precision_key
-from compress.search.sizing import HEAD, matrices, matrix_bytes, projected_tokens_per_s, weight_bytes
+from compress.search.sizing import HEAD, artifact_bytes, matrices, matrix_bytes, projected_tokens_per_s, weight_bytes
 
 HEAL = 0.1  # fraction of an unhealed prune KL assumed left after distillation (a ranking prior only)
 HEAD_BITS = {"keep": 16, "int8": 8, "int4": 4}
@@ -101,7 +101,8 @@ def _candidate(base_prune_kl: float, profile, shape: Shape, key: str, prune: Pru
                cfg: SearchConfig, label: str) -> Candidate:
     q = QuantizeConfig(**conf)
     return Candidate(key, shape, None if prune.prunes_nothing() else prune.model_dump(exclude_defaults=True),
-                     conf, weight_bytes(shape, q), projected_tokens_per_s(shape, q, cfg.target, cfg.context),
+                     conf, artifact_bytes(shape, q, cfg.search_space.export),
+                     projected_tokens_per_s(shape, q, cfg.target, cfg.context),
                      HEAL * base_prune_kl + _quant_kl(profile, shape, q), label)
 
 
@@ -208,7 +209,7 @@ def candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any]) -> list[
         q = space.quantize
         levels = matrix_levels(shape, sorted({*q.bits, 4, 8}), q.group_sizes, [HEAD_BITS[h] for h in q.lm_head])
         start = {n: lv[0] for n, lv in levels.items()}
-        start_bytes = weight_bytes(shape, QuantizeConfig(**mixed_config(q.methods[0], start, 1)))
+        start_bytes = artifact_bytes(shape, QuantizeConfig(**mixed_config(q.methods[0], start, 1)), space.export)
         for method in q.methods:
             # the budget's edge, and each uniform variant's size (the same-size comparison)
             sizes = {c.bytes for c in out if c.shape_key == key and c.quantize["method"] == method}
@@ -248,7 +249,7 @@ def factorized_candidates(base: Shape, cfg: SearchConfig, profile: dict[str, Any
                 if q.factor_problem("factorize", list(ranks.values())):
                     continue
                 pruned = None if prune.prunes_nothing() else prune.model_dump(exclude_defaults=True)
-                out.append(Candidate(key, shape, pruned, conf, weight_bytes(shape, q, ranks),
+                out.append(Candidate(key, shape, pruned, conf, artifact_bytes(shape, q, space.export, ranks),
                                      projected_tokens_per_s(shape, q, cfg.target, cfg.context, ranks),
                                      HEAL * seen["kl"] + seen["quant"][precision_key(*q.precision_of(block))]
                                      + _quant_kl(profile["quant"], shape, q, factorized=ranks),

@@ -60,6 +60,9 @@ class DistillSpace(Strict):
     seq_len: int = Field(256, ge=8, le=8192)
     batch_tokens: int = Field(2048, ge=8, le=10**7)
     lr: float = Field(5.0e-4, gt=0, le=1)
+    eval_tokens: int = Field(0, ge=0, le=10**8, description="tail of data.train held out to watch the "
+                                                           "distillation (the distill step's eval_tokens; 0: none)")
+    eval_every: int | None = Field(None, ge=1, le=10**7, description="optimizer steps between those evals")
 
 
 class QuantizeSpace(Strict):

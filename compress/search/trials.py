@@ -46,10 +46,11 @@ def trial_steps(c: Candidate, cfg: SearchConfig) -> list[dict[str, Any]]:
     if steps:
         d = space.distill
         if d.tokens:
+            watch = {"eval_every": d.eval_every} if d.eval_tokens and d.eval_every else {}
             steps.append({"distill": {"teacher": "base", "tokens": d.tokens, "seq_len": d.seq_len,
                                       "batch_tokens": d.batch_tokens, "lr": d.lr, "warmup_steps": 4,
-                                      "temperature": 1.0, "loss": {"kl": 1.0}, "eval_tokens": 0,
-                                      "fused_head": True}})
+                                      "temperature": 1.0, "loss": {"kl": 1.0}, "eval_tokens": d.eval_tokens,
+                                      **watch, "fused_head": True}})
     steps.append({"quantize": c.quantize})
     if space.export != "none":
         steps.append({"export": {"format": space.export}})

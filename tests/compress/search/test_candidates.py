@@ -28,7 +28,7 @@ def fake_profile(shape: Shape) -> dict:
 def search(max_mb: float, **space) -> SearchConfig:
     return SearchConfig(target="orin-nano", budget={"max_mb": max_mb}, max_trials=50,
                         space={"quantize": {"methods": ["rtn"], "group_sizes": [32], "lm_head": ["int4", "int8"],
-                                            **space}})
+                                            **space}, "export": "none"})
 
 
 LEVELS = matrix_levels(SHAPE, [4, 8], [32], [4, 8])
@@ -87,7 +87,7 @@ def test_every_candidate_chosen_fits_the_size_budget_and_the_mixed_ones_fill_it(
 def test_beside_every_uniform_variant_a_mixed_one_no_larger_and_no_worse_by_prediction():
     cfg = SearchConfig(target="orin-nano", budget={"max_mb": 1.0}, max_trials=50,
                        space={"quantize": {"methods": ["rtn"], "bits": [4], "group_sizes": [32, 64],
-                                           "lm_head": ["int4"]}})
+                                           "lm_head": ["int4"]}})  # export onnx: sizes with the graph
     every = candidates(SHAPE, cfg, fake_profile(SHAPE))
     uniform = [c for c in every if "overrides" not in c.quantize and c.bytes <= MB]
     mixed = [c for c in every if "overrides" in c.quantize]
@@ -107,3 +107,13 @@ def test_an_upgrade_that_does_not_fit_is_left_and_smaller_ones_still_taken():
     assert found["lm_head"] == (4, 32) and sum(found[n] != start[n] for n in found) >= 2
     grown = weight_bytes(SHAPE, config_of(found)) - weight_bytes(SHAPE, config_of(start))
     assert grown <= room + 64  # + header padding
+
+
+def test_an_onnx_artifact_is_sized_with_its_graph():
+    onnx_cfg = SearchConfig(target="orin-nano", budget={"max_mb": 1.0}, max_trials=50,
+                            space={"quantize": {"methods": ["rtn"], "group_sizes": [32], "lm_head": ["int4"],
+                                                "mixed": False}})
+    none_cfg = onnx_cfg.model_copy(update={"space": onnx_cfg.search_space.model_copy(update={"export": "none"})})
+    [with_graph] = candidates(SHAPE, onnx_cfg, fake_profile(SHAPE))[:1]
+    [weights_only] = candidates(SHAPE, none_cfg, fake_profile(SHAPE))[:1]
+    assert with_graph.bytes - weights_only.bytes == 34_500 * SHAPE.n_layer
