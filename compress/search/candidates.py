@@ -33,7 +33,7 @@ from compress.pruning.shapes import target_problems, target_shape
 from compress.quantization.config import QuantizeConfig, layer_widths
 from compress.quantization.module_precision import FLOAT_BITS, precision_label
 from compress.search.config import MB, SearchConfig, SearchSpace
-from compress.search.profiles import precision_key
+from compress.search.profiles import level_kl, precision_key
 from compress.search.sizing import HEAD, artifact_bytes, matrices, matrix_bytes, projected_tokens_per_s, weight_bytes
 
 HEAL = 0.1  # fraction of an unhealed prune KL assumed left after distillation (a ranking prior only)
@@ -86,14 +86,13 @@ def prune_configs(base: Shape, space: SearchSpace) -> dict[str, PruneConfig]:
 
 def _quant_kl(profile: dict[str, dict[str, float]], shape: Shape, q: QuantizeConfig,
               factorized: Collection[str] = ()) -> float:
-    """The sum of the matrices' profiled KL at their precision (float: 0), but for the `factorized` ones."""
+    """The sum of the matrices' profiled values at their precision (profiles.level_kl), but for the
+    `factorized` ones."""
     total = 0.0
     for name in matrices(shape):
         if name in factorized:
             continue
-        bits, group = q.precision_of(name)
-        if bits < 16:
-            total += profile.get(name, {}).get(precision_key(bits, group), 0.0)
+        total += level_kl(profile, name, *q.precision_of(name))
     return total
 
 
@@ -149,7 +148,7 @@ def knapsack(profile: dict[str, dict[str, float]], shape: Shape, levels: dict[st
     cap = int(room // unit)
 
     def kl(n: str, lv: Level) -> float:
-        return 0.0 if lv[0] >= FLOAT_BITS else profile.get(n, {}).get(precision_key(*lv), 0.0)
+        return level_kl(profile, n, *lv)
 
     best = np.zeros(cap + 1)  # least KL (of the matrices so far) with at most c units spent
     choices = []

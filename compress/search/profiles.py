@@ -53,7 +53,7 @@ from compress.training import sample_batch
 
 log = logging.getLogger(__name__)
 BATCH = 4  # calibration windows per forward pass
-VERSION = 5  # of the profile's numbers: part of its cache key (4: low-rank profiles)
+VERSION = 6  # of the profile's numbers: part of its cache key (4: low-rank profiles)
 
 
 class Calibration:
@@ -157,6 +157,10 @@ def quant_profile(model: GPT2LMHeadModel, calib: Calibration, precisions: list[t
                 kl = calib.kl(model)
                 out[name][precision_key(bits, group)] = kl if baseline == "float" else start / len(names) + kl - start
                 module.weight.copy_(rest[name])
+            if baseline == "cheapest":  # kept float, the others at the start (not 0: their errors remain)
+                module.weight.copy_(originals[name])
+                out[name][FLOAT_KEY] = start / len(names) + calib.kl(model) - start
+                module.weight.copy_(rest[name])
             log.info("search: profile %s: %s", name, ", ".join(f"{k} KL {v:.2e}" for k, v in out[name].items()))
     finally:
         for n in names:
@@ -164,8 +168,17 @@ def quant_profile(model: GPT2LMHeadModel, calib: Calibration, precisions: list[t
     return out
 
 
+FLOAT_KEY = "float"  # a matrix kept float (profiled around the cheapest start only; around float it is 0)
+
+
 def precision_key(bits: int, group: int | None) -> str:
-    return f"{bits}g{group or 'row'}"
+    return FLOAT_KEY if bits >= 16 else f"{bits}g{group or 'row'}"
+
+
+def level_kl(profile: dict[str, dict[str, float]], name: str, bits: int, group: int | None) -> float:
+    """A matrix's profiled value at a precision; float is 0 unless profiled (around the cheapest start)."""
+    values = profile.get(name, {})
+    return values.get(precision_key(bits, group), 0.0)
 
 
 def shape_profiles(model: GPT2LMHeadModel, calib: Calibration, configs: dict[str, PruneConfig],

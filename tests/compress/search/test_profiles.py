@@ -49,3 +49,4 @@ def test_around_the_cheapest_start_the_values_sum_to_the_starts_kl_and_each_move
     start = calib.kl(model)
     total = sum(v["4g64"] for v in prof.values())  # every input width here (64, 256) takes g64
     assert total == pytest.approx(start, rel=1e-6)
+    assert all(v["float"] < v["4g64"] for v in prof.values())  # kept float (the others at the start): measured
