@@ -57,6 +57,13 @@ class DistillSpace(Strict):
     """How a pruned shape is healed before quantization (one distillation per shape, shared by its variants)."""
 
     tokens: int = Field(131_072, ge=0, le=10**10, description="distillation tokens; 0: no healing")
+
+    @field_validator("tokens")
+    @classmethod
+    def _heals_or_not(cls, v: int) -> int:
+        if 0 < v < 1000:  # the distill step's own minimum: refused here, not at the first trial
+            raise ValueError(f"{v} distillation tokens: give 0 (no healing) or at least 1000")
+        return v
     seq_len: int = Field(256, ge=8, le=8192)
     batch_tokens: int = Field(2048, ge=8, le=10**7)
     lr: float = Field(5.0e-4, gt=0, le=1)
@@ -149,11 +156,17 @@ class ProfileSettings(Strict):
                                 "(the knapsack's start: errors that compound are counted) or float")
 
 
+def default_space() -> SearchSpace:
+    """`space: default` spelled out: the unpruned shape plus one head-pruned shape, int4/int8, mixed."""
+    return SearchSpace(prune=PruneSpace(width=[0.0, 0.33]))
+
+
 class SearchConfig(Strict):
     target: Literal[KNOWN_TARGETS] = "host"  # type: ignore[valid-type]
     budget: Budget = Field(default_factory=Budget)
     objective: Literal["ppl", "size", "latency"] = "ppl"
-    space: Literal["default"] | SearchSpace = "default"
+    space: SearchSpace = Field(default_factory=lambda: default_space(),
+                               description="`default` (default_space()) or per step kind")
     max_trials: int = Field(8, ge=1, le=256)
     context: int = Field(192, ge=1, le=65536, description="tokens in the KV cache for the speed projection")
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
@@ -166,12 +179,16 @@ class SearchConfig(Strict):
             raise ValueError("objective latency needs budget.max_ppl_ratio (else the fastest model always wins)")
         return self
 
+    @field_validator("space", mode="before")
+    @classmethod
+    def _spell_out_default(cls, v):
+        # `space: default` is read as the space it names: a typo inside a given space is then reported
+        # at its own key, not beside a "should be 'default'" from the other half of a union
+        return default_space() if v == "default" else v
+
     @property
     def search_space(self) -> SearchSpace:
-        """`space: default` spelled out: the unpruned shape plus one head-pruned shape, int4/int8, mixed."""
-        if self.space != "default":
-            return self.space
-        return SearchSpace(prune=PruneSpace(width=[0.0, 0.33]))
+        return self.space
 
 
 def _reason(e: ValueError) -> str:

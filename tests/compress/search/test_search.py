@@ -80,6 +80,7 @@ def test_resume_after_a_kill_reuses_profiles_and_finished_trials(tmp_path, rando
     ({"budget": {"max_mb": 3}, "objective": "speed"}, "search.objective"),
     ({"budget": {"max_mb": 3}, "space": {"quantize": {"bits": [3]}}}, "search.space"),
     ({"budget": {"max_mb": 3}, "target": "pi5"}, "search.target"),
+    ({"budget": {"max_mb": 3}, "space": {"distill": {"tokens": 500}}}, "search.space"),
 ])
 def test_bad_search_keys_name_their_key_path(tmp_path, random_tiny_dir, search, where):
     body = text_plan(random_tiny_dir, [])
