@@ -31,7 +31,9 @@ if TYPE_CHECKING:
     from compress.plan_state import PlanState
 
 HOUR_S = 3600.0
-RUNTIME_BYTES = 400 * 2**20  # python, torch and the tokenizer before any model (measured RSS, rounded up)
+# python, torch, transformers, ONNX Runtime and the tokenizer in a plan run before any model: the
+# quickstart's lightest steps peaked at 677-763 MiB RSS (bench/results/2026-12-07-cold-start.md)
+RUNTIME_BYTES = 700 * 2**20
 DEFAULT_VOCAB = 50257  # GPT-2's, where the plan does not say (a tokenizer still to be trained or loaded)
 CALIBRATION_TOKENS = 512  # at most, per timed forward: FLOP/s of small batches is what steps see, and it is seconds
 CALIBRATION_LAYERS = 2  # FLOP/s of the planned widths hardly depends on depth: 2 blocks keep it to seconds
