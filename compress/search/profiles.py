@@ -6,7 +6,9 @@
   default) or round-to-nearest (`proxy: rtn`). Its cost is KL(float || quantized) of the next-token
   distributions, in nats per token. GPTQ's errors are not RTN's scaled down: it compensates a coarse
   grid better than it gains from 8 bits, so the RTN proxy ranked mixed assignments wrong for GPTQ
-  trials (bench/results/2026-12-07-search.md).
+  trials (bench/results/2026-12-07-search.md). While one matrix is measured the others sit at their
+  cheapest precision (`profile.baseline: cheapest`, the knapsack's start; or float): its value is its
+  share of the start's KL plus what its precision (float included) changes from there.
 - pruning: every shape of the space pruned with the prune step's own code (compress/pruning), no
   healing, same KL. It ranks shapes; distillation recovers most of it (trials measure how much).
 - low-rank (with `space.factorize`): every pruned shape factorized at every budget of the space by the
@@ -45,7 +47,6 @@ from compress.pruning.config import PruneConfig
 from compress.quantization.calibration import input_hooks
 from compress.quantization.gptq import HessianSum, gptq
 from compress.quantization.handoff import LinearCodes
-from compress.quantization.modules import linear_weight
 from compress.quantization.rtn import rtn
 from compress.run_dir import read_json, write_json
 from compress.search.sizing import HEAD
