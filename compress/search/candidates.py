@@ -34,7 +34,7 @@ from compress.quantization.config import QuantizeConfig, layer_widths
 from compress.quantization.module_precision import FLOAT_BITS, precision_label
 from compress.search.config import MB, SearchConfig, SearchSpace
 from compress.search.profiles import level_kl, precision_key
-from compress.search.sizing import HEAD, artifact_bytes, matrices, matrix_bytes, projected_tokens_per_s, weight_bytes
+from compress.search.sizing import HEAD, artifact_bytes, matrices, matrix_bytes, projected_tokens_per_s
 
 HEAL = 0.1  # fraction of an unhealed prune KL assumed left after distillation (a ranking prior only)
 HEAD_BITS = {"keep": 16, "int8": 8, "int4": 4}
@@ -147,9 +147,6 @@ def knapsack(profile: dict[str, dict[str, float]], shape: Shape, levels: dict[st
     unit = max(1.0, room / KNAPSACK_UNITS)
     cap = int(room // unit)
 
-    def kl(n: str, lv: Level) -> float:
-        return level_kl(profile, n, *lv)
-
     best = np.zeros(cap + 1)  # least KL (of the matrices so far) with at most c units spent
     choices = []
     for n in mats:
@@ -158,7 +155,7 @@ def knapsack(profile: dict[str, dict[str, float]], shape: Shape, levels: dict[st
         table = np.full((len(costs), cap + 1), np.inf)
         for i, (lv, c) in enumerate(zip(levels[n], costs)):
             if c <= cap:
-                table[i, c:] = best[:cap + 1 - c] + kl(n, lv)
+                table[i, c:] = best[:cap + 1 - c] + level_kl(profile, n, *lv)
         choice = table.argmin(axis=0)
         best = table[choice, np.arange(cap + 1)]
         choices.append((n, costs, choice))

@@ -141,26 +141,31 @@ def quant_profile(model: GPT2LMHeadModel, calib: Calibration, precisions: list[t
         fake = quantize_one(name, w, hessians.get(name) if hessians is not None else None, bits, g).dequantize()
         return fake.t() if isinstance(module, Conv1D) else fake  # Conv1D stores [in, out]
 
-    rest = dict(originals)
+    rest, start_precision = dict(originals), {}
     if baseline == "cheapest":
         for n in names:
             width = originals[n].shape[0] if isinstance(_module(model, n), Conv1D) else originals[n].shape[1]
-            rest[n] = quantized(n, *cheapest(precisions, width))
+            start_precision[n] = cheapest(precisions, width)
+            rest[n] = quantized(n, *start_precision[n])
             _module(model, n).weight.copy_(rest[n])
     start = calib.kl(model) if baseline == "cheapest" else 0.0
+    share = start / len(names)
     out: dict[str, dict[str, float]] = {}
     try:
         for name in names:
             module = _module(model, name)
             out[name] = {}
             for bits, group in precisions:
+                if start_precision.get(name) == (bits, group):
+                    out[name][precision_key(bits, group)] = share  # the start itself: measured once, above
+                    continue
                 module.weight.copy_(quantized(name, bits, group))
                 kl = calib.kl(model)
-                out[name][precision_key(bits, group)] = kl if baseline == "float" else start / len(names) + kl - start
+                out[name][precision_key(bits, group)] = kl if baseline == "float" else share + kl - start
                 module.weight.copy_(rest[name])
             if baseline == "cheapest":  # kept float, the others at the start (not 0: their errors remain)
                 module.weight.copy_(originals[name])
-                out[name][FLOAT_KEY] = start / len(names) + calib.kl(model) - start
+                out[name][FLOAT_KEY] = share + calib.kl(model) - start
                 module.weight.copy_(rest[name])
             log.info("search: profile %s: %s", name, ", ".join(f"{k} KL {v:.2e}" for k, v in out[name].items()))
     finally:

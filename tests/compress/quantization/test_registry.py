@@ -135,3 +135,10 @@ def test_methods_applied_in_the_graph_keep_the_weights_and_record_the_method(nam
     assert not codes_in_dir(path)
     found = graph_quantization(again, {})
     assert found.form is method(name).onnx and found.form in ORT_PASSES and found.group_size == group
+
+
+def test_every_methods_run_function_resolves():
+    """The table names each run function as a string (imported on first call): a typo there would only
+    fail when a plan runs that method."""
+    for m in METHODS.values():
+        assert callable(m.run.resolve()), m.name
