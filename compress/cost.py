@@ -113,15 +113,19 @@ def train_flops_per_token(shape: Shape, seq_len: int) -> float:
     return 3 * forward_flops_per_token(shape, seq_len)  # backward: twice the forward
 
 
-def activation_bytes(shape: Shape, batch: int, seq_len: int, training: bool) -> float:
+def activation_bytes(shape: Shape, batch: int, seq_len: int, training: bool,
+                     logits_positions: int | None = None) -> float:
     """fp32 activations of one micro-batch: kept per block for the backward when training (about
     2 x (34 E + 5 heads T) bytes per token per block, Korthikanti et al. in fp32), one block's worth
-    otherwise; and the logits (with their softmax and gradient when training)."""
+    otherwise; and the logits (with their softmax and gradient when training) of every position, or of
+    `logits_positions` at a time (distillation's fused head: six such tensors, both models')."""
     tokens = batch * seq_len
     per_block = 2 * (34 * shape.n_embd + 5 * shape.n_head * seq_len) * tokens
     blocks = per_block * (shape.n_layer if training else 1)
-    logits = 4 * tokens * (shape.vocab_size or DEFAULT_VOCAB) * (3 if training else 1)
-    return blocks + logits
+    vocab = shape.vocab_size or DEFAULT_VOCAB
+    if logits_positions is not None and logits_positions < tokens:
+        return blocks + 4 * 6 * logits_positions * vocab
+    return blocks + 4 * tokens * vocab * (3 if training else 1)
 
 
 def weight_bytes(shape: Shape, state: "PlanState") -> float:
@@ -161,9 +165,11 @@ def estimate(name: str, work: Work, before: "PlanState | None", after: "PlanStat
     weights = weight_bytes(out_shape, after)
     training = work.train_tokens > 0
     state_bytes = weights + (0 if not training or work.lora else 3 * 4 * params(out_shape))  # grads, m, v
-    peak = RUNTIME_BYTES + state_bytes + activation_bytes(out_shape, work.batch, work.seq_len, training)
-    if teacher is not None:
-        peak += 4 * params(teacher) + activation_bytes(teacher, work.batch, work.seq_len, False)
+    peak = RUNTIME_BYTES + state_bytes + activation_bytes(out_shape, work.batch, work.seq_len, training,
+                                                          work.logits_positions)
+    if teacher is not None:  # its logits are counted in the student's when they are chunked
+        peak += 4 * params(teacher) + activation_bytes(teacher, work.batch, work.seq_len, False,
+                                                       0 if work.logits_positions else None)
     if in_shape is not None and in_shape != out_shape:
         peak += 4 * params(in_shape)  # the input model, held while the smaller one is made
     checkpoint = int(state_bytes) if training else 0
@@ -251,7 +257,7 @@ def rates_key(shape: Shape, threads: int, batch: int, seq: int) -> str:
 
     return (f"{host_cpu()} | threads {threads} | torch {version('torch')} | "
             f"{shape.n_layer}x{shape.n_embd}, {shape.n_head} heads, n_inner {shape.n_inner}, vocab {shape.vocab_size}"
-            f" | batch {batch} x {seq}")
+            f" | batch {batch} x {seq} | fused gelu")  # the activation training runs (compress.precision)
 
 
 def machine_rates(shape: Shape | None, threads: int, work: Work | None = None, cache: Path | None = None) -> Rates:
@@ -318,13 +324,16 @@ def measure_rates(shape: Shape, threads: int, batch: int, seq: int, key: str = "
         with torch.no_grad():
             model(input_ids=ids)
 
+    from compress.precision import fused_gelu
+
     timings = {}
-    for label, fn in (("train", train_step), ("forward", forward)):
-        fn()  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        timings[label] = (time.perf_counter() - t0) / repeats
+    with fused_gelu(model):  # as the training loops run it
+        for label, fn in (("train", train_step), ("forward", forward)):
+            fn()  # warm-up
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            timings[label] = (time.perf_counter() - t0) / repeats
     per_token = forward_flops_per_token(shape, seq) * batch * seq
     return Rates(train_flops=3 * per_token / timings["train"], forward_flops=per_token / timings["forward"],
                  measured_on=key)

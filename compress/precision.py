@@ -3,10 +3,12 @@ fp16 (CUDA), decided once from a step's `amp` and the device, and recorded in st
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+import torch.nn as nn
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
 
@@ -58,3 +60,25 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
     if flags:
         return Precision(torch.bfloat16, "bf16-autocast", f"amp: bf16 on a CPU with {', '.join(flags)}")
     return Precision(None, "fp32", "amp: bf16, but this CPU has no avx512_bf16 or amx_bf16: fell back to fp32")
+
+
+@contextmanager
+def fused_gelu(*modules: nn.Module) -> Iterator[None]:
+    """Run GPT-2's `gelu_new` as torch's fused tanh GELU inside `modules` for the duration: the same
+    formula (within 3e-7), one kernel instead of the Python formula's five elementwise ops, which took
+    ~11% of a 4x256 model's training step on CPU. The saved model keeps `gelu_new`: it is restored after."""
+    from transformers.activations import ACT2FN
+
+    formula = type(ACT2FN["gelu_new"])
+    swapped = []
+    for module in modules:
+        for parent in module.modules():
+            for name, child in parent.named_children():
+                if type(child) is formula:
+                    swapped.append((parent, name, child))
+                    setattr(parent, name, ACT2FN["gelu_pytorch_tanh"])
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)

@@ -1,6 +1,6 @@
 """Train a GPT-2 from scratch on text: the embedded default teacher of the quickstart.
 
-AdamW, linear warm-up then cosine decay, gradient accumulation and clipping, a token budget, tqdm
+AdamW (or Muon for the blocks' matrices: compress.optimizers), linear warm-up then cosine decay, gradient accumulation and clipping, a token budget, tqdm
 progress (loss, tokens/s), TensorBoard scalars, and checkpoints that a killed run resumes from with
 the same result as an uninterrupted one (batches are a pure function of seed and step). The loop
 around the forward/backward, with the divergence guard, is compress.training.train_loop.
@@ -18,8 +18,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 from compress.source_config import PretrainConfig, TrainTokenizer
 from compress.errors import UserError
 from compress.divergence import safe_exp
-from compress.precision import resolve_precision
-from compress.training import LoopSpec, adamw, heldout_loss, resume, sample_batch, train_loop
+from compress.precision import fused_gelu, resolve_precision
+from compress.optimizers import OPTIMIZERS
+from compress.training import LoopSpec, heldout_loss, resume, sample_batch, train_loop
 EOS = "<|endoftext|>"
 
 
@@ -61,7 +62,7 @@ def pretrain(cfg: PretrainConfig, config: GPT2Config, train_ids: torch.Tensor,
                         f"({cfg.seq_len + 2}); give more data.train")
     torch.manual_seed(cfg.seed)
     model = GPT2LMHeadModel(config).to(device).train()
-    optimizer = adamw(model, cfg.lr, cfg.weight_decay)
+    optimizer = OPTIMIZERS[cfg.optimizer](model, cfg.lr, cfg.weight_decay)
     state, best = resume(model, optimizer, checkpoint_dir, "pretraining")
     precision = resolve_precision(cfg.amp, torch.device(device))
 
@@ -85,6 +86,7 @@ def pretrain(cfg: PretrainConfig, config: GPT2Config, train_ids: torch.Tensor,
 
     spec = LoopSpec.of("pretrain", cfg, cfg.batch_size * cfg.grad_accum * cfg.seq_len, total_steps(cfg),
                        advice=f"lower model.pretrain.lr (now {cfg.lr:g}) or raise warmup_steps, then rerun")
-    train_loop(model, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
-               progress=progress, on_step=None if on_step is None else lambda step, terms: on_step(step, terms["loss"]))
+    with fused_gelu(model):
+        train_loop(model, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
+                   progress=progress, on_step=None if on_step is None else lambda step, terms: on_step(step, terms["loss"]))
     return model.eval()

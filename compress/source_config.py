@@ -64,7 +64,10 @@ class PretrainConfig(Strict, Guarded):
     amp: Literal["auto", "bf16", "off"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPUs with AVX512-BF16/AMX "
                             "(else fp32, recorded); off: fp32")
-    omitted_when: ClassVar[dict[str, Any]] = {"amp": "auto"}  # plans without it keep their hashes
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw; muon: Muon for the blocks' matrices, AdamW for the rest "
+                             "(compress.optimizers; the quickstart's teacher matched AdamW in half the tokens)")
+    omitted_when: ClassVar[dict[str, Any]] = {"amp": "auto", "optimizer": "adamw"}  # plans without them keep their hashes
 
     @model_validator(mode="after")
     def _shapes(self) -> "PretrainConfig":

@@ -38,6 +38,7 @@ class Work:
     seq_len: int = 256
     lora: bool = False  # trains adapters only: no gradients or AdamW moments for the full weights
     vocab_size: int | None = None  # at most this many tokens, where the shape does not know (a tokenizer to train)
+    logits_positions: int | None = None  # positions whose logits a training step holds at once; None: the micro-batch
 
 
 class StepConfig(BaseModel):

@@ -46,10 +46,12 @@ def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr_rati
 
 
 def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
-          own_lr: tuple[tuple[list[torch.nn.Parameter], float], ...] = ()) -> torch.optim.AdamW:
+          own_lr: tuple[tuple[list[torch.nn.Parameter], float], ...] = (),
+          exclude: tuple[torch.nn.Parameter, ...] | list[torch.nn.Parameter] = ()) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not biases, layer norms). `own_lr`: (params, lr) groups
-    without decay whose lr keeps its ratio to `lr` through the schedule (train_loop reads `lr_scale`)."""
-    own = {id(p) for params, _ in own_lr for p in params}
+    without decay whose lr keeps its ratio to `lr` through the schedule (train_loop reads `lr_scale`).
+    `exclude`: parameters another optimizer trains (compress.optimizers)."""
+    own = {id(p) for params, _ in own_lr for p in params} | {id(p) for p in exclude}
     params = [p for p in {id(p): p for p in model.parameters() if p.requires_grad}.values() if id(p) not in own]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]

@@ -20,7 +20,9 @@ from compress.model_shape import Shape, source_shape
 from compress.plan_state import Check, Origin, PlanState, Problem
 from compress.models import is_local_source
 from compress.plan_types import ModelSource, Seed
-from compress.step_api import StepConfig
+from compress.step_api import StepConfig, Work
+
+FUSED_HEAD_CHUNK = 512  # positions per chunk of the fused head: six (512, 50257) fp32 tensors are ~600 MB
 
 
 def _teacher(value: str, info: ValidationInfo) -> str:
@@ -89,7 +91,8 @@ class DistillConfig(StepConfig, Guarded):
     distributed: ClassVar[bool] = True  # under torchrun every rank trains it (DDP); rank 0 writes
     changes_weights: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"seed", "train", "files"})  # files: a teacher dir
-    omitted_when: ClassVar[dict[str, object]] = {"fused_head": False, "amp": "auto"}  # keys left out of the hash
+    omitted_when: ClassVar[dict[str, object]] = {"fused_head": False, "amp": "auto",
+                                                 "optimizer": "adamw"}  # keys left out of the hash
 
     teacher: Teacher = Field("base", description="'base' (the plan's model), a model dir or an HF id")
     student: StudentInit | None = Field(None, description="default: the previous step's model")
@@ -105,6 +108,9 @@ class DistillConfig(StepConfig, Guarded):
     warmup_steps: int = Field(50, ge=0, le=10**7)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.1, ge=0, le=1)
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw; muon: Muon for the student blocks' matrices, AdamW for the rest "
+                             "(compress.optimizers)")
     batch_tokens: int = Field(16384, ge=8, le=10**8, description="tokens per optimizer step, all ranks together")
     batch_size: int | None = Field(None, ge=1, le=4096, description="sequences per micro-batch per rank "
                                                                     "(instead of batch_tokens)")
@@ -114,8 +120,10 @@ class DistillConfig(StepConfig, Guarded):
     amp: Literal["auto", "bf16", "fp16", "off"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; bf16: also on CPUs with AVX512-BF16/AMX "
                             "(else fp32, recorded); fp16: CUDA only; off: fp32 (compress.precision.resolve_precision)")
-    fused_head: bool = Field(False, description="KL/CE from hidden states chunk by chunk, never the whole "
-                                                "(tokens, vocab) logits (distillation/fused_head.py)")
+    fused_head: bool | None = Field(
+        None, description="KL/CE from hidden states chunk by chunk, never the whole (tokens, vocab) logits "
+                          "(distillation/fused_head.py); null: on when the step trains in fp32 (CPU by default), "
+                          "off under autocast")
 
     eval_tokens: int = Field(16384, ge=0, le=10**8, description="tail of data.train held out for eval "
                                                                 "and early stopping; 0: no eval")
@@ -143,6 +151,16 @@ class DistillConfig(StepConfig, Guarded):
             raise ValueError(f"hidden_layers has {len(self.hidden_layers)} entries for a "
                              f"{self.student.depth}-block student")
         return self
+
+    def uses_fused_head(self, autocast: bool) -> bool:
+        """Whether the head's losses run chunk by chunk: as set, else in fp32 training (the fused
+        losses compute in fp32, exact to summation order; under autocast the plain head keeps bf16)."""
+        return self.fused_head if self.fused_head is not None else not autocast
+
+    def work(self) -> Work:
+        # plan time assumes the CPU's fp32 (the estimate's machine), where null means fused
+        chunked = self.fused_head is not False
+        return replace(super().work(), logits_positions=FUSED_HEAD_CHUNK if chunked else None)
 
     def micro_batch(self, world_size: int = 1) -> int:
         """Sequences per micro-batch on each rank."""

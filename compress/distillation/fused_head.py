@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK = 512  # positions per chunk: six (512, 50257) fp32 tensors are ~600 MB at GPT-2's vocabulary
+from compress.distillation.config import FUSED_HEAD_CHUNK as DEFAULT_CHUNK
 
 
 class _FusedHeadLosses(torch.autograd.Function):
@@ -89,6 +89,7 @@ def fused_head_losses(h: torch.Tensor, weight: torch.Tensor, teacher_h: torch.Te
         raise ValueError("fused_head_losses: teacher_h needs teacher_weight")
     if chunk < 1:
         raise ValueError(f"fused_head_losses: chunk must be >= 1, got {chunk}")
-    kl, ce = _FusedHeadLosses.apply(h, weight, teacher_h, teacher_weight, targets, temperature, want_kl,
-                                    want_ce, chunk)
+    with torch.autocast(h.device.type, enabled=False):  # fp32 by design: autocast would mix dtypes in addmm_
+        kl, ce = _FusedHeadLosses.apply(h, weight, teacher_h, teacher_weight, targets, temperature, want_kl,
+                                        want_ce, chunk)
     return {**({"kl": kl} if want_kl else {}), **({"ce": ce} if want_ce else {})}

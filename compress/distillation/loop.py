@@ -27,8 +27,9 @@ from compress.distillation.evaluate import heldout_eval, split_heldout
 from compress.distillation.fused_head import fused_head_losses
 from compress.distillation.losses import HiddenProjection, ce_loss, even_layer_map, hidden_loss, kl_loss
 from compress.errors import UserError
-from compress.precision import resolve_precision
-from compress.training import LoopSpec, adamw, resume, sample_batch, train_loop
+from compress.precision import fused_gelu, resolve_precision
+from compress.optimizers import OPTIMIZERS
+from compress.training import LoopSpec, resume, sample_batch, train_loop
 
 
 class Distiller(nn.Module):
@@ -88,6 +89,7 @@ class DistillResult:
     best_step: int | None
     precision: str = "fp32"  # what the steps computed in (compress.precision.resolve_precision)
     precision_why: str = ""
+    fused_head: bool = False  # the head's losses ran chunk by chunk (fused_head.py)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,12 +140,15 @@ def run_distillation(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, train_i
     """
     _check_pair(student, teacher, cfg)
     device = next(student.parameters()).device
+    precision = resolve_precision(cfg.amp, device)
+    use_amp, amp_dtype = precision.dtype is not None, precision.dtype or torch.bfloat16
+    cfg = cfg.model_copy(update={"fused_head": cfg.uses_fused_head(use_amp)})  # null resolved: what runs
     teacher = teacher.to(device).eval().requires_grad_(False)
     train_ids, held_ids = split_heldout(train_ids, cfg)
     layers = resolve_layer_map(cfg, student.config.n_layer, teacher.config.n_layer, layer_map)
     torch.manual_seed(cfg.seed)  # the projections start the same on every rank
     module = Distiller(student.train(), cfg, layers, teacher.config.n_embd).to(device)
-    optimizer = adamw(module, cfg.lr, cfg.weight_decay)
+    optimizer = OPTIMIZERS[cfg.optimizer](module, cfg.lr, cfg.weight_decay)
 
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main_process()
     micro = cfg.micro_batch(world)
@@ -151,8 +156,6 @@ def run_distillation(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, train_i
     state, best = resume(module, optimizer, checkpoint_dir, "distillation")
 
     model = nn.parallel.DistributedDataParallel(module) if world > 1 else module  # broadcasts rank 0's weights
-    precision = resolve_precision(cfg.amp, device)
-    use_amp, amp_dtype = precision.dtype is not None, precision.dtype or torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, init_scale=state["grad_scale"] or 2.0 ** 16,
                                   enabled=amp_dtype == torch.float16)
     spec = LoopSpec.of("distill", cfg, tokens_per_step, math.ceil(cfg.tokens / tokens_per_step),
@@ -162,12 +165,13 @@ def run_distillation(student: GPT2LMHeadModel, teacher: GPT2LMHeadModel, train_i
         return _train_step(model, teacher, train_ids, cfg, step, micro, rank, use_amp, amp_dtype, scaler)
 
     evaluate = _evaluator(module, teacher, held_ids, cfg, use_amp, amp_dtype) if held_ids is not None else None
-    out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir,
-                     tensorboard_dir, scaler, main=main, progress=progress, on_step=on_step)
+    with fused_gelu(module, teacher):
+        out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir,
+                         tensorboard_dir, scaler, main=main, progress=progress, on_step=on_step)
     result = DistillResult(steps=out.done, tokens=out.done * tokens_per_step, tokens_per_step=tokens_per_step,
                            world_size=world, stopped_early=out.stopped_early, tokens_per_s=out.tokens_per_s,
                            before=state["before"], after=state["after"], best_step=state["best_step"],
-                           **precision.record())
+                           fused_head=cfg.fused_head, **precision.record())
     return module.student.eval(), result
 
 

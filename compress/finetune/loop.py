@@ -22,7 +22,7 @@ from compress.checkpoint import save_weights
 from compress.errors import UserError
 from compress.finetune.config import FinetuneConfig, LoraOptions
 from compress.divergence import safe_exp
-from compress.precision import resolve_precision
+from compress.precision import fused_gelu, resolve_precision
 from compress.training import LoopSpec, adamw, heldout_loss, resume, sample_batch, train_loop
 
 MERGE_RTOL = 1e-4  # merged vs adapted logits: at most this x max|logits| apart (fp32 noise is ~1e-6)
@@ -145,8 +145,9 @@ def run_finetune(model: GPT2LMHeadModel, ids: torch.Tensor, cfg: FinetuneConfig,
 
     spec = LoopSpec.of("finetune", cfg, cfg.tokens_per_step, math.ceil(cfg.tokens / cfg.tokens_per_step),
                        advice=f"lower lr (now {cfg.lr:g}) or raise warmup_steps, then rerun", keep_start=True)
-    out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
-                     progress=progress, on_step=on_step)
+    with fused_gelu(module):
+        out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
+                         progress=progress, on_step=on_step)
     diff = None
     if cfg.lora:
         if adapter_dir is not None:

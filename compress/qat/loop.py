@@ -37,7 +37,7 @@ from compress.finetune.loop import Tuned
 from compress.qat.config import QatConfig
 from compress.quantization.handoff import LinearCodes, dequantize, fake_quant_input
 from compress.quantization.modules import QuantLinear, block_linear_names, quant_linears, set_module
-from compress.precision import resolve_precision
+from compress.precision import fused_gelu, resolve_precision
 from compress.training import LoopSpec, adamw, resume, sample_batch, train_loop
 
 
@@ -198,8 +198,9 @@ def run_qat(model: GPT2LMHeadModel, teacher: GPT2LMHeadModel, ids: torch.Tensor,
 
     spec = LoopSpec.of("qat", cfg, cfg.tokens_per_step, math.ceil(cfg.tokens / cfg.tokens_per_step),
                        advice=f"lower lr (now {cfg.lr:g}) or raise warmup_steps, then rerun", keep_start=True)
-    out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
-                     progress=progress, on_step=on_step)
+    with fused_gelu(module, teacher):
+        out = train_loop(module, optimizer, spec, step_fn, state, best, evaluate, checkpoint_dir, tensorboard_dir,
+                         progress=progress, on_step=on_step)
     with torch.no_grad():
         ratios = torch.cat([(layer.scales / layer.start_scales - 1).abs().flatten() for layer in layers.values()])
     changed = from_fake_quant(model, layers)

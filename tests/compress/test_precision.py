@@ -54,3 +54,21 @@ def test_finetune_records_the_precision_it_trained_in(cpu_flags, flags, want):
     model = tiny_model(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_positions=64)
     out, r = run_finetune(model, ids, cfg, progress=False)
     assert r.precision == want and all(p.dtype == torch.float32 for p in out.parameters())  # fp32 weights
+
+
+def test_fused_gelu_is_the_same_function_and_is_put_back():
+    from transformers import GPT2LMHeadModel
+    from transformers.activations import NewGELUActivation
+
+    from compress.precision import fused_gelu
+    from tests.tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_config()).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    want = model(input_ids=ids).logits
+    with fused_gelu(model):
+        assert not any(isinstance(m, NewGELUActivation) for m in model.modules())
+        got = model(input_ids=ids).logits
+    assert all(isinstance(block.mlp.act, NewGELUActivation) for block in model.transformer.h)
+    assert torch.allclose(got, want, atol=1e-5)

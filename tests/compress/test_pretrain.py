@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from compress.checkpoint import load_checkpoint
@@ -17,16 +18,20 @@ def _setup():
     return ids, cfg, tiny_config(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_positions=64)
 
 
-def test_loss_falls():
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_loss_falls(optimizer):
     ids, cfg, config = _setup()
+    cfg = cfg.model_copy(update={"optimizer": optimizer})
     losses = []
     pretrain(cfg, config, ids, progress=False, on_step=lambda step, loss: losses.append(loss))
     assert len(losses) == 12
     assert losses[-1] < losses[0] - 0.3
 
 
-def test_killed_training_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_killed_training_resumes_to_the_same_weights(tmp_path, optimizer):
     ids, cfg, config = _setup()
+    cfg = cfg.model_copy(update={"optimizer": optimizer})
     straight = pretrain(cfg, config, ids, progress=False)
 
     def die_at_6(step, loss):
@@ -55,6 +60,22 @@ def test_checkpoint_restores_optimizer_moments(tmp_path):
     state = load_checkpoint(tmp_path / "c", model, opt)
     assert state["step"] == 4
     assert all("exp_avg" in opt.state[p] for p in model.parameters())
+
+
+def test_muon_trains_the_block_matrices_and_its_momentum_is_checkpointed(tmp_path):
+    from compress.optimizers import block_matrices, muon_adamw
+
+    ids, cfg, config = _setup()
+    cfg = cfg.model_copy(update={"optimizer": "muon", "tokens": 32 * 8 * 5})
+    pretrain(cfg, config, ids, checkpoint_dir=tmp_path / "c", progress=False)
+    model = pretrain(cfg.model_copy(update={"tokens": 32 * 8 * 1}), config, ids, progress=False).train()
+    opt = muon_adamw(model, 1e-3, 0.1)
+    matrices = {id(p) for p in block_matrices(model)}
+    assert {type(o).__name__ for o in opt.optimizers} == {"AdamW", "Muon"}
+    assert len(matrices) == 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj of the one block
+    assert load_checkpoint(tmp_path / "c", model, opt)["step"] == 4
+    for p in model.parameters():
+        assert ("momentum_buffer" if id(p) in matrices else "exp_avg") in opt.state[p]
 
 
 def test_schedule_and_batches():

@@ -84,6 +84,9 @@ def test_distiller_with_fused_head_matches_the_plain_distiller(loss):
         torch.testing.assert_close(f_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_fused_head_leaves_existing_hashes_alone():
-    assert "fused_head" not in DistillConfig().model_dump(mode="json")
+def test_the_default_fused_head_is_hashed_and_false_keeps_the_plain_heads_hash():
+    # null (fused on CPU) is new behaviour: plans from before, whose results came from the plain head,
+    # get a new hash and rerun; `fused_head: false` is the plain head and keeps their old hash
+    assert DistillConfig().model_dump(mode="json")["fused_head"] is None
+    assert "fused_head" not in DistillConfig(fused_head=False).model_dump(mode="json")
     assert DistillConfig(fused_head=True).model_dump(mode="json")["fused_head"] is True

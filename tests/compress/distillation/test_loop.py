@@ -140,3 +140,38 @@ def test_mismatched_pairs_and_short_text_are_user_errors():
     with pytest.raises(UserError, match="training text has 90 tokens"):
         distill(student, teacher, pattern_ids(90), small_cfg(eval_tokens=64), progress=False)
     assert math.isfinite(heldout_eval(student, teacher, pattern_ids(200), 32)["kl"])
+
+
+@pytest.mark.parametrize("fused_head, bf16_cpu, want", [(None, False, True), (None, True, False),
+                                                         (False, False, False), (True, True, True)])
+def test_the_fused_head_is_on_by_default_where_training_is_fp32(monkeypatch, fused_head, bf16_cpu, want):
+    from compress import precision
+
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: ["avx512_bf16"] if bf16_cpu else [])
+    student, teacher = pair()
+    cfg = small_cfg(tokens=1024, fused_head=fused_head, amp="bf16" if bf16_cpu else "auto")
+    _, result = run_distillation(student, teacher, pattern_ids(), cfg, progress=False)
+    assert result.fused_head is want
+    assert result.precision == ("bf16-autocast" if bf16_cpu else "fp32")
+
+
+def test_the_estimate_counts_a_chunk_of_logits_when_the_head_is_fused():
+    from compress.cost import Rates, estimate
+    from compress.model_shape import Shape
+    from compress.plan_state import PlanState
+
+    shape = Shape(n_layer=4, n_head=6, head_dim=32, n_inner=512, vocab_size=4096, n_positions=256)
+    state = PlanState(train_data=True, eval_seq_len=None, shape=shape, base=shape)
+    rates = Rates(train_flops=1e11, forward_flops=1e11)
+    peaks = {f: estimate("d", small_cfg(batch_size=64, seq_len=256, fused_head=f).work(), state, state, rates).peak_bytes
+             for f in (None, False)}
+    # 16,384 positions x 4096 x 4 B x 3 logits tensors (768 MiB) against six chunks of 512
+    assert peaks[False] - peaks[None] > 700 * 2**20
+
+
+def test_distillation_with_muon_lowers_the_kl():
+    student, teacher = pair()
+    kls = []
+    _, result = run_distillation(student, teacher, pattern_ids(), small_cfg(optimizer="muon", loss={"kl": 1.0}),
+                                 progress=False, on_step=lambda step, terms: kls.append(terms["kl"]))
+    assert result.steps == 10 and sum(kls[-3:]) < sum(kls[:3])
