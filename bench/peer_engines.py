@@ -91,6 +91,8 @@ def gguf_quantized(f32: Path, kind: str, threads: int) -> Path:
     import llama_cpp
 
     path = f32.with_name(f"model-{kind}.gguf")
+    if path.exists():  # made by an earlier call on the same work dir (bench/side_by_side.py: a process per round)
+        return path
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_FTYPES[kind]
     params.nthread = threads

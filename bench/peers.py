@@ -7,7 +7,7 @@ one JSON row per peer. Without the venv every peer row says so instead of carryi
 
     .venv-peers/bin/python bench/peers.py --check       # can each engine be imported?
     .venv-peers/bin/python bench/peers.py --model DIR [--tokenizer DIR] [--eval-ids IDS.npy] \
-        --out rows.json [--baseline] [--rounds 3] [--new-tokens 64] [--threads 2]
+        --out rows.json [--baseline] [--ours LABEL=DIR] [--rounds 3] [--new-tokens 64] [--threads 2]
 
 Protocol, as in run.py: perplexity by evalsuite.perplexity over 256-token windows without overlap,
 scored from each engine's own logits; latency batch 1, a random 128-token prompt, greedy decode,
@@ -138,7 +138,7 @@ def _why(error: BaseException) -> str:
 
 
 def measure(model_dir: Path, tokenizer_dir: Path, eval_ids, rounds: int, new_tokens: int, threads: int,
-            work: Path, names: list[str], baseline: bool) -> list[dict]:
+            work: Path, names: list[str], baseline: bool, ours: dict[str, Path] | None = None) -> list[dict]:
     """Build every named peer, score it, then time all of them in round-robin rounds."""
     import torch
 
@@ -147,6 +147,7 @@ def measure(model_dir: Path, tokenizer_dir: Path, eval_ids, rounds: int, new_tok
     ctx = Context(pe.hf_dir_with_tokenizer(model_dir, tokenizer_dir, work / "hf"), work, threads, new_tokens,
                   int(config.get("n_positions", 1024)), int(config["n_embd"]), {})
     builders = {"torch fp32 eager": _torch_baseline} if baseline else {}
+    builders |= {label: functools.partial(ours_row, step_dir) for label, step_dir in (ours or {}).items()}
     builders |= {name: PEERS[name] for name in names}
     return measure_rows({name: functools.partial(build, ctx) for name, build in builders.items()}, eval_ids, rounds)
 
@@ -186,6 +187,15 @@ def measure_rows(builders: dict[str, Callable[[], Peer]], eval_ids, rounds: int)
             rows[name]["prefill_ms"] = statistics.median(p for p, _ in runs)
             rows[name]["decode_ms"] = statistics.median(d for _, d in runs)
     return list(rows.values())
+
+
+def ours_row(step_dir: Path, ctx: Context) -> Peer:
+    """An export step dir of ours (model.onnx, model_decode.onnx beside it when written), opened as the
+    plan runner opens it, so it is timed in the same process and rounds as the peers."""
+    from export.ort_runner import open_runner
+
+    runner = open_runner(step_dir / "model.onnx", threads=ctx.threads)
+    return Peer(step_dir, lambda: runner, _runner_latency(runner, ctx))
 
 
 def _torch_baseline(ctx: Context) -> Peer:
@@ -268,9 +278,17 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=_thread_count, default=2)
     p.add_argument("--work", type=Path, help="where the converted models go (default: a temporary folder)")
     p.add_argument("--out", type=Path, help="write the rows here as JSON (default: print them)")
-    p.add_argument("--only", nargs="+", choices=list(PEERS), default=list(PEERS), help="these peers only")
+    p.add_argument("--only", nargs="*", choices=list(PEERS), default=list(PEERS), help="these peers only (none: --ours and --baseline rows alone)")
     p.add_argument("--baseline", action="store_true", help="also a torch fp32 eager row, measured alike")
+    p.add_argument("--ours", action="append", default=[], metavar="LABEL=DIR",
+                   help="an export step dir of ours, timed in the same rounds (repeatable)")
     args = p.parse_args(argv)
+    ours = {}
+    for item in args.ours:
+        label, sep, folder = item.partition("=")
+        if not sep or not (Path(folder) / "model.onnx").is_file():
+            p.error(f"--ours {item!r}: want LABEL=DIR with DIR/model.onnx")
+        ours[label] = Path(folder)
     if args.check:
         return check()
     if args.model is None or not (args.model / "config.json").exists():
@@ -283,7 +301,7 @@ def main(argv=None) -> int:
         eval_ids = torch.from_numpy(np.load(args.eval_ids, allow_pickle=False)).long()
     with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
         rows = measure(args.model, args.tokenizer or args.model, eval_ids, args.rounds, args.new_tokens,
-                       args.threads, args.work or Path(tmp), args.only, args.baseline)
+                       args.threads, args.work or Path(tmp), args.only, args.baseline, ours)
     text = json.dumps(rows, indent=1)
     if args.out:
         args.out.write_text(text)
