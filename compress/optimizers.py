@@ -15,9 +15,8 @@ perplexity in a third of the tokens (bench/results/2026-12-07-quickstart.md).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -32,7 +31,7 @@ NS_STEPS = 5
 def orthogonalize(update: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """U S' V^T of `update` (S' ~ 1): five quintic Newton-Schulz steps in `dtype`, as torch.optim.Muon's."""
     a, b, c = NS_COEFFICIENTS
-    x = update.to(dtype)
+    x = update.to(dtype, copy=True)  # the caller's tensor stays as it was
     tall = update.size(0) > update.size(1)
     if tall:
         x = x.T  # iterate on the wide side: (rows, rows) Gram matrices are the small ones
