@@ -57,6 +57,10 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:  # the Optimizer protocol: re-evaluate the loss first
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -67,6 +71,7 @@ class Muon(torch.optim.Optimizer):
                 update = orthogonalize(p.grad.lerp(buf, momentum), self.ns_dtype)
                 p.mul_(1 - lr * decay)
                 p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape[0], p.shape[1])))
+        return loss
 
 
 class Chained:

@@ -66,7 +66,7 @@ class PretrainConfig(Strict, Guarded):
                             "(else fp32, recorded); off: fp32")
     optimizer: Literal["adamw", "muon"] = Field(
         "adamw", description="adamw; muon: Muon for the blocks' matrices, AdamW for the rest "
-                             "(compress.optimizers; the quickstart's teacher matched AdamW in half the tokens)")
+                             "(compress.optimizers; the quickstart's teacher matched AdamW in a third of the tokens)")
     omitted_when: ClassVar[dict[str, Any]] = {"amp": "auto", "optimizer": "adamw"}  # plans without them keep their hashes
 
     @model_validator(mode="after")

@@ -38,6 +38,21 @@ def test_muon_orthogonalizes_in_fp32_on_a_cpu_without_native_bf16(monkeypatch):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-2)
 
 
+def test_muon_step_runs_a_closure_and_returns_its_loss():
+    w = torch.nn.Parameter(torch.randn(4, 6))
+    opt = Muon([w], lr=1e-2, weight_decay=0.0)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    before = w.detach().clone()
+    assert opt.step(closure).item() == (before ** 2).sum().item()
+    assert not torch.equal(w, before)
+
+
 def test_orthogonalize_gives_singular_values_near_one():
     update = torch.randn(32, 96, generator=torch.Generator().manual_seed(0))
     s = torch.linalg.svdvals(optimizers.orthogonalize(update, torch.float32))
